@@ -1,0 +1,41 @@
+# The development environment lives in .venv and is built from this project's own files:
+# pyproject.toml (what homing needs) pinned by requirements/dev.lock (the versions CI uses).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format bench lock clean
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements/dev.lock -e '.[dev]'
+	touch $(STAMP)
+
+## run: the reference service (the article's API) on http://127.0.0.1:$${PORT:-8080}
+run: $(STAMP)
+	PYTHONPATH=examples $(BIN)/python -m users_api
+
+## test: lint, types and the whole test suite
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src examples tests
+	$(BIN)/ruff check src examples tests
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src examples tests
+	$(BIN)/ruff check --fix src examples tests
+
+## lock: re-pin the development environment after changing pyproject.toml
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/python -m pip install --quiet -e '.[dev]'
+	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements/dev.lock
+	rm -rf .lockenv
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,232 @@
+"""The reference service: the article's API with homing doing the background work.
+
+``POST /change-name`` renames a user and publishes ``user.name.changed`` before it answers;
+the event comes back through ``POST /events`` (verified, decoded, deduplicated) and its
+handler writes a notification, which ``GET /users/{id}/notifications`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, EmailStr, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from homing import (
+    Delivery,
+    Homing,
+    KeyRing,
+    LoopbackPublisher,
+    MemoryPublisher,
+    Publisher,
+    PublishFailed,
+    Settings,
+    Signer,
+)
+from homing.errors import ConfigurationError
+from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
+from users_api.db import Base, Notification, User
+
+logger = logging.getLogger("users_api")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./users_api.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """The service's own settings (``PORT``, ``HOST``, ``DATABASE_URL``) plus homing's."""
+
+    port: int = 8080
+    host: str = "127.0.0.1"
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    homing: Settings = field(default_factory=Settings)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+        env = os.environ if environ is None else environ
+        port = env.get("PORT", "8080")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"PORT must be a port number, not {port!r}")
+        return cls(
+            port=int(port),
+            host=env.get("HOST", "127.0.0.1"),
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            homing=Settings.from_env(env),
+        )
+
+
+class UserNameChanged(BaseModel):
+    """Published by ``POST /change-name``; type name ``user.name.changed``."""
+
+    user_id: int
+    old_name: str
+    new_name: str
+
+
+class NewUser(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    email: EmailStr
+
+
+class NameChange(BaseModel):
+    user_id: int
+    name: str = Field(min_length=1, max_length=200)
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    email: str
+
+
+class NotificationOut(BaseModel):
+    event_id: str
+    text: str
+
+
+def _keys(settings: Settings) -> KeyRing:
+    if settings.signing_keys is not None:
+        return settings.signing_keys
+    ring = KeyRing.generate()
+    logger.warning(
+        "HOMING_SIGNING_KEYS is not set: signing with a development key (id %s) made for this "
+        "process only. Set HOMING_SIGNING_KEYS (see `homing keys new`) for anything else.",
+        ring.signing_key_id,
+    )
+    return ring
+
+
+def _publisher(config: ServiceConfig, keep: SQLQuarantineStore) -> Publisher:
+    if config.homing.publisher == "memory":
+        return MemoryPublisher()
+    url = config.homing.loopback_url or f"http://127.0.0.1:{config.port}/events"
+    return LoopbackPublisher(url, keep=keep)
+
+
+def build_homing(config: ServiceConfig, engine: AsyncEngine) -> Homing:
+    settings = config.homing
+    quarantine = SQLQuarantineStore(engine)
+    homing = Homing(
+        signer=Signer(_keys(settings), legacy_secret=settings.legacy_secret),
+        publisher=_publisher(config, quarantine),
+        dedupe=SQLDedupeStore(engine),
+        quarantine=quarantine,
+        auth=settings.auth,
+        unknown_events=settings.unknown_events,
+        max_body_size=settings.max_body_size,
+    )
+    homing.events.register("user.name.changed", UserNameChanged)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @homing.handler(UserNameChanged)
+    async def notify_user(event: UserNameChanged, delivery: Delivery) -> None:
+        async with sessions.begin() as session:
+            known = await session.scalar(
+                select(Notification.id).where(Notification.event_id == delivery.event_id)
+            )
+            if known is None:
+                session.add(
+                    Notification(
+                        event_id=delivery.event_id,
+                        user_id=event.user_id,
+                        text=f"Your name was changed from {event.old_name!r} "
+                        f"to {event.new_name!r}.",
+                    )
+                )
+
+    return homing
+
+
+def api_router(homing: Homing, sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.post("/users", status_code=201)
+    async def create_user(body: NewUser) -> UserOut:
+        async with sessions.begin() as session:
+            user = User(name=body.name, email=body.email)
+            session.add(user)
+            await session.flush()
+            return UserOut(id=user.id, name=user.name, email=user.email)
+
+    @router.get("/users/{user_id}")
+    async def get_user(user_id: int) -> UserOut:
+        async with sessions() as session:
+            user = await session.get(User, user_id)
+        if user is None:
+            raise HTTPException(404, f"user {user_id} not found")
+        return UserOut(id=user.id, name=user.name, email=user.email)
+
+    @router.post("/change-name", response_model=UserOut)
+    async def change_name(body: NameChange) -> UserOut | JSONResponse:
+        async with sessions.begin() as session:
+            user = await session.get(User, body.user_id, with_for_update=True)
+            if user is None:
+                raise HTTPException(404, f"user {body.user_id} not found")
+            old_name, user.name = user.name, body.name
+            out = UserOut(id=user.id, name=user.name, email=user.email)
+        # Published before the response: on Cloud Run the CPU is gone once we answer.
+        try:
+            await homing.publish(
+                UserNameChanged(user_id=out.id, old_name=old_name, new_name=out.name)
+            )
+        except PublishFailed as exc:
+            logger.error("change-name: %s", exc)
+            return JSONResponse(
+                {
+                    "detail": "the name was changed but its event could not be published",
+                    "event_type": exc.event_type,
+                    "event_id": exc.event_id,
+                },
+                status_code=503,
+            )
+        return out
+
+    @router.get("/users/{user_id}/notifications")
+    async def notifications(user_id: int) -> list[NotificationOut]:
+        async with sessions() as session:
+            if await session.get(User, user_id) is None:
+                raise HTTPException(404, f"user {user_id} not found")
+            rows = await session.scalars(
+                select(Notification)
+                .where(Notification.user_id == user_id)
+                .order_by(Notification.id)
+            )
+            return [NotificationOut(event_id=n.event_id, text=n.text) for n in rows]
+
+    return router
+
+
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    """The reference service, configured from ``config`` (default: the environment)."""
+    config = config or ServiceConfig.from_env()
+    engine = create_engine(config.database_url)
+    homing = build_homing(config, engine)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        await create_tables(engine)
+        try:
+            async with homing:
+                yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(title="homing reference service", lifespan=lifespan)
+    app.state.homing = homing
+    app.include_router(api_router(homing, sessions))
+    app.include_router(homing.router("/events"))
+    return app

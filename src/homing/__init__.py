@@ -1,0 +1,80 @@
+"""homing: signed, reliable background events for Cloud Run, delivered by Pub/Sub push.
+
+Example::
+
+    homing = Homing(signer=Signer(KeyRing.from_string("k1:a-long-secret...")),
+                    publisher=LoopbackPublisher("http://127.0.0.1:8080/events"))
+
+    @homing.event("user.name.changed")
+    class UserNameChanged(BaseModel):
+        user_id: int
+
+    @homing.handler(UserNameChanged)
+    async def notify(event: UserNameChanged) -> None: ...
+
+    app = FastAPI(lifespan=homing.lifespan)
+    app.include_router(homing.router())   # POST /events
+"""
+
+from homing.app import Homing, PushResult
+from homing.dispatch import Delivery, Drop, Retry
+from homing.envelope import PushMessage, build_push, parse_push
+from homing.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    EventRegistrationError,
+    HomingError,
+    MalformedPush,
+    PayloadTooLarge,
+    PublishFailed,
+    PushRejected,
+)
+from homing.events import EventRegistry
+from homing.publishers import LoopbackPublisher, MemoryPublisher, OutgoingMessage, Publisher
+from homing.settings import Settings
+from homing.signing import KeyRing, Signer, VerifiedMessage
+from homing.stores import (
+    Claim,
+    DedupeStore,
+    MemoryDedupeStore,
+    MemoryQuarantineStore,
+    QuarantinedMessage,
+    QuarantineStore,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationFailed",
+    "Claim",
+    "ConfigurationError",
+    "DedupeStore",
+    "Delivery",
+    "Drop",
+    "EventRegistrationError",
+    "EventRegistry",
+    "Homing",
+    "HomingError",
+    "KeyRing",
+    "LoopbackPublisher",
+    "MalformedPush",
+    "MemoryDedupeStore",
+    "MemoryPublisher",
+    "MemoryQuarantineStore",
+    "OutgoingMessage",
+    "PayloadTooLarge",
+    "PublishFailed",
+    "Publisher",
+    "PushMessage",
+    "PushRejected",
+    "PushResult",
+    "QuarantineStore",
+    "QuarantinedMessage",
+    "Retry",
+    "Settings",
+    "Signer",
+    "VerifiedMessage",
+    "__version__",
+    "build_push",
+    "parse_push",
+]

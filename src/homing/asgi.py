@@ -1,0 +1,88 @@
+"""The push endpoint as a plain ASGI app, mountable in any ASGI framework."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from homing.errors import PayloadTooLarge
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, MutableMapping
+
+    from homing.app import Homing
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
+    Receive = Callable[[], Awaitable[Message]]
+    Send = Callable[[Message], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+
+
+class PushEndpoint:
+    """``POST`` a Pub/Sub push envelope; answered by :meth:`homing.Homing.handle_push`.
+
+    Bodies larger than ``homing.max_body_size`` are refused with 413 before they are read whole.
+    """
+
+    def __init__(self, homing: Homing) -> None:
+        self.homing = homing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("the homing push endpoint serves HTTP only")
+        if scope["method"] != "POST":
+            await _respond(send, 405, {"outcome": "method_not_allowed"}, [(b"allow", b"POST")])
+            return
+        try:
+            body = await _read_body(scope, receive, self.homing.max_body_size)
+        except PayloadTooLarge as exc:
+            await _respond(send, exc.status_code, {"outcome": exc.code, "detail": exc.detail})
+            return
+        result = await self.homing.handle_push(body)
+        if result.status == 204:
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        payload = {"outcome": result.outcome}
+        if result.detail:
+            payload["detail"] = result.detail
+        await _respond(send, result.status, payload)
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit() or int(value) > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    payload: dict[str, str],
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = orjson.dumps(payload)
+    headers = [_JSON, (b"content-length", str(len(body)).encode())]
+    if extra_headers:
+        headers.extend(extra_headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,70 @@
+"""Every error homing raises derives from :class:`HomingError`.
+
+::
+
+    HomingError
+    ├── ConfigurationError        settings or keys that cannot work
+    ├── EventRegistrationError    an event type or model registered twice, or not at all
+    ├── PublishFailed             a publisher could not hand an event to its broker
+    └── PushRejected              a push request that must not run a handler
+        ├── MalformedPush         the request is not a push envelope (400)
+        ├── PayloadTooLarge       the body is over the configured limit (413)
+        └── AuthenticationFailed  missing, wrong or stale signature or token (401)
+
+Errors carry what a person needs to act (event type, event id, key id), never a secret.
+"""
+
+from __future__ import annotations
+
+
+class HomingError(Exception):
+    """Raised for every error that homing itself reports."""
+
+
+class ConfigurationError(HomingError):
+    """Raised when settings, keys or wiring cannot work as given."""
+
+
+class EventRegistrationError(HomingError):
+    """Raised when an event type or model is registered twice, or used unregistered."""
+
+
+class PublishFailed(HomingError):
+    """Raised when a publisher could not hand an event to its broker."""
+
+    def __init__(self, message: str, *, event_type: str, event_id: str) -> None:
+        super().__init__(f"{message} (event type {event_type!r}, event id {event_id!r})")
+        self.event_type = event_type
+        self.event_id = event_id
+
+
+class PushRejected(HomingError):
+    """Raised when a push request must be refused before any handler runs."""
+
+    status_code = 400
+    code = "rejected"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedPush(PushRejected):
+    """Raised when a request body is not a valid Pub/Sub push envelope."""
+
+    status_code = 400
+    code = "malformed"
+
+
+class PayloadTooLarge(PushRejected):
+    """Raised when a request body is larger than the configured limit."""
+
+    status_code = 413
+    code = "too_large"
+
+
+class AuthenticationFailed(PushRejected):
+    """Raised when a push carries no valid signature (or token)."""
+
+    status_code = 401
+    code = "unauthenticated"

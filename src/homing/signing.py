@@ -1,0 +1,283 @@
+"""Message signatures: a key ring, homing's default scheme, and the article's legacy format.
+
+The default scheme (``v1``) signs the data, the event type, every other attribute the publisher
+set, a publisher-generated event id and a timestamp, with HMAC-SHA256 under a key id taken from
+a :class:`KeyRing`. Several keys verify at once, one signs, so keys can be rotated.
+
+The legacy format is the one from the article's Go library: attribute ``signature`` is the hex
+HMAC-SHA256 of the raw data under a shared secret, attribute ``event-type`` names the event.
+It carries no event id or timestamp of its own; the Pub/Sub message id stands in for the id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from homing.errors import AuthenticationFailed, ConfigurationError
+
+EVENT_TYPE = "event-type"
+EVENT_ID = "homing-event-id"
+TIMESTAMP = "homing-timestamp"
+KEY_ID = "homing-key-id"
+SIGNATURE = "homing-signature"
+LEGACY_SIGNATURE = "signature"
+
+#: Attributes Pub/Sub itself adds to a dead-lettered copy; they are never signed.
+_ADDED_BY_PUBSUB = "CloudPubSubDeadLetter"
+_RESERVED_PREFIXES = ("homing-", "goog", _ADDED_BY_PUBSUB)
+_VERSION = "v1"
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+#: Pub/Sub keeps unacknowledged messages for 7 days by default and redelivers them all that
+#: time, so a signature must stay valid at least that long. Replays are stopped by event id.
+DEFAULT_TOLERANCE = timedelta(days=8)
+DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
+
+
+class KeyRing:
+    """Signing keys by id: every key verifies, one key (the first, unless named) signs.
+
+    Example::
+
+        ring = KeyRing.from_string("2026-11:new-secret,2026-10:old-secret")
+        ring.signing_key_id  # "2026-11"
+    """
+
+    __slots__ = ("_secrets", "signing_key_id")
+
+    def __init__(self, keys: Mapping[str, str | bytes], *, signing_key_id: str | None = None):
+        if not keys:
+            raise ConfigurationError("a key ring needs at least one key")
+        self._secrets: dict[str, bytes] = {}
+        for key_id, secret in keys.items():
+            if not _KEY_ID.match(key_id):
+                raise ConfigurationError(
+                    f"key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-'"
+                )
+            raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+            if len(raw) < 16:
+                raise ConfigurationError(f"the secret of key {key_id!r} is shorter than 16 bytes")
+            self._secrets[key_id] = raw
+        chosen = signing_key_id if signing_key_id is not None else next(iter(self._secrets))
+        if chosen not in self._secrets:
+            raise ConfigurationError(f"signing key {chosen!r} is not in the key ring")
+        self.signing_key_id = chosen
+
+    @classmethod
+    def from_string(cls, value: str) -> KeyRing:
+        """Parse ``kid:secret`` pairs separated by commas; the first pair signs."""
+        keys: dict[str, str] = {}
+        for number, pair in enumerate(value.split(","), start=1):
+            key_id, sep, secret = pair.strip().partition(":")
+            if not sep or not key_id or not secret:
+                raise ConfigurationError(f"signing key #{number} is not of the form 'kid:secret'")
+            if key_id in keys:
+                raise ConfigurationError(f"key id {key_id!r} appears twice")
+            keys[key_id] = secret
+        return cls(keys)
+
+    @classmethod
+    def generate(cls, key_id: str | None = None) -> KeyRing:
+        """A ring with one fresh random key (for development and tests)."""
+        return cls({key_id or new_key_id(): secrets.token_urlsafe(32)})
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
+    @property
+    def signing_secret(self) -> bytes:
+        return self._secrets[self.signing_key_id]
+
+    def secret(self, key_id: str) -> bytes | None:
+        return self._secrets.get(key_id)
+
+    def __repr__(self) -> str:
+        ids = ", ".join(self._secrets)
+        return f"KeyRing(key_ids=[{ids}], signing_key_id={self.signing_key_id!r}, secrets=***)"
+
+
+def new_key_id() -> str:
+    return "k" + secrets.token_hex(4)
+
+
+def new_key() -> str:
+    """A fresh ``kid:secret`` pair, as ``HOMING_SIGNING_KEYS`` takes it."""
+    return f"{new_key_id()}:{secrets.token_urlsafe(32)}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedMessage:
+    """What a valid signature vouches for."""
+
+    event_type: str
+    event_id: str
+    scheme: Literal["v1", "legacy", "unsigned"]
+    key_id: str | None
+    timestamp: int | None
+    attributes: Mapping[str, str] = field(repr=False)
+
+
+def _canonical(data: bytes, attributes: Iterable[tuple[str, str]]) -> bytes:
+    # Length-prefixed, sorted attributes then the data: no two distinct messages share bytes.
+    parts = [_VERSION.encode(), b"\n"]
+    for key, value in sorted(attributes):
+        k = key.encode()
+        v = value.encode()
+        parts.append(b"%d:%s%d:%s" % (len(k), k, len(v), v))
+    parts.append(b"\n")
+    parts.append(data)
+    return b"".join(parts)
+
+
+def _digest(secret: bytes, message: bytes) -> bytes:
+    return hmac.digest(secret, message, "sha256")
+
+
+class Signer:
+    """Signs outgoing messages and verifies incoming ones against a :class:`KeyRing`.
+
+    Args:
+        keys: the ring; its signing key signs, all its keys verify.
+        legacy_secret: when set, messages in the article's format signed with it are accepted.
+        tolerance: how old a signature may be; at least Pub/Sub's retention (7 days).
+        future_skew: how far a timestamp may lie ahead of this clock.
+        clock: seconds since the epoch (a seam for tests).
+    """
+
+    def __init__(
+        self,
+        keys: KeyRing,
+        *,
+        legacy_secret: str | bytes | None = None,
+        tolerance: timedelta = DEFAULT_TOLERANCE,
+        future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if tolerance < timedelta(days=7):
+            raise ConfigurationError(
+                "the signature tolerance must be at least 7 days (Pub/Sub's default retention): "
+                "Pub/Sub legitimately redelivers old messages; replays are stopped by event id"
+            )
+        self.keys = keys
+        self._legacy = legacy_secret.encode() if isinstance(legacy_secret, str) else legacy_secret
+        self._tolerance = tolerance.total_seconds()
+        self._skew = future_skew.total_seconds()
+        self._clock = clock
+
+    @property
+    def accepts_legacy(self) -> bool:
+        return self._legacy is not None
+
+    def sign(
+        self,
+        data: bytes,
+        event_type: str,
+        *,
+        event_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The attributes to publish with ``data``, signature included."""
+        signed: dict[str, str] = {}
+        for key, value in (attributes or {}).items():
+            if key == EVENT_TYPE or key.startswith(_RESERVED_PREFIXES):
+                raise ConfigurationError(f"attribute {key!r} is reserved")
+            signed[key] = value
+        signed[EVENT_TYPE] = event_type
+        signed[EVENT_ID] = event_id or uuid.uuid4().hex
+        signed[TIMESTAMP] = str(int(self._clock()))
+        signed[KEY_ID] = self.keys.signing_key_id
+        secret = self.keys.signing_secret
+        signed[SIGNATURE] = f"{_VERSION}:{_digest(secret, _canonical(data, signed.items())).hex()}"
+        return signed
+
+    def verify(
+        self, data: bytes, attributes: Mapping[str, str], *, message_id: str
+    ) -> VerifiedMessage:
+        """Check the signature; raise :class:`AuthenticationFailed` saying why when it fails."""
+        signature = attributes.get(SIGNATURE)
+        if signature is None:
+            if LEGACY_SIGNATURE in attributes:
+                return self._verify_legacy(data, attributes, message_id)
+            raise AuthenticationFailed("the message carries no signature")
+        version, _, hex_digest = signature.partition(":")
+        if version != _VERSION:
+            raise AuthenticationFailed(f"unknown signature version {version[:16]!r}")
+        key_id = attributes.get(KEY_ID, "")
+        secret = self.keys.secret(key_id)
+        if secret is None:
+            raise AuthenticationFailed(f"signed with key {key_id[:64]!r}, which is not in the ring")
+        covered = [
+            (k, v)
+            for k, v in attributes.items()
+            if k != SIGNATURE and not k.startswith(_ADDED_BY_PUBSUB)
+        ]
+        expected = _digest(secret, _canonical(data, covered))
+        try:
+            given = bytes.fromhex(hex_digest)
+        except ValueError:
+            raise AuthenticationFailed("the signature is not hexadecimal") from None
+        if not hmac.compare_digest(expected, given):
+            raise AuthenticationFailed("the signature does not match the message")
+        # Only checked once the signature holds, so these fields are the publisher's own.
+        event_type = attributes.get(EVENT_TYPE)
+        event_id = attributes.get(EVENT_ID)
+        stamp = attributes.get(TIMESTAMP, "")
+        if not event_type or not event_id or not stamp.isdigit():
+            raise AuthenticationFailed("the signed message lacks its event type, id or timestamp")
+        timestamp = int(stamp)
+        now = self._clock()
+        if timestamp < now - self._tolerance:
+            raise AuthenticationFailed("the signature has expired")
+        if timestamp > now + self._skew:
+            raise AuthenticationFailed("the signature's timestamp lies in the future")
+        return VerifiedMessage(
+            event_type=event_type,
+            event_id=event_id,
+            scheme="v1",
+            key_id=key_id,
+            timestamp=timestamp,
+            attributes=dict(covered),
+        )
+
+    def _verify_legacy(
+        self, data: bytes, attributes: Mapping[str, str], message_id: str
+    ) -> VerifiedMessage:
+        if self._legacy is None:
+            raise AuthenticationFailed(
+                "the message is in the legacy (article) format, which is not accepted here; "
+                "set HOMING_LEGACY_SECRET to accept it"
+            )
+        try:
+            given = bytes.fromhex(attributes[LEGACY_SIGNATURE])
+        except ValueError:
+            raise AuthenticationFailed("the signature is not hexadecimal") from None
+        if not hmac.compare_digest(_digest(self._legacy, data), given):
+            raise AuthenticationFailed("the signature does not match the message")
+        event_type = attributes.get(EVENT_TYPE)
+        if not event_type:
+            raise AuthenticationFailed("the legacy message has no event-type attribute")
+        if not message_id:
+            raise AuthenticationFailed("the legacy message has no message id to stand as event id")
+        return VerifiedMessage(
+            event_type=event_type,
+            event_id=message_id,
+            scheme="legacy",
+            key_id=None,
+            timestamp=None,
+            attributes={k: v for k, v in attributes.items() if k != LEGACY_SIGNATURE},
+        )
+
+
+def legacy_signature(secret: str | bytes, data: bytes) -> str:
+    """The article's signature: hex HMAC-SHA256 of the raw data."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return _digest(raw, data).hex()

@@ -1,0 +1,75 @@
+"""What every store does, whatever keeps its state."""
+
+from __future__ import annotations
+
+import enum
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Claim(enum.Enum):
+    """The answer to "may I run the handler for this event id?"."""
+
+    CLAIMED = "claimed"  #: yes: nobody has, or an earlier claim's lease ran out
+    DUPLICATE = "duplicate"  #: no: the event was already handled
+    IN_PROGRESS = "in_progress"  #: not now: another delivery holds an unexpired claim
+
+
+class DedupeStore(ABC):
+    """Remembers which event ids were handled, with leased claims for those in flight.
+
+    A claim expires after its lease, so a handler that crashed does not block redelivery.
+    """
+
+    async def claim(self, event_id: str, *, lease: float) -> Claim:
+        """Claim ``event_id`` for ``lease`` seconds."""
+        return await self._claim(event_id, time.time(), lease)
+
+    @abstractmethod
+    async def _claim(self, event_id: str, now: float, lease: float) -> Claim: ...
+
+    @abstractmethod
+    async def done(self, event_id: str) -> None:
+        """Mark ``event_id`` handled: every later delivery is a duplicate."""
+
+    @abstractmethod
+    async def release(self, event_id: str) -> None:
+        """Give up a claim (the handler asked for a retry) so the next delivery can run."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the store holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedMessage:
+    """A push that was acknowledged without being handled, kept for a person to inspect."""
+
+    id: str
+    reason: str
+    body: bytes = field(repr=False)
+    received_at: datetime
+    event_type: str | None = None
+    event_id: str | None = None
+
+
+class QuarantineStore(ABC):
+    """Keeps the raw envelopes of dropped messages: nothing is dropped silently."""
+
+    @abstractmethod
+    async def add(self, message: QuarantinedMessage) -> bool:
+        """Keep ``message``; ``False`` when an entry with its id is already kept."""
+
+    @abstractmethod
+    async def get(self, entry_id: str) -> QuarantinedMessage | None: ...
+
+    @abstractmethod
+    async def list(self, *, limit: int = 100) -> list[QuarantinedMessage]:
+        """The newest entries first."""
+
+    @abstractmethod
+    async def delete(self, entry_id: str) -> bool: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the store holds."""
