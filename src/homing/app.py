@@ -295,9 +295,7 @@ class Homing:
                 await self.dedupe.done(verified.event_id)
             except Exception:
                 logger.exception("could not mark %s done", verified.event_id)
-        logger.warning(
-            "quarantined %s (%s): %s", verified.event_type, verified.event_id, reason
-        )
+        logger.warning("quarantined %s (%s): %s", verified.event_type, verified.event_id, reason)
         return PushResult(200, "quarantined", reason)
 
     # -- serving ------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ class HandlerTable:
     def add(self, type_name: str, handler: Handler) -> None:
         if type_name in self._handlers:
             raise EventRegistrationError(f"event type {type_name!r} already has a handler")
-        if not inspect.iscoroutinefunction(handler):
+        call = getattr(handler, "__call__", None)  # noqa: B004 - async callable objects count
+        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
             raise EventRegistrationError(f"the handler for {type_name!r} must be an async function")
         params = [
             p

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+
+from homing import Delivery, Drop, Homing, KeyRing, MemoryPublisher, Retry, Signer
+from homing.stores.sql import create_engine, create_tables, metadata
+
+POSTGRES_URL = os.environ.get(
+    "HOMING_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+class OrderPlaced(BaseModel):
+    order_id: int
+    total_cents: int
+
+
+class Recorder:
+    """The test handler: records what ran, and does what the event's data asks for."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[OrderPlaced, Delivery]] = []
+
+    async def __call__(self, event: OrderPlaced, delivery: Delivery) -> None:
+        if event.order_id == -1:
+            raise Retry("asked to retry")
+        if event.order_id == -2:
+            raise Drop("asked to drop")
+        if event.order_id == -3:
+            raise RuntimeError("handler bug")
+        self.seen.append((event, delivery))
+
+
+@pytest.fixture
+def keys() -> KeyRing:
+    return KeyRing({"k-new": "a-secret-of-enough-length", "k-old": "an-older-secret-still-valid"})
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def publisher() -> MemoryPublisher:
+    return MemoryPublisher()
+
+
+@pytest.fixture
+def homing(keys: KeyRing, recorder: Recorder, publisher: MemoryPublisher) -> Homing:
+    app = Homing(
+        signer=Signer(keys, legacy_secret="the-article-shared-secret"), publisher=publisher
+    )
+    app.events.register("order.placed", OrderPlaced)
+    app.handler(OrderPlaced)(recorder)
+    return app
+
+
+@pytest.fixture
+async def client(homing: Homing) -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(routes=[homing.route("/events")])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+def _postgres_unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is required in CI and is unreachable: {reason}")
+    pytest.skip(f"PostgreSQL unreachable ({reason}); required in CI")
+
+
+SQL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@asynccontextmanager
+async def open_sql_engine(kind: str, directory: Path) -> AsyncIterator[AsyncEngine]:
+    """A fresh engine with homing's tables, on SQLite in ``directory`` or on PostgreSQL."""
+    if kind == "sqlite":
+        engine = create_engine(f"sqlite+aiosqlite:///{directory}/homing.db")
+    else:
+        engine = create_engine(POSTGRES_URL)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(metadata.drop_all)
+        except Exception as exc:  # refused connection, unknown database, ...: one message
+            await engine.dispose()
+            _postgres_unavailable(f"{type(exc).__name__}: {exc}")
+    await create_tables(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+async def sql_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with open_sql_engine(request.param, tmp_path) as engine:
+        yield engine

@@ -1,0 +1,104 @@
+"""Real processes on loopback: the reference service as `make run` starts it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> bool:
+        """SIGTERM, as Cloud Run sends; true when the service shut down cleanly."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=15)
+        # uvicorn re-raises the signal once its graceful shutdown is over.
+        return code in (0, -signal.SIGTERM) and "Application shutdown complete" in self.output()
+
+
+def start_service(tmp_path: Path, env: Mapping[str, str], *, deadline: float = 20.0) -> Service:
+    port = free_port()
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("HOMING_") and k != "DATABASE_URL"
+    }
+    full_env.update(
+        PORT=str(port),
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/e2e.db",
+        PYTHONPATH=str(ROOT / "examples"),
+    )
+    full_env.update(env)
+    log = tmp_path / f"service-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "users_api"],
+            cwd=tmp_path,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(f"http://127.0.0.1:{port}", process, log)
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            pytest.fail(f"the service exited with {process.returncode}:\n{service.output()}")
+        try:
+            if httpx.get(service.url + "/healthz", timeout=1).status_code == 200:
+                return service
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    service.stop()
+    pytest.fail(f"the service did not answer /healthz within {deadline}s:\n{service.output()}")
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[Service] = []
+
+    def start(env: Mapping[str, str] | None = None) -> Service:
+        service = start_service(tmp_path, env or {})
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def poll(check: object, *, deadline: float = 10.0, interval: float = 0.05) -> object:
+    """Call ``check`` until it returns something truthy, or fail at the deadline."""
+    assert callable(check)
+    end = time.monotonic() + deadline
+    last = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"not true within {deadline}s; last value {last!r}")

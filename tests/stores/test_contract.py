@@ -1,0 +1,128 @@
+"""One contract, every store backend: memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from homing.stores import (
+    Claim,
+    DedupeStore,
+    MemoryDedupeStore,
+    MemoryQuarantineStore,
+    QuarantinedMessage,
+    QuarantineStore,
+)
+from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore
+from tests.conftest import SQL_BACKENDS, open_sql_engine
+
+BACKENDS = ["memory", *SQL_BACKENDS]
+
+
+@pytest.fixture(params=BACKENDS)
+async def dedupe(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DedupeStore]:
+    if request.param == "memory":
+        yield MemoryDedupeStore()
+        return
+    async with open_sql_engine(request.param, tmp_path) as engine:
+        yield SQLDedupeStore(engine)
+
+
+@pytest.fixture(params=BACKENDS)
+async def quarantine(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[QuarantineStore]:
+    if request.param == "memory":
+        yield MemoryQuarantineStore()
+        return
+    async with open_sql_engine(request.param, tmp_path) as engine:
+        yield SQLQuarantineStore(engine)
+
+
+async def test_first_claim_wins_then_in_progress(dedupe: DedupeStore) -> None:
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    assert await dedupe.claim("e1", lease=60) is Claim.IN_PROGRESS
+
+
+async def test_done_makes_every_later_claim_a_duplicate(dedupe: DedupeStore) -> None:
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    await dedupe.done("e1")
+    assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
+    assert await dedupe.claim("e1", lease=0) is Claim.DUPLICATE
+
+
+async def test_an_expired_lease_can_be_claimed_again(dedupe: DedupeStore) -> None:
+    assert await dedupe.claim("e1", lease=0.05) is Claim.CLAIMED
+    await asyncio.sleep(0.1)  # the lease itself is the thing under test
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    assert await dedupe.claim("e1", lease=60) is Claim.IN_PROGRESS
+
+
+async def test_release_lets_the_next_delivery_run(dedupe: DedupeStore) -> None:
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    await dedupe.release("e1")
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+
+
+async def test_release_does_not_undo_done(dedupe: DedupeStore) -> None:
+    await dedupe.claim("e1", lease=60)
+    await dedupe.done("e1")
+    await dedupe.release("e1")
+    assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
+
+
+async def test_ids_are_independent(dedupe: DedupeStore) -> None:
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    assert await dedupe.claim("e2", lease=60) is Claim.CLAIMED
+
+
+async def test_concurrent_claims_of_one_id_have_one_winner(dedupe: DedupeStore) -> None:
+    results = await asyncio.gather(*(dedupe.claim("e-race", lease=60) for _ in range(10)))
+    assert results.count(Claim.CLAIMED) == 1
+    assert results.count(Claim.IN_PROGRESS) == 9
+
+
+def _entry(entry_id: str, minutes: int = 0) -> QuarantinedMessage:
+    return QuarantinedMessage(
+        id=entry_id,
+        reason=f"reason {entry_id}",
+        body=b'{"message": {}}\x00\xff',
+        received_at=datetime(2026, 11, 27, 12, 0, tzinfo=UTC) + timedelta(minutes=minutes),
+        event_type="order.placed",
+        event_id=entry_id,
+    )
+
+
+async def test_quarantine_keeps_what_it_is_given(quarantine: QuarantineStore) -> None:
+    assert await quarantine.add(_entry("q1")) is True
+    assert await quarantine.get("q1") == _entry("q1")
+    assert await quarantine.get("missing") is None
+
+
+async def test_quarantine_keeps_the_first_of_one_id(quarantine: QuarantineStore) -> None:
+    assert await quarantine.add(_entry("q1")) is True
+    assert await quarantine.add(_entry("q1", minutes=5)) is False
+    assert await quarantine.get("q1") == _entry("q1")
+
+
+async def test_quarantine_lists_newest_first_and_deletes(quarantine: QuarantineStore) -> None:
+    for minutes, entry_id in enumerate(["a", "b", "c"]):
+        await quarantine.add(_entry(entry_id, minutes))
+    assert [e.id for e in await quarantine.list()] == ["c", "b", "a"]
+    assert [e.id for e in await quarantine.list(limit=2)] == ["c", "b"]
+    assert await quarantine.delete("b") is True
+    assert await quarantine.delete("b") is False
+    assert [e.id for e in await quarantine.list()] == ["c", "a"]
+
+
+async def test_memory_dedupe_forgets_the_oldest_beyond_its_bound() -> None:
+    store = MemoryDedupeStore(max_entries=2)
+    for event_id in ("a", "b", "c"):
+        await store.claim(event_id, lease=60)
+        await store.done(event_id)
+    assert await store.claim("c", lease=60) is Claim.DUPLICATE
+    assert await store.claim("a", lease=60) is Claim.CLAIMED  # forgotten

@@ -1,0 +1,113 @@
+"""The reference service in-process, on SQLite and PostgreSQL, with the memory publisher."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from homing import Homing, KeyRing, MemoryPublisher, Settings
+from tests.conftest import POSTGRES_URL, SQL_BACKENDS, open_sql_engine
+from users_api import ServiceConfig, create_app
+from users_api.db import Base
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FastAPI]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/service.db"
+    else:
+        url = POSTGRES_URL
+        async with open_sql_engine("postgresql", tmp_path) as engine, engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+    config = ServiceConfig(
+        database_url=url,
+        homing=Settings(publisher="memory", signing_keys=KeyRing.generate()),
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@pytest.fixture
+async def client(service: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=service)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+        yield c
+
+
+def _publisher(app: FastAPI) -> MemoryPublisher:
+    homing: Homing = app.state.homing
+    assert isinstance(homing.publisher, MemoryPublisher)
+    return homing.publisher
+
+
+async def test_users_can_be_created_and_read(client: httpx.AsyncClient) -> None:
+    created = await client.post("/users", json={"name": "Ann", "email": "ann@example.com"})
+    assert created.status_code == 201
+    user = created.json()
+    assert user == {"id": user["id"], "name": "Ann", "email": "ann@example.com"}
+    assert (await client.get(f"/users/{user['id']}")).json() == user
+    assert (await client.get("/users/999999")).status_code == 404
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_change_name_publishes_and_the_handler_notifies_once(
+    client: httpx.AsyncClient, service: FastAPI
+) -> None:
+    user = (await client.post("/users", json={"name": "Ann", "email": "a@example.com"})).json()
+    response = await client.post("/change-name", json={"user_id": user["id"], "name": "Bea"})
+    assert response.status_code == 200
+    assert response.json() == {**user, "name": "Bea"}
+
+    publisher = _publisher(service)
+    [(message_id, message)] = publisher.messages
+    assert message.event_type == "user.name.changed"
+    assert message.data == (b'{"user_id":%d,"old_name":"Ann","new_name":"Bea"}' % user["id"])
+    assert (await client.get(f"/users/{user['id']}/notifications")).json() == []
+
+    body = publisher.envelope(message_id, message)
+    publisher.messages.clear()
+    for _ in range(3):  # delivered, then redelivered twice
+        assert (await client.post("/events", content=body)).status_code == 204
+    notes = (await client.get(f"/users/{user['id']}/notifications")).json()
+    assert notes == [
+        {"event_id": message.event_id, "text": "Your name was changed from 'Ann' to 'Bea'."}
+    ]
+
+
+async def test_change_name_errors(client: httpx.AsyncClient, service: FastAPI) -> None:
+    assert (
+        await client.post("/change-name", json={"user_id": 424242, "name": "X"})
+    ).status_code == 404
+    for bad in ({}, {"user_id": "x", "name": "X"}, {"user_id": 1, "name": ""}):
+        assert (await client.post("/change-name", json=bad)).status_code == 422
+    assert (await client.post("/change-name", content=b"not json")).status_code == 422
+    assert (await client.get("/users/424242/notifications")).status_code == 404
+    assert _publisher(service).messages == []
+
+
+async def test_bad_pushes_never_reach_the_handler(client: httpx.AsyncClient) -> None:
+    response = await client.post("/events", content=b'{"message": {"messageId": "1"}}')
+    assert response.status_code == 401
+    response = await client.post("/events", content=b"\xff")
+    assert response.status_code == 400
+
+
+def test_config_from_env() -> None:
+    config = ServiceConfig.from_env(
+        {"PORT": "9001", "DATABASE_URL": "sqlite+aiosqlite:///x.db", "HOMING_AUTH": "hmac"}
+    )
+    assert (config.port, config.database_url) == (9001, "sqlite+aiosqlite:///x.db")
+    assert "x.db" not in repr(config)  # a database URL may hold a password
+
+
+@pytest.mark.parametrize("port", ["http", "0", "70000"])
+def test_bad_port_is_refused(port: str) -> None:
+    from homing import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="PORT"):
+        ServiceConfig.from_env({"PORT": port})
