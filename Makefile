@@ -22,13 +22,19 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src examples tests
-	$(BIN)/ruff check src examples tests
+	$(BIN)/ruff format --check src examples tests bench
+	$(BIN)/ruff check src examples tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src examples tests
-	$(BIN)/ruff check --fix src examples tests
+	$(BIN)/ruff format src examples tests bench
+	$(BIN)/ruff check --fix src examples tests bench
+
+## bench: every hot path beside its baseline (needs wrk; installed from Debian when missing)
+bench: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y -qq wrk \
+	  || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.run
 
 ## lock: re-pin the development environment after changing pyproject.toml
 lock:

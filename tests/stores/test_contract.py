@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from homing.stores import (
     Claim,
@@ -17,7 +19,7 @@ from homing.stores import (
     QuarantinedMessage,
     QuarantineStore,
 )
-from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore
+from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, handled_events
 from tests.conftest import SQL_BACKENDS, open_sql_engine
 
 BACKENDS = ["memory", *SQL_BACKENDS]
@@ -126,3 +128,29 @@ async def test_memory_dedupe_forgets_the_oldest_beyond_its_bound() -> None:
         await store.done(event_id)
     assert await store.claim("c", lease=60) is Claim.DUPLICATE
     assert await store.claim("a", lease=60) is Claim.CLAIMED  # forgotten
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with open_sql_engine(request.param, tmp_path) as engine:
+        yield engine
+
+
+async def test_sql_done_is_seen_by_another_instance_on_the_database(engine: AsyncEngine) -> None:
+    first, second = SQLDedupeStore(engine), SQLDedupeStore(engine)
+    assert await first.claim("e1", lease=60) is Claim.CLAIMED
+    assert await second.claim("e1", lease=60) is Claim.IN_PROGRESS
+    await first.done("e1")
+    assert await second.claim("e1", lease=60) is Claim.DUPLICATE
+
+
+async def test_sql_redeliveries_of_done_ids_skip_the_database(engine: AsyncEngine) -> None:
+    store = SQLDedupeStore(engine, done_cache_size=1)
+    for event_id in ("old", "new"):
+        await store.claim(event_id, lease=60)
+        await store.done(event_id)
+    async with engine.begin() as connection:
+        await connection.run_sync(handled_events.drop)
+    assert await store.claim("new", lease=60) is Claim.DUPLICATE  # answered from memory
+    with pytest.raises(DBAPIError):  # "old" was forgotten: it needs the (dropped) table
+        await store.claim("old", lease=60)

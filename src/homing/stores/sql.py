@@ -88,17 +88,35 @@ def _insert_ignoring_conflicts(engine: AsyncEngine, table: Table) -> Insert:
 
 
 class SQLDedupeStore(DedupeStore):
-    """Handled event ids in ``homing_handled_events``."""
+    """Handled event ids in ``homing_handled_events``.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    "Done" is final, so the ids this process saw done are also kept in a bounded in-process
+    set (``done_cache_size``, oldest forgotten first): a redelivery of one of them is answered
+    without a database round trip. A miss falls back to the database, so instances that share
+    it agree.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, done_cache_size: int = 100_000) -> None:
         self.engine = engine
         self._insert = _insert_ignoring_conflicts(engine, handled_events)
+        self._done_cache: dict[str, None] = {}
+        self._done_cache_size = done_cache_size
+
+    def _remember_done(self, event_id: str) -> None:
+        if self._done_cache_size <= 0:
+            return
+        self._done_cache[event_id] = None
+        if len(self._done_cache) > self._done_cache_size:
+            del self._done_cache[next(iter(self._done_cache))]
 
     async def _claim(self, event_id: str, now: float, lease: float) -> Claim:
+        if event_id in self._done_cache:
+            return Claim.DUPLICATE
         row = handled_events.c
         async with self.engine.connect() as connection:
             state = await connection.scalar(select(row.state).where(row.event_id == event_id))
-        if state == _DONE:  # the duplicate path: one read, no write lock
+        if state == _DONE:  # one read, no write lock
+            self._remember_done(event_id)
             return Claim.DUPLICATE
         # The write transaction starts with a write, so SQLite waits for its lock up front
         # instead of failing to upgrade a read transaction.
@@ -116,7 +134,10 @@ class SQLDedupeStore(DedupeStore):
             if taken.rowcount == 1:
                 return Claim.CLAIMED
             state = await connection.scalar(select(row.state).where(row.event_id == event_id))
-            return Claim.DUPLICATE if state == _DONE else Claim.IN_PROGRESS
+        if state == _DONE:
+            self._remember_done(event_id)
+            return Claim.DUPLICATE
+        return Claim.IN_PROGRESS
 
     async def done(self, event_id: str) -> None:
         row = handled_events.c
@@ -124,6 +145,7 @@ class SQLDedupeStore(DedupeStore):
             await connection.execute(
                 update(handled_events).where(row.event_id == event_id).values(state=_DONE)
             )
+        self._remember_done(event_id)
 
     async def release(self, event_id: str) -> None:
         row = handled_events.c

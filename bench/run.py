@@ -1,0 +1,298 @@
+"""`make bench`: every hot path side by side with its baseline, in one run.
+
+Each HTTP case is served by uvicorn (uvloop + httptools, one worker, no access log) in its own
+process and driven by wrk over loopback with one envelope replayed (after a first delivery, so
+homing's cases measure the duplicate path). Figures are medians of several runs with min-max.
+A new case is one ``HttpCase(...)`` line in ``CASES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from bench.apps import KEYS
+from homing import KeyRing, Signer, build_push
+from homing.signing import legacy_signature
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+UVICORN = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--workers", "1"]
+DATA = b'{"n":1}'
+
+
+def envelope(kind: str) -> bytes:
+    if kind == "legacy":
+        attributes = {
+            "event-type": "bench.noop",
+            "signature": legacy_signature(KEYS.partition(":")[2], DATA),
+        }
+        return build_push(
+            DATA, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
+        )
+    if kind == "users_api":
+        data = b'{"user_id":1,"old_name":"a","new_name":"b"}'
+        attributes = Signer(KeyRing.from_string(KEYS)).sign(data, "user.name.changed")
+        return build_push(
+            data, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
+        )
+    attributes = Signer(KeyRing.from_string(KEYS)).sign(DATA, "bench.noop")
+    return build_push(
+        DATA, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
+    )
+
+
+@dataclass(frozen=True)
+class HttpCase:
+    name: str
+    command: list[str]  # {port} is replaced
+    envelope: str = "v1"
+    baseline: str | None = "bare"
+    env: Mapping[str, str] = field(default_factory=dict)
+    prepare: Callable[[str], None] | None = None  # called with the base URL before the load
+
+
+def _uvicorn(app: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"bench.apps:{app}",
+        "--factory",
+        "--port",
+        "{port}",
+        *UVICORN,
+    ]
+
+
+def _create_user(url: str) -> None:
+    httpx.post(f"{url}/users", json={"name": "a", "email": "a@example.com"}).raise_for_status()
+
+
+def cases(workdir: Path) -> list[HttpCase]:
+    sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
+    postgres = os.environ.get(
+        "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    )
+    return [
+        HttpCase("bare starlette (ceiling)", _uvicorn("bare"), baseline=None),
+        HttpCase("homing, memory dedupe", _uvicorn("homing_memory")),
+        HttpCase(
+            "homing, sqlite dedupe", _uvicorn("homing_sql"), env={"BENCH_DATABASE_URL": sqlite}
+        ),
+        HttpCase(
+            "homing, postgres dedupe", _uvicorn("homing_sql"), env={"BENCH_DATABASE_URL": postgres}
+        ),
+        HttpCase("naive fastapi + pydantic", _uvicorn("naive_fastapi"), envelope="legacy"),
+        HttpCase(
+            "reference service (make run)",
+            [sys.executable, "-m", "users_api"],
+            envelope="users_api",
+            env={
+                "HOMING_SIGNING_KEYS": KEYS,
+                "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/svc.db",
+                "PORT": "{port}",
+                "PYTHONPATH": str(ROOT / "examples"),
+            },
+            prepare=_create_user,
+        ),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, process: subprocess.Popen[bytes], deadline: float = 30) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: the server for {url} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"bench: {url} did not come up within {deadline}s")
+
+
+def wrk(url: str, body_file: Path, concurrency: int, seconds: int) -> tuple[float, int]:
+    script = body_file.with_suffix(".lua")
+    script.write_text(
+        f'local f = io.open("{body_file}", "rb"); local body = f:read("*a"); f:close()\n'
+        'wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"\n'
+        'done = function(s) io.write(string.format("non2xx=%d errors=%d\\n", s.errors.status, '
+        "s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout)) end\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    failures = sum(int(n) for n in re.findall(r"(?:non2xx|errors)=(\d+)", out))
+    return rate, failures
+
+
+def run_http(
+    case: HttpCase, workdir: Path, concurrencies: list[int], runs: int, seconds: int
+) -> dict[str, dict[str, float]]:
+    port = free_port()
+    env = {**os.environ, **{k: v.replace("{port}", str(port)) for k, v in case.env.items()}}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [part.replace("{port}", str(port)) for part in case.command]
+    log = (workdir / f"{port}.log").open("wb")
+    process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(url, process)
+        if case.prepare:
+            case.prepare(url)
+        body = workdir / f"{port}.json"
+        body.write_bytes(envelope(case.envelope))
+        first = httpx.post(
+            f"{url}/events", content=body.read_bytes(), headers={"content-type": "application/json"}
+        )
+        if first.status_code != 204:
+            raise SystemExit(
+                f"bench: {case.name}: first delivery answered {first.status_code}: {first.text}"
+            )
+        figures: dict[str, dict[str, float]] = {}
+        for concurrency in concurrencies:
+            rates = []
+            for _ in range(runs):
+                rate, failures = wrk(f"{url}/events", body, concurrency, seconds)
+                if failures:
+                    raise SystemExit(f"bench: {case.name}: {failures} failed requests")
+                rates.append(rate)
+            figures[f"c{concurrency}"] = {
+                "median": statistics.median(rates),
+                "min": min(rates),
+                "max": max(rates),
+            }
+        return figures
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def run_signing(runs: int) -> dict[str, dict[str, float]]:
+    signer = Signer(KeyRing.from_string(KEYS))
+    attributes = signer.sign(DATA, "bench.noop")
+    secret = KEYS.partition(":")[2].encode()
+    import hashlib
+    import hmac
+
+    expected = hmac.new(secret, DATA, hashlib.sha256).hexdigest()
+
+    def homing_verify() -> None:
+        signer.verify(DATA, attributes, message_id="m")
+
+    def raw_hmac() -> None:
+        hmac.compare_digest(hmac.new(secret, DATA, hashlib.sha256).hexdigest(), expected)
+
+    def homing_sign() -> None:
+        signer.sign(DATA, "bench.noop")
+
+    out: dict[str, dict[str, float]] = {}
+    for name, fn in (
+        ("homing verify", homing_verify),
+        ("homing sign", homing_sign),
+        ("raw hmac", raw_hmac),
+    ):
+        rates = [20_000 / timeit.timeit(fn, number=20_000) for _ in range(runs)]
+        out[name] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    return out
+
+
+def _span(figures: Mapping[str, float]) -> str:
+    return f"{figures['min']:,.0f}-{figures['max']:,.0f}"
+
+
+def report(
+    http: Mapping[str, Mapping[str, Mapping[str, float]]], ops: Mapping[str, Mapping[str, float]]
+) -> None:
+    print(f"\n{'case':<34} {'conc':>4} {'req/s median':>13} {'min-max':>17} {'vs ceiling':>10}")
+    ceiling = http.get("bare starlette (ceiling)", {})
+    for name, figures in http.items():
+        for conc, f in figures.items():
+            base = ceiling.get(conc, {}).get("median")
+            ratio = f"{f['median'] / base:.2f}x" if base else "-"
+            print(f"{name:<34} {conc[1:]:>4} {f['median']:>13,.0f} {_span(f):>17} {ratio:>10}")
+    naive = http.get("naive fastapi + pydantic", {})
+    memory = http.get("homing, memory dedupe", {})
+    for conc in memory:
+        if conc in naive:
+            times = memory[conc]["median"] / naive[conc]["median"]
+            print(
+                f"homing (memory dedupe) vs naive fastapi at concurrency {conc[1:]}: {times:.2f}x"
+            )
+    raw = ops["raw hmac"]["median"]
+    print(f"\n{'operation':<34} {'ops/s median':>13} {'min-max':>21} {'vs raw hmac':>11}")
+    for name, f in ops.items():
+        print(f"{name:<34} {f['median']:>13,.0f} {_span(f):>21} {f['median'] / raw:>10.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--only", help="run only the cases whose name contains this")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit(
+            "bench: wrk is not installed (Debian: apt-get install wrk); `make bench` installs it"
+        )
+
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "started": datetime.now(UTC).isoformat(),
+        "http": {},
+        "ops": {},
+    }
+    http: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for case in cases(workdir):
+            if args.only and args.only not in case.name:
+                continue
+            print(f"bench: {case.name} ...", file=sys.stderr, flush=True)
+            http[case.name] = run_http(case, workdir, args.concurrency, args.runs, args.seconds)
+    ops = run_signing(args.runs)
+    results["http"], results["ops"] = http, ops
+
+    report(http, ops)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nbench: figures written to {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
