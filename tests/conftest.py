@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 
 from homing import Delivery, Drop, Homing, KeyRing, MemoryPublisher, Retry, Signer
 from homing.stores.sql import create_engine, create_tables, metadata
+from tests.emulator import find_emulator, running_emulator
 
 POSTGRES_URL = os.environ.get(
     "HOMING_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -106,3 +107,16 @@ async def open_sql_engine(kind: str, directory: Path) -> AsyncIterator[AsyncEngi
 async def sql_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     async with open_sql_engine(request.param, tmp_path) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a running official Pub/Sub emulator (skipped only where not installed)."""
+    script = find_emulator()
+    if script is None:
+        pytest.skip(
+            "the official Pub/Sub emulator is not installed (Debian package "
+            "google-cloud-cli-pubsub-emulator); it is required in CI"
+        )
+    with running_emulator(script, tmp_path_factory.mktemp("emulator") / "emulator.log") as host:
+        yield host

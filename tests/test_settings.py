@@ -50,10 +50,13 @@ def test_unknown_homing_variables_are_an_error() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("HOMING_AUTH", "oidcx", "must be one of hmac, none"),
-        ("HOMING_PUBLISHER", "kafka", "must be one of loopback, memory"),
-        ("HOMING_MAX_BODY_SIZE", "-1", "positive number"),
-        ("HOMING_MAX_BODY_SIZE", "lots", "positive number"),
+        ("HOMING_AUTH", "oidcx", "HOMING_AUTH: must be one of hmac, oidc, both, none"),
+        ("HOMING_PUBLISHER", "kafka", "must be one of loopback, memory, pubsub"),
+        ("HOMING_ACK_DEADLINE", "5", "from 10 to 600"),
+        ("HOMING_MAX_DELIVERY_ATTEMPTS", "101", "from 5 to 100"),
+        ("HOMING_PUBLISH_TIMEOUT", "0", "positive number of seconds"),
+        ("HOMING_MAX_BODY_SIZE", "-1", "whole number of at least 1"),
+        ("HOMING_MAX_BODY_SIZE", "lots", "whole number of at least 1"),
         ("HOMING_SIGNING_KEYS", "nokey", "HOMING_SIGNING_KEYS: signing key #1"),
     ],
 )
@@ -87,3 +90,52 @@ def test_public_api_is_exactly_all() -> None:
     }
     assert exported == set(homing.__all__) - {"__version__"}
     assert sorted(homing.__all__) == homing.__all__
+
+
+def test_pubsub_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "GOOGLE_CLOUD_PROJECT": "acme",
+            "HOMING_TOPIC": "events",
+            "HOMING_SUBSCRIPTION": "events-push",
+            "HOMING_PUSH_ENDPOINT": "https://api.example.com/events",
+            "HOMING_PUSH_SERVICE_ACCOUNT": "pusher@acme.iam.gserviceaccount.com",
+            "HOMING_ACK_DEADLINE": "120",
+            "HOMING_MIN_BACKOFF": "5",
+            "HOMING_MAX_BACKOFF": "60",
+            "HOMING_MAX_DELIVERY_ATTEMPTS": "7",
+            "HOMING_PUBLISH_TIMEOUT": "2.5",
+        }
+    )
+    assert (settings.project, settings.topic, settings.subscription) == (
+        "acme",
+        "events",
+        "events-push",
+    )
+    assert (settings.ack_deadline, settings.min_backoff, settings.max_backoff) == (120, 5, 60)
+    assert settings.max_delivery_attempts == 7
+    assert settings.publish_timeout == 2.5
+    # The audience defaults to the push endpoint, the accepted account to the push account.
+    assert settings.audience == "https://api.example.com/events"
+    assert settings.allowed_push_accounts == ("pusher@acme.iam.gserviceaccount.com",)
+
+
+def test_explicit_oidc_settings_win() -> None:
+    settings = Settings.from_env(
+        {
+            "HOMING_PUSH_ENDPOINT": "https://api.example.com/events",
+            "HOMING_OIDC_AUDIENCE": "my-audience",
+            "HOMING_PUSH_SERVICE_ACCOUNT": "a@x.iam.gserviceaccount.com",
+            "HOMING_OIDC_SERVICE_ACCOUNTS": "b@x.iam.gserviceaccount.com, c@x.iam.gserviceaccount.com",
+        }
+    )
+    assert settings.audience == "my-audience"
+    assert settings.allowed_push_accounts == (
+        "b@x.iam.gserviceaccount.com",
+        "c@x.iam.gserviceaccount.com",
+    )
+
+
+def test_backoffs_must_be_ordered() -> None:
+    with pytest.raises(ConfigurationError, match="HOMING_MIN_BACKOFF"):
+        Settings.from_env({"HOMING_MIN_BACKOFF": "100", "HOMING_MAX_BACKOFF": "50"})

@@ -33,7 +33,7 @@ logger = logging.getLogger("homing")
 M = TypeVar("M", bound=type[BaseModel])
 H = TypeVar("H", bound=Handler)
 
-AuthMode = Literal["hmac", "none"]
+AuthMode = Literal["hmac", "oidc", "both", "none"]
 UnknownEvents = Literal["quarantine", "retry"]
 
 #: Pub/Sub's own limit on a message's data.
@@ -95,6 +95,8 @@ class Homing:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         lease: float = 600.0,
     ) -> None:
+        if auth in ("oidc", "both"):
+            raise ConfigurationError(f"auth={auth!r} is not available yet")
         if auth not in ("hmac", "none"):
             raise ConfigurationError(f"auth must be 'hmac' or 'none', not {auth!r}")
         if auth == "hmac" and signer is None:

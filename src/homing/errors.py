@@ -9,7 +9,8 @@
     └── PushRejected              a push request that must not run a handler
         ├── MalformedPush         the request is not a push envelope (400)
         ├── PayloadTooLarge       the body is over the configured limit (413)
-        └── AuthenticationFailed  missing, wrong or stale signature or token (401)
+        ├── AuthenticationFailed  missing, wrong or stale signature or token (401)
+        └── Forbidden             a valid token from a sender that is not allowed (403)
 
 Errors carry what a person needs to act (event type, event id, key id), never a secret.
 """
@@ -68,3 +69,10 @@ class AuthenticationFailed(PushRejected):
 
     status_code = 401
     code = "unauthenticated"
+
+
+class Forbidden(PushRejected):
+    """Raised when a push is authenticated but its sender is not allowed."""
+
+    status_code = 403
+    code = "forbidden"

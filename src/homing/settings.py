@@ -1,44 +1,121 @@
 """Settings, read once at the edge (app factory or CLI) and passed down.
 
-``Settings.from_env()`` reads ``HOMING_*`` variables; an unknown ``HOMING_*`` variable is an
-error (a typo must not silently fall back to a default). Secrets never appear in ``repr``.
+``Settings.from_env()`` reads ``HOMING_*`` variables (and ``GOOGLE_CLOUD_PROJECT``); an unknown
+``HOMING_*`` variable is an error, so a typo cannot silently fall back to a default. Secrets never
+appear in ``repr``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal, Self, cast, get_args
+from typing import Any, Literal, Self, get_args
 
 from homing.app import DEFAULT_MAX_BODY_SIZE, AuthMode, UnknownEvents
 from homing.errors import ConfigurationError
 from homing.signing import KeyRing
 
-PublisherKind = Literal["loopback", "memory"]
+PublisherKind = Literal["loopback", "memory", "pubsub"]
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {raw!r}")
+        return raw
+
+    return parse
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise ValueError(f"must be a whole number {span}, not {raw!r}")
+        return int(raw)
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _setting(
+    default: Any, parse: Callable[[str], Any] = str, *, env: str | None = None, secret: bool = False
+) -> Any:
+    return field(default=default, repr=not secret, metadata={"parse": parse, "env": env})
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """homing's settings; each field is read from ``HOMING_<FIELD NAME IN CAPITALS>``.
+    """homing's settings; each is read from ``HOMING_<NAME IN CAPITALS>`` unless noted.
 
     Attributes:
         signing_keys: ``kid:secret`` pairs, comma-separated; the first signs, all verify.
         legacy_secret: accept the article's format (``signature`` attribute) signed with this.
-        auth: ``hmac``, or ``none`` (development only; warns at start-up).
-        publisher: ``loopback`` (POST back to this service) or ``memory``.
+        auth: ``hmac``, ``oidc`` (Google's push token), ``both``, or ``none`` (development only).
+        publisher: ``loopback`` (POST back to this service), ``memory`` or ``pubsub``.
         loopback_url: where the loopback publisher delivers; default this service's /events.
         max_body_size: push bodies larger than this many bytes are refused with 413.
         unknown_events: ``quarantine`` or ``retry`` an event type this service doesn't know.
+        project: the Google Cloud project (``GOOGLE_CLOUD_PROJECT``).
+        topic: the topic events are published to (id or ``projects/P/topics/T``).
+        subscription: the push subscription that delivers them.
+        push_endpoint: the URL Pub/Sub pushes to (this service's ``/events``).
+        dead_letter_topic: where Pub/Sub moves messages after ``max_delivery_attempts``.
+        push_service_account: the service account whose OIDC token Pub/Sub attaches.
+        oidc_audience: the token audience to require (default: ``push_endpoint``).
+        oidc_service_accounts: accepted token emails, comma-separated (default:
+            ``push_service_account``).
+        oidc_certs_url: where Google's token-signing certificates are fetched.
+        ack_deadline: seconds Pub/Sub waits for an answer (10-600; also the push timeout).
+        min_backoff, max_backoff: the subscription's retry policy, in seconds (0-600).
+        max_delivery_attempts: attempts before dead-lettering (5-100).
+        publish_timeout: seconds a publish may take before the request fails.
     """
 
-    signing_keys: KeyRing | None = None
-    legacy_secret: str | None = field(default=None, repr=False)
-    auth: AuthMode = "hmac"
-    publisher: PublisherKind = "loopback"
-    loopback_url: str | None = None
-    max_body_size: int = DEFAULT_MAX_BODY_SIZE
-    unknown_events: UnknownEvents = "quarantine"
+    signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
+    legacy_secret: str | None = _setting(None, secret=True)
+    auth: AuthMode = _setting("hmac", _choice(get_args(AuthMode)))
+    publisher: PublisherKind = _setting("loopback", _choice(get_args(PublisherKind)))
+    loopback_url: str | None = _setting(None)
+    max_body_size: int = _setting(DEFAULT_MAX_BODY_SIZE, _whole(1))
+    unknown_events: UnknownEvents = _setting("quarantine", _choice(get_args(UnknownEvents)))
+    project: str | None = _setting(None, env="GOOGLE_CLOUD_PROJECT")
+    topic: str | None = _setting(None)
+    subscription: str | None = _setting(None)
+    push_endpoint: str | None = _setting(None)
+    dead_letter_topic: str | None = _setting(None)
+    push_service_account: str | None = _setting(None)
+    oidc_audience: str | None = _setting(None)
+    oidc_service_accounts: tuple[str, ...] = _setting((), _names)
+    oidc_certs_url: str = _setting(GOOGLE_CERTS_URL)
+    ack_deadline: int = _setting(600, _whole(10, 600))
+    min_backoff: int = _setting(10, _whole(0, 600))
+    max_backoff: int = _setting(600, _whole(0, 600))
+    max_delivery_attempts: int = _setting(5, _whole(5, 100))
+    publish_timeout: float = _setting(10.0, _seconds)
+
+    def __post_init__(self) -> None:
+        if self.min_backoff > self.max_backoff:
+            raise ConfigurationError(
+                f"HOMING_MIN_BACKOFF ({self.min_backoff}) exceeds HOMING_MAX_BACKOFF "
+                f"({self.max_backoff})"
+            )
 
     def __repr__(self) -> str:
         shown = {f.name: repr(getattr(self, f.name)) for f in fields(self)}
@@ -46,44 +123,41 @@ class Settings:
             shown["legacy_secret"] = "***"  # noqa: S105 - a mask, not a password
         return "Settings(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
 
+    @property
+    def audience(self) -> str | None:
+        """The OIDC audience to require: ``oidc_audience``, else the push endpoint URL."""
+        return self.oidc_audience or self.push_endpoint
+
+    @property
+    def allowed_push_accounts(self) -> tuple[str, ...]:
+        if self.oidc_service_accounts:
+            return self.oidc_service_accounts
+        return (self.push_service_account,) if self.push_service_account else ()
+
+    @classmethod
+    def variable(cls, name: str, prefix: str = "HOMING_") -> str:
+        """The environment variable that sets field ``name``."""
+        meta = cls.__dataclass_fields__[name].metadata
+        return meta.get("env") or prefix + name.upper()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, prefix: str = "HOMING_") -> Self:
         """Build settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
-        known = {f.name.upper(): f.name for f in fields(cls)}
-        unknown = sorted(k for k in env if k.startswith(prefix) and k[len(prefix) :] not in known)
+        variables = {cls.variable(f.name, prefix): f for f in fields(cls)}
+        unknown = sorted(k for k in env if k.startswith(prefix) and k not in variables)
         if unknown:
             raise ConfigurationError(
                 f"unknown setting(s) {', '.join(unknown)}; known: "
-                + ", ".join(prefix + name for name in known)
+                + ", ".join(v for v in variables if v.startswith(prefix))
             )
         values: dict[str, object] = {}
-        for upper, name in known.items():
-            raw = env.get(prefix + upper)
+        for variable, spec in variables.items():
+            raw = env.get(variable)
             if raw is None or raw == "":
                 continue
-            values[name] = _parse(name, prefix + upper, raw)
+            try:
+                values[spec.name] = spec.metadata["parse"](raw)
+            except (ValueError, ConfigurationError) as exc:
+                raise ConfigurationError(f"{variable}: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "auth": get_args(AuthMode),
-    "publisher": get_args(PublisherKind),
-    "unknown_events": get_args(UnknownEvents),
-}
-
-
-def _parse(name: str, variable: str, raw: str) -> object:
-    if name == "signing_keys":
-        try:
-            return KeyRing.from_string(raw)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{variable}: {exc}") from None
-    if name == "max_body_size":
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigurationError(f"{variable} must be a positive number of bytes")
-        return int(raw)
-    choices = _CHOICES.get(name)
-    if choices is not None and raw not in choices:
-        raise ConfigurationError(f"{variable} must be one of {', '.join(choices)}, not {raw!r}")
-    return cast(object, raw)

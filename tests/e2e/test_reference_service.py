@@ -91,5 +91,5 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: object) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "HOMING_AUTH must be one of hmac, none" in result.stderr
+    assert "HOMING_AUTH: must be one of hmac, oidc, both, none" in result.stderr
     assert "Traceback" not in result.stderr
