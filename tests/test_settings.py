@@ -126,7 +126,9 @@ def test_explicit_oidc_settings_win() -> None:
             "HOMING_PUSH_ENDPOINT": "https://api.example.com/events",
             "HOMING_OIDC_AUDIENCE": "my-audience",
             "HOMING_PUSH_SERVICE_ACCOUNT": "a@x.iam.gserviceaccount.com",
-            "HOMING_OIDC_SERVICE_ACCOUNTS": "b@x.iam.gserviceaccount.com, c@x.iam.gserviceaccount.com",
+            "HOMING_OIDC_SERVICE_ACCOUNTS": (
+                "b@x.iam.gserviceaccount.com, c@x.iam.gserviceaccount.com"
+            ),
         }
     )
     assert settings.audience == "my-audience"
