@@ -229,6 +229,82 @@ def run_signing(runs: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_publish_latency(runs: int, count: int = 200) -> dict[str, dict[str, float]]:
+    """Publish latency in ms (p50, p99): homing inside an event loop vs raw client calls."""
+    import asyncio
+
+    from google.cloud import pubsub_v1
+
+    from bench.apps import Noop, _homing
+    from homing.publishers.pubsub import PubSubPublisher
+    from tests.emulator import find_emulator, running_emulator
+
+    script = find_emulator()
+    if script is None:
+        print(
+            "bench: the Pub/Sub emulator is not installed; publish latency skipped", file=sys.stderr
+        )
+        return {}
+    results: dict[str, list[dict[str, float]]] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_emulator(script, Path(tmp) / "emu.log") as host,
+    ):
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        topic = "projects/bench/topics/latency"
+        pubsub_v1.PublisherClient().create_topic(name=topic)
+
+        def raw(client: pubsub_v1.PublisherClient) -> list[float]:
+            client.publish(topic, b"warm-up").result()
+            samples = []
+            for _ in range(count):
+                started = time.perf_counter()
+                client.publish(topic, DATA, **{"event-type": "bench.noop"}).result()
+                samples.append((time.perf_counter() - started) * 1000)
+            return samples
+
+        async def through_homing() -> list[float]:
+            homing = _homing()
+            homing.publisher = PubSubPublisher(topic)
+            await homing.publish(Noop(n=0))
+            samples = []
+            for n in range(count):
+                started = time.perf_counter()
+                await homing.publish(Noop(n=n))
+                samples.append((time.perf_counter() - started) * 1000)
+            await homing.aclose()
+            return samples
+
+        zero = pubsub_v1.types.BatchSettings(max_latency=0)
+        for _ in range(runs):
+            for name, samples in (
+                ("raw publish().result(), default batching", raw(pubsub_v1.PublisherClient())),
+                (
+                    "raw publish().result(), max_latency=0",
+                    raw(pubsub_v1.PublisherClient(batch_settings=zero)),
+                ),
+                ("homing.publish() (PubSubPublisher)", asyncio.run(through_homing())),
+            ):
+                results.setdefault(name, []).append(
+                    {"p50": _percentile(samples, 0.5), "p99": _percentile(samples, 0.99)}
+                )
+        del os.environ["PUBSUB_EMULATOR_HOST"]
+    return {
+        name: {
+            "p50": statistics.median(r["p50"] for r in rows),
+            "p99": statistics.median(r["p99"] for r in rows),
+            "p50_min": min(r["p50"] for r in rows),
+            "p50_max": max(r["p50"] for r in rows),
+        }
+        for name, rows in results.items()
+    }
+
+
 def _span(figures: Mapping[str, float]) -> str:
     return f"{figures['min']:,.0f}-{figures['max']:,.0f}"
 
@@ -255,6 +331,22 @@ def report(
     print(f"\n{'operation':<34} {'ops/s median':>13} {'min-max':>21} {'vs raw hmac':>11}")
     for name, f in ops.items():
         print(f"{name:<34} {f['median']:>13,.0f} {_span(f):>21} {f['median'] / raw:>10.2f}x")
+
+
+def report_latency(latency: Mapping[str, Mapping[str, float]]) -> None:
+    if not latency:
+        return
+    zero = latency["raw publish().result(), max_latency=0"]["p50"]
+    default = latency["raw publish().result(), default batching"]["p50"]
+    print(f"\n{'publish latency (ms)':<42} {'p50':>7} {'p50 min-max':>13} {'p99':>7}")
+    for name, f in latency.items():
+        span = f"{f['p50_min']:.2f}-{f['p50_max']:.2f}"
+        print(f"{name:<42} {f['p50']:>7.2f} {span:>13} {f['p99']:>7.2f}")
+    homing = latency["homing.publish() (PubSubPublisher)"]["p50"]
+    print(
+        f"homing p50 vs raw max_latency=0: {homing / zero:.2f}x; "
+        f"raw default batching vs homing: {default / homing:.1f}x slower"
+    )
 
 
 def main() -> int:
@@ -284,9 +376,11 @@ def main() -> int:
             print(f"bench: {case.name} ...", file=sys.stderr, flush=True)
             http[case.name] = run_http(case, workdir, args.concurrency, args.runs, args.seconds)
     ops = run_signing(args.runs)
-    results["http"], results["ops"] = http, ops
+    latency = {} if args.only else run_publish_latency(args.runs)
+    results["http"], results["ops"], results["publish_latency_ms"] = http, ops, latency
 
     report(http, ops)
+    report_latency(latency)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(results, indent=2))

@@ -104,8 +104,17 @@ def _keys(settings: Settings) -> KeyRing:
 
 
 def _publisher(config: ServiceConfig, keep: SQLQuarantineStore) -> Publisher:
-    if config.homing.publisher == "memory":
+    settings = config.homing
+    if settings.publisher == "memory":
         return MemoryPublisher()
+    if settings.publisher == "pubsub":
+        from homing.publishers.pubsub import PubSubPublisher  # the client is slow to import
+
+        if not settings.topic:
+            raise ConfigurationError("HOMING_PUBLISHER=pubsub needs HOMING_TOPIC")
+        return PubSubPublisher(
+            settings.topic, project=settings.project, timeout=settings.publish_timeout
+        )
     url = config.homing.loopback_url or f"http://127.0.0.1:{config.port}/events"
     return LoopbackPublisher(url, keep=keep)
 

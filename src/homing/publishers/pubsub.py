@@ -1,0 +1,131 @@
+"""The Google Cloud Pub/Sub publisher (``pip install homing[pubsub]``).
+
+One ``PublisherClient`` per process, made when the app is built and stopped by its lifespan,
+never one per request. Batching is set for request-scoped publishing: a request publishes one
+event and must wait for it (Cloud Run takes the CPU once the response is sent), so the client's
+default 10 ms batch wait would be added to every request; here a batch is sent at once.
+``PUBSUB_EMULATOR_HOST`` is honoured by the client itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+
+from google.api_core import exceptions as gexc
+from google.api_core import retry as retries
+from google.cloud import pubsub_v1
+
+from homing.errors import ConfigurationError, PublishFailed
+from homing.publishers.base import OutgoingMessage, Publisher
+
+logger = logging.getLogger("homing.publishers.pubsub")
+
+#: Sent at once: one event per request, awaited before the response.
+REQUEST_SCOPED_BATCHING = pubsub_v1.types.BatchSettings(
+    max_latency=0, max_messages=100, max_bytes=1_000_000
+)
+
+_TRANSIENT = retries.if_exception_type(
+    gexc.Aborted,
+    gexc.Cancelled,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.ResourceExhausted,
+    gexc.ServiceUnavailable,
+    gexc.Unknown,
+)
+
+
+def topic_path(topic: str, project: str | None) -> str:
+    """``projects/P/topics/T`` from a full path, or from an id and a project."""
+    if topic.startswith("projects/"):
+        return topic
+    if not project:
+        raise ConfigurationError(
+            f"topic {topic!r} is not a full path and no project is set (GOOGLE_CLOUD_PROJECT)"
+        )
+    return f"projects/{project}/topics/{topic}"
+
+
+class PubSubPublisher(Publisher):
+    """Publishes to a Pub/Sub topic and returns once Pub/Sub has the message.
+
+    Args:
+        topic: a topic id (with ``project``) or ``projects/P/topics/T``.
+        project: the Google Cloud project.
+        timeout: seconds a publish may take, retries included, before it fails.
+        shutdown_timeout: how long :meth:`aclose` waits for publishes under way (Cloud Run
+            gives about 10 seconds between SIGTERM and SIGKILL).
+        client: a ``PublisherClient`` to use instead of making one.
+
+    A publish that fails or times out raises :class:`~homing.errors.PublishFailed` with the
+    event type and id. A timed-out publish may still reach Pub/Sub later; the event id lets
+    the endpoint recognise it if it is published again.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        project: str | None = None,
+        timeout: float = 10.0,
+        shutdown_timeout: float = 8.0,
+        client: pubsub_v1.PublisherClient | None = None,
+    ) -> None:
+        self.topic = topic_path(topic, project)
+        self.timeout = timeout
+        self.shutdown_timeout = shutdown_timeout
+        self._client = client or pubsub_v1.PublisherClient(
+            batch_settings=REQUEST_SCOPED_BATCHING,
+            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
+        )
+        self._retry = retries.Retry(
+            predicate=_TRANSIENT, initial=0.05, maximum=2.0, multiplier=2.0, timeout=timeout
+        )
+        self._in_flight: set[asyncio.Future[str]] = set()
+
+    async def _send(self, message: OutgoingMessage) -> str:
+        sent: Future[str] = self._client.publish(
+            self.topic,
+            message.data,
+            ordering_key=message.ordering_key or "",
+            retry=self._retry,
+            timeout=self.timeout,
+            **message.attributes,
+        )
+        waiting = asyncio.wrap_future(sent)
+        self._in_flight.add(waiting)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), self.timeout)
+        except TimeoutError:
+            raise PublishFailed(
+                f"Pub/Sub did not confirm the publish to {self.topic} within {self.timeout}s",
+                event_type=message.event_type,
+                event_id=message.event_id,
+            ) from None
+        except Exception as exc:
+            if message.ordering_key:
+                # Pub/Sub pauses a key after a failure; the caller decides what to do next.
+                self._client.resume_publish(self.topic, message.ordering_key)
+            raise PublishFailed(
+                f"Pub/Sub refused the publish to {self.topic}: {type(exc).__name__}: {exc}",
+                event_type=message.event_type,
+                event_id=message.event_id,
+            ) from exc
+        finally:
+            self._in_flight.discard(waiting)
+
+    async def aclose(self) -> None:
+        """Send what is batched, wait for publishes under way, and stop the client."""
+        if self._closed:
+            return
+        await super().aclose()
+        self._client.stop()
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=self.shutdown_timeout)
+            if pending:
+                logger.error(
+                    "%d publish(es) to %s unconfirmed at shutdown", len(pending), self.topic
+                )

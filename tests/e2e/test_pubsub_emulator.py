@@ -1,0 +1,189 @@
+"""The reference service on the official Pub/Sub emulator: provisioned by the CLI, events
+published with google-cloud-pubsub and pushed back to POST /events by the emulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.cloud import pubsub_v1
+
+from homing import KeyRing, Signer
+from homing.cli import main as homing_cli
+from homing.signing import EVENT_ID
+from tests.e2e.conftest import ROOT, Service, free_port, poll
+
+pytestmark = pytest.mark.e2e
+
+PROJECT = "homing-e2e"
+KEYS = "e2e-key:an-e2e-secret-that-is-long-enough"
+Start = Callable[..., Service]
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    return {"topic": f"events-{suffix}", "subscription": f"push-{suffix}", "dlq": f"dead-{suffix}"}
+
+
+def _provision(emulator: str, monkeypatch: pytest.MonkeyPatch, *flags: str) -> None:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
+    assert homing_cli(["provision", "--project", PROJECT, *flags]) == 0
+
+
+def test_change_name_through_pubsub_push(
+    pubsub_emulator: str,
+    service_factory: Start,
+    names: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    _provision(
+        pubsub_emulator,
+        monkeypatch,
+        "--topic",
+        names["topic"],
+        "--subscription",
+        names["subscription"],
+        "--push-endpoint",
+        f"http://127.0.0.1:{port}/events",
+        "--ack-deadline",
+        "10",
+    )
+    service = service_factory(
+        {
+            "PORT": str(port),
+            "HOMING_SIGNING_KEYS": KEYS,
+            "HOMING_PUBLISHER": "pubsub",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "HOMING_TOPIC": names["topic"],
+            "PUBSUB_EMULATOR_HOST": pubsub_emulator,
+        }
+    )
+    user = httpx.post(f"{service.url}/users", json={"name": "Ann", "email": "a@example.com"}).json()
+    changed = httpx.post(f"{service.url}/change-name", json={"user_id": user["id"], "name": "Bea"})
+    assert changed.status_code == 200
+
+    def notes() -> list[dict[str, str]]:
+        return httpx.get(f"{service.url}/users/{user['id']}/notifications").json()  # type: ignore[no-any-return]
+
+    found = poll(notes, deadline=20)
+    assert isinstance(found, list)
+    assert found[0]["text"] == "Your name was changed from 'Ann' to 'Bea'."
+    time.sleep(1.5)  # the emulator would have redelivered by now had it not taken the ack
+    assert len(notes()) == 1
+    assert service.stop()
+
+
+def test_publish_failure_answers_503_with_the_event_type(
+    pubsub_emulator: str, service_factory: Start
+) -> None:
+    service = service_factory(
+        {
+            "HOMING_SIGNING_KEYS": KEYS,
+            "HOMING_PUBLISHER": "pubsub",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "HOMING_TOPIC": "a-topic-nobody-made",
+            "HOMING_PUBLISH_TIMEOUT": "3",
+            "PUBSUB_EMULATOR_HOST": pubsub_emulator,
+        }
+    )
+    user = httpx.post(f"{service.url}/users", json={"name": "Cy", "email": "c@example.com"}).json()
+    response = httpx.post(
+        f"{service.url}/change-name", json={"user_id": user["id"], "name": "Di"}, timeout=15
+    )
+    assert response.status_code == 503
+    assert response.json()["event_type"] == "user.name.changed"
+
+
+@pytest.fixture
+def flaky_app(pubsub_emulator: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    log = tmp_path / "flaky.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.e2e.apps:always_retry",
+                "--factory",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env={"HOMING_SIGNING_KEYS": KEYS, "PATH": "/usr/bin:/bin"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url).status_code == 404
+        except httpx.TransportError:
+            return False
+
+    poll(up, deadline=20)
+    yield url, log
+    process.terminate()
+    process.wait(10)
+
+
+def test_a_failing_handler_is_redelivered_then_dead_lettered(
+    pubsub_emulator: str,
+    flaky_app: tuple[str, Path],
+    names: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, log = flaky_app
+    _provision(
+        pubsub_emulator,
+        monkeypatch,
+        "--topic",
+        names["topic"],
+        "--subscription",
+        names["subscription"],
+        "--push-endpoint",
+        f"{url}/events",
+        "--ack-deadline",
+        "10",
+        "--dead-letter-topic",
+        names["dlq"],
+        "--max-delivery-attempts",
+        "5",
+        "--min-backoff",
+        "0",
+        "--max-backoff",
+        "1",
+    )
+    subscriber = pubsub_v1.SubscriberClient()
+    dead = subscriber.create_subscription(
+        name=f"projects/{PROJECT}/subscriptions/{names['dlq']}-pull",
+        topic=f"projects/{PROJECT}/topics/{names['dlq']}",
+    ).name
+    signer = Signer(KeyRing.from_string(KEYS))
+    attributes = signer.sign(b'{"n":7}', "test.flaky")
+    pubsub_v1.PublisherClient().publish(
+        f"projects/{PROJECT}/topics/{names['topic']}", b'{"n":7}', **attributes
+    ).result()
+
+    def dead_lettered() -> list[pubsub_v1.types.ReceivedMessage]:
+        return list(subscriber.pull(subscription=dead, max_messages=1, timeout=5).received_messages)
+
+    [received] = poll(dead_lettered, deadline=60, interval=0.5)  # type: ignore[misc]
+    message = received.message
+    assert message.attributes[EVENT_ID] == attributes[EVENT_ID]
+    assert int(message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"]) >= 5
+    assert log.read_text().count("attempt for event 7") >= 5
+    # The dead-lettered copy still verifies: Pub/Sub's own attributes are not signed.
+    verified = signer.verify(message.data, dict(message.attributes), message_id=message.message_id)
+    assert verified.event_type == "test.flaky"
+    subscriber.close()

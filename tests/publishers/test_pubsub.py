@@ -1,0 +1,126 @@
+"""PubSubPublisher against the official emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from google.cloud import pubsub_v1
+
+from homing import Homing, PublishFailed
+from homing.publishers.pubsub import PubSubPublisher, topic_path
+from homing.signing import EVENT_ID
+from tests.conftest import OrderPlaced
+
+PROJECT = "homing-test"
+
+
+@pytest.fixture
+def emulator_env(pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    return pubsub_emulator
+
+
+@pytest.fixture
+def topic(emulator_env: str) -> Iterator[tuple[str, str]]:
+    """A fresh topic with a pull subscription to read back what was published."""
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    topic = publisher.create_topic(name=f"projects/{PROJECT}/topics/{name}").name
+    subscription = subscriber.create_subscription(
+        request={
+            "name": f"projects/{PROJECT}/subscriptions/{name}-pull",
+            "topic": topic,
+            "enable_message_ordering": True,
+        }
+    ).name
+    yield topic, subscription
+    subscriber.close()
+
+
+def _pull(subscription: str, count: int) -> list[pubsub_v1.types.PubsubMessage]:
+    subscriber = pubsub_v1.SubscriberClient()
+    got: list[pubsub_v1.types.PubsubMessage] = []
+    try:
+        for _ in range(20):
+            response = subscriber.pull(subscription=subscription, max_messages=10, timeout=5)
+            got += [received.message for received in response.received_messages]
+            if response.received_messages:
+                subscriber.acknowledge(
+                    subscription=subscription,
+                    ack_ids=[r.ack_id for r in response.received_messages],
+                )
+            if len(got) >= count:
+                break
+    finally:
+        subscriber.close()
+    return got
+
+
+async def test_publishes_the_signed_message(homing: Homing, topic: tuple[str, str]) -> None:
+    topic_name, subscription = topic
+    homing.publisher = PubSubPublisher(topic_name)
+    event_id = await homing.publish(OrderPlaced(order_id=3, total_cents=7), ordering_key="o-3")
+    await homing.publisher.aclose()
+    [message] = await asyncio.to_thread(_pull, subscription, 1)
+    assert message.data == b'{"order_id":3,"total_cents":7}'
+    assert message.attributes[EVENT_ID] == event_id
+    assert message.attributes["event-type"] == "order.placed"
+    assert message.ordering_key == "o-3"
+    assert homing.signer is not None
+    verified = homing.signer.verify(
+        message.data, dict(message.attributes), message_id=message.message_id
+    )
+    assert verified.event_id == event_id
+
+
+async def test_ordering_keys_keep_order(homing: Homing, topic: tuple[str, str]) -> None:
+    topic_name, subscription = topic
+    homing.publisher = PubSubPublisher(topic_name)
+    for n in range(5):
+        await homing.publish(OrderPlaced(order_id=n, total_cents=0), ordering_key="same")
+    await homing.publisher.aclose()
+    messages = await asyncio.to_thread(_pull, subscription, 5)
+    assert [m.data for m in messages] == [b'{"order_id":%d,"total_cents":0}' % n for n in range(5)]
+
+
+async def test_a_missing_topic_fails_with_the_event(homing: Homing, emulator_env: str) -> None:
+    homing.publisher = PubSubPublisher("no-such-topic", project=PROJECT, timeout=5)
+    with pytest.raises(PublishFailed, match="NotFound") as caught:
+        await homing.publish(OrderPlaced(order_id=1, total_cents=1), event_id="e-nf")
+    assert (caught.value.event_type, caught.value.event_id) == ("order.placed", "e-nf")
+    await homing.publisher.aclose()
+
+
+async def test_an_unreachable_broker_fails_within_the_timeout(
+    homing: Homing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.emulator import _free_port
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
+    homing.publisher = PubSubPublisher("events", project=PROJECT, timeout=1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(PublishFailed, match=r"order\.placed"):
+        await homing.publish(OrderPlaced(order_id=1, total_cents=1))
+    assert loop.time() - started < 5
+    await homing.publisher.aclose()
+
+
+async def test_publish_after_close_fails(homing: Homing, topic: tuple[str, str]) -> None:
+    homing.publisher = PubSubPublisher(topic[0])
+    await homing.publisher.aclose()
+    with pytest.raises(PublishFailed, match="closed"):
+        await homing.publish(OrderPlaced(order_id=1, total_cents=1))
+
+
+def test_topic_paths() -> None:
+    assert topic_path("events", "p") == "projects/p/topics/events"
+    assert topic_path("projects/q/topics/x", None) == "projects/q/topics/x"
+    from homing import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="GOOGLE_CLOUD_PROJECT"):
+        topic_path("events", None)
