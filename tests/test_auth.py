@@ -24,7 +24,7 @@ from homing.auth import (
     PushToken,
 )
 from homing.errors import AuthenticationFailed, ConfigurationError, Forbidden
-from homing.settings import GOOGLE_CERTS_URL as SETTINGS_CERTS_URL
+from homing.settings import Settings
 
 NOW = 1_800_000_000.0
 AUDIENCE = "https://events.example.com/events"
@@ -208,8 +208,8 @@ async def test_expiry_and_issue_time_allow_the_leeway(
     await verifier.verify(bearer(rs256(google_key, slightly_early)))
 
 
-def test_certs_url_matches_the_settings_default() -> None:
-    assert GOOGLE_CERTS_URL == SETTINGS_CERTS_URL
+def test_certs_url_is_the_settings_default() -> None:
+    assert Settings().oidc_certs_url == GOOGLE_CERTS_URL
 
 
 # -- the Authorization header and the token's shape --------------------------------------------

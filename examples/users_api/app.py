@@ -30,6 +30,7 @@ from homing import (
     Settings,
     Signer,
 )
+from homing.auth import OIDCVerifier
 from homing.errors import ConfigurationError
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
 from users_api.db import Base, Notification, User
@@ -119,11 +120,34 @@ def _publisher(config: ServiceConfig, keep: SQLQuarantineStore) -> Publisher:
     return LoopbackPublisher(url, keep=keep)
 
 
+def _oidc(settings: Settings) -> OIDCVerifier | None:
+    if settings.auth not in ("oidc", "both"):
+        return None
+    missing = []
+    if not settings.audience:
+        missing.append(
+            f"{Settings.variable('push_endpoint')} or {Settings.variable('oidc_audience')}"
+        )
+    if not settings.allowed_push_accounts:
+        missing.append(
+            f"{Settings.variable('push_service_account')} or "
+            f"{Settings.variable('oidc_service_accounts')}"
+        )
+    if missing or settings.audience is None:
+        raise ConfigurationError(f"HOMING_AUTH={settings.auth} needs " + " and ".join(missing))
+    return OIDCVerifier(
+        audience=settings.audience,
+        service_accounts=settings.allowed_push_accounts,
+        certs_url=settings.oidc_certs_url,
+    )
+
+
 def build_homing(config: ServiceConfig, engine: AsyncEngine) -> Homing:
     settings = config.homing
     quarantine = SQLQuarantineStore(engine)
     homing = Homing(
         signer=Signer(_keys(settings), legacy_secret=settings.legacy_secret),
+        oidc=_oidc(settings),
         publisher=_publisher(config, quarantine),
         dedupe=SQLDedupeStore(engine),
         quarantine=quarantine,

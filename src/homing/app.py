@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from homing.asgi import PushEndpoint
+    from homing.auth import OIDCVerifier
 
 logger = logging.getLogger("homing")
 
@@ -61,11 +62,14 @@ class Homing:
     """One service's events: register models and handlers, publish, and serve the push endpoint.
 
     Args:
-        signer: signs what :meth:`publish` sends and verifies every push (``auth="hmac"``).
+        signer: signs what :meth:`publish` sends and verifies every push (``auth="hmac"`` or
+            ``"both"``).
+        oidc: verifies the OIDC token Pub/Sub attaches to a push (``auth="oidc"`` or ``"both"``).
         publisher: where :meth:`publish` sends events; required to publish.
         dedupe: remembers handled event ids (in memory unless given).
         quarantine: keeps dropped envelopes (in memory unless given).
-        auth: ``"hmac"``, or ``"none"`` to accept unsigned pushes (development only; warns).
+        auth: ``"hmac"`` (homing's signature), ``"oidc"`` (Google's push token), ``"both"``
+            (production), or ``"none"`` to accept anything (development only; warns).
         unknown_events: an event type with no model or handler is ``"quarantine"``-d (acked
             and kept) or answered with ``"retry"`` (useful while a deploy rolls out).
         max_body_size: larger push bodies are refused with 413.
@@ -87,6 +91,7 @@ class Homing:
         self,
         *,
         signer: Signer | None,
+        oidc: OIDCVerifier | None = None,
         publisher: Publisher | None = None,
         dedupe: DedupeStore | None = None,
         quarantine: QuarantineStore | None = None,
@@ -95,12 +100,14 @@ class Homing:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         lease: float = 600.0,
     ) -> None:
-        if auth in ("oidc", "both"):
-            raise ConfigurationError(f"auth={auth!r} is not available yet")
-        if auth not in ("hmac", "none"):
-            raise ConfigurationError(f"auth must be 'hmac' or 'none', not {auth!r}")
-        if auth == "hmac" and signer is None:
-            raise ConfigurationError("auth='hmac' needs a signer (signing keys)")
+        if auth not in ("hmac", "oidc", "both", "none"):
+            raise ConfigurationError(f"auth must be 'hmac', 'oidc', 'both' or 'none', not {auth!r}")
+        if auth in ("hmac", "both") and signer is None:
+            raise ConfigurationError(f"auth={auth!r} needs a signer (signing keys)")
+        if auth in ("oidc", "both") and oidc is None:
+            raise ConfigurationError(
+                f"auth={auth!r} needs an OIDC verifier (push audience and service accounts)"
+            )
         if unknown_events not in ("quarantine", "retry"):
             raise ConfigurationError(
                 f"unknown_events must be 'quarantine' or 'retry', not {unknown_events!r}"
@@ -111,6 +118,7 @@ class Homing:
                 "push endpoint can run handlers. Never use this outside development."
             )
         self.signer = signer
+        self.oidc = oidc
         self.publisher = publisher
         self.dedupe = dedupe if dedupe is not None else MemoryDedupeStore()
         self.quarantine = quarantine if quarantine is not None else MemoryQuarantineStore()
@@ -183,9 +191,14 @@ class Homing:
 
     # -- the push endpoint --------------------------------------------------------------------
 
-    async def handle_push(self, body: bytes) -> PushResult:
-        """Authenticate, decode and dispatch one push body; never raises for bad input."""
+    async def handle_push(self, body: bytes, *, authorization: str | None = None) -> PushResult:
+        """Authenticate, decode and dispatch one push; never raises for bad input.
+
+        ``authorization`` is the request's ``Authorization`` header (Pub/Sub's OIDC token).
+        """
         try:
+            if self.oidc is not None and self.auth in ("oidc", "both"):
+                await self.oidc.verify(authorization)
             push = parse_push(body)
             verified = self._authenticate(push)
         except PushRejected as exc:
@@ -256,7 +269,7 @@ class Homing:
         return _DONE
 
     def _authenticate(self, push: PushMessage) -> VerifiedMessage:
-        if self.signer is not None and self.auth == "hmac":
+        if self.signer is not None and self.auth in ("hmac", "both"):
             return self.signer.verify(push.data, push.attributes, message_id=push.message_id)
         attributes = push.attributes
         return VerifiedMessage(
@@ -328,6 +341,8 @@ class Homing:
         """Flush and close the publisher, then the stores."""
         if self.publisher is not None:
             await self.publisher.aclose()
+        if self.oidc is not None:
+            await self.oidc.aclose()
         await self.dedupe.aclose()
         await self.quarantine.aclose()
 

@@ -41,7 +41,12 @@ class PushEndpoint:
         except PayloadTooLarge as exc:
             await _respond(send, exc.status_code, {"outcome": exc.code, "detail": exc.detail})
             return
-        result = await self.homing.handle_push(body)
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        result = await self.homing.handle_push(body, authorization=authorization)
         if result.status == 204:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Self, get_args
 
 from homing.app import DEFAULT_MAX_BODY_SIZE, AuthMode, UnknownEvents
+from homing.auth import GOOGLE_CERTS_URL
 from homing.errors import ConfigurationError
 from homing.signing import KeyRing
 
 PublisherKind = Literal["loopback", "memory", "pubsub"]
-
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:

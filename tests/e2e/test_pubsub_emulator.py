@@ -178,8 +178,9 @@ def test_a_failing_handler_is_redelivered_then_dead_lettered(
     def dead_lettered() -> list[pubsub_v1.types.ReceivedMessage]:
         return list(subscriber.pull(subscription=dead, max_messages=1, timeout=5).received_messages)
 
-    [received] = poll(dead_lettered, deadline=60, interval=0.5)  # type: ignore[misc]
-    message = received.message
+    found = poll(dead_lettered, deadline=60, interval=0.5)
+    assert isinstance(found, list)
+    message = found[0].message
     assert message.attributes[EVENT_ID] == attributes[EVENT_ID]
     assert int(message.attributes["CloudPubSubDeadLetterSourceDeliveryCount"]) >= 5
     assert log.read_text().count("attempt for event 7") >= 5

@@ -111,3 +111,37 @@ def test_bad_port_is_refused(port: str) -> None:
 
     with pytest.raises(ConfigurationError, match="PORT"):
         ServiceConfig.from_env({"PORT": port})
+
+
+def test_oidc_modes_need_audience_and_accounts(tmp_path: Path) -> None:
+    from homing import ConfigurationError
+
+    config = ServiceConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        homing=Settings(auth="both", signing_keys=KeyRing.generate()),
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        create_app(config)
+    message = str(caught.value)
+    assert "HOMING_PUSH_ENDPOINT or HOMING_OIDC_AUDIENCE" in message
+    assert "HOMING_PUSH_SERVICE_ACCOUNT or HOMING_OIDC_SERVICE_ACCOUNTS" in message
+
+
+async def test_oidc_mode_refuses_pushes_without_a_token(tmp_path: Path) -> None:
+    config = ServiceConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        homing=Settings(
+            auth="both",
+            signing_keys=KeyRing.generate(),
+            publisher="memory",
+            push_endpoint="https://svc.example.com/events",
+            push_service_account="push@p.iam.gserviceaccount.com",
+        ),
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            response = await client.post("/events", content=b"{}")
+    assert response.status_code == 401
+    assert "Authorization" in response.json()["detail"]
