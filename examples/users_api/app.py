@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from pydantic import BaseModel, EmailStr, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.routing import Route
 
 from homing import (
     Delivery,
@@ -26,12 +26,12 @@ from homing import (
     LoopbackPublisher,
     MemoryPublisher,
     Publisher,
-    PublishFailed,
     Settings,
     Signer,
 )
 from homing.auth import OIDCVerifier
 from homing.errors import ConfigurationError
+from homing.outbox import FlushEndpoint, SQLOutbox
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
 from users_api.db import Base, Notification, User
 
@@ -142,13 +142,14 @@ def _oidc(settings: Settings) -> OIDCVerifier | None:
     )
 
 
-def build_homing(config: ServiceConfig, engine: AsyncEngine) -> Homing:
+def build_homing(
+    config: ServiceConfig, engine: AsyncEngine, publisher: Publisher, quarantine: SQLQuarantineStore
+) -> Homing:
     settings = config.homing
-    quarantine = SQLQuarantineStore(engine)
     homing = Homing(
         signer=Signer(_keys(settings), legacy_secret=settings.legacy_secret),
         oidc=_oidc(settings),
-        publisher=_publisher(config, quarantine),
+        publisher=publisher,
         dedupe=SQLDedupeStore(engine),
         quarantine=quarantine,
         auth=settings.auth,
@@ -160,24 +161,24 @@ def build_homing(config: ServiceConfig, engine: AsyncEngine) -> Homing:
 
     @homing.handler(UserNameChanged)
     async def notify_user(event: UserNameChanged, delivery: Delivery) -> None:
+        # The effect and the "handled" mark commit in one transaction: exactly one
+        # notification per event, whatever crashes or redeliveries happen around it.
         async with sessions.begin() as session:
-            known = await session.scalar(
-                select(Notification.id).where(Notification.event_id == delivery.event_id)
-            )
-            if known is None:
-                session.add(
-                    Notification(
-                        event_id=delivery.event_id,
-                        user_id=event.user_id,
-                        text=f"Your name was changed from {event.old_name!r} "
-                        f"to {event.new_name!r}.",
-                    )
+            session.add(
+                Notification(
+                    event_id=delivery.event_id,
+                    user_id=event.user_id,
+                    text=f"Your name was changed from {event.old_name!r} to {event.new_name!r}.",
                 )
+            )
+            await delivery.mark_done(session)
 
     return homing
 
 
-def api_router(homing: Homing, sessions: async_sessionmaker[AsyncSession]) -> APIRouter:
+def api_router(
+    homing: Homing, outbox: SQLOutbox, sessions: async_sessionmaker[AsyncSession]
+) -> APIRouter:
     router = APIRouter()
 
     @router.get("/healthz")
@@ -201,28 +202,21 @@ def api_router(homing: Homing, sessions: async_sessionmaker[AsyncSession]) -> AP
         return UserOut(id=user.id, name=user.name, email=user.email)
 
     @router.post("/change-name", response_model=UserOut)
-    async def change_name(body: NameChange) -> UserOut | JSONResponse:
+    async def change_name(body: NameChange, response: Response) -> UserOut:
         async with sessions.begin() as session:
             user = await session.get(User, body.user_id, with_for_update=True)
             if user is None:
                 raise HTTPException(404, f"user {body.user_id} not found")
             old_name, user.name = user.name, body.name
             out = UserOut(id=user.id, name=user.name, email=user.email)
-        # Published before the response: on Cloud Run the CPU is gone once we answer.
-        try:
-            await homing.publish(
-                UserNameChanged(user_id=out.id, old_name=old_name, new_name=out.name)
-            )
-        except PublishFailed as exc:
-            logger.error("change-name: %s", exc)
-            return JSONResponse(
-                {
-                    "detail": "the name was changed but its event could not be published",
-                    "event_type": exc.event_type,
-                    "event_id": exc.event_id,
-                },
-                status_code=503,
-            )
+            # Written in the same transaction as the rename: the event cannot be lost.
+            event = UserNameChanged(user_id=out.id, old_name=old_name, new_name=out.name)
+            staged = await outbox.stage(session, homing.sign(event))
+        # Published before the response: on Cloud Run the CPU is gone once we answer. If the
+        # broker does not answer, the event waits in the outbox for the next flush.
+        published = await outbox.send(staged)
+        response.headers["x-event-id"] = staged.event_id
+        response.headers["x-event-status"] = "published" if published else "pending"
         return out
 
     @router.get("/users/{user_id}/notifications")
@@ -240,11 +234,19 @@ def api_router(homing: Homing, sessions: async_sessionmaker[AsyncSession]) -> AP
     return router
 
 
-def create_app(config: ServiceConfig | None = None) -> FastAPI:
-    """The reference service, configured from ``config`` (default: the environment)."""
+def create_app(
+    config: ServiceConfig | None = None, *, publisher: Publisher | None = None
+) -> FastAPI:
+    """The reference service, configured from ``config`` (default: the environment).
+
+    ``publisher`` replaces the one the settings choose (a seam for tests).
+    """
     config = config or ServiceConfig.from_env()
     engine = create_engine(config.database_url)
-    homing = build_homing(config, engine)
+    quarantine = SQLQuarantineStore(engine)
+    publisher = publisher or _publisher(config, quarantine)
+    homing = build_homing(config, engine, publisher, quarantine)
+    outbox = SQLOutbox(engine, publisher)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -260,6 +262,37 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="homing reference service", lifespan=lifespan)
     app.state.homing = homing
-    app.include_router(api_router(homing, sessions))
+    app.state.outbox = outbox
+    app.include_router(api_router(homing, outbox, sessions))
     app.include_router(homing.router("/events"))
+    flush = _flush_route(config.homing, outbox)
+    if flush is not None:
+        app.router.routes.append(flush)
     return app
+
+
+def _flush_route(settings: Settings, outbox: SQLOutbox) -> Route | None:
+    """``POST /outbox/flush`` for Cloud Scheduler, when credentials for it are configured."""
+    scheduler = None
+    if settings.scheduler_service_accounts:
+        audience = settings.scheduler_audience
+        if not audience and settings.push_endpoint:
+            audience = settings.push_endpoint.rsplit("/", 1)[0] + "/outbox/flush"
+        if not audience:
+            raise ConfigurationError(
+                "HOMING_SCHEDULER_SERVICE_ACCOUNTS needs HOMING_SCHEDULER_AUDIENCE "
+                "(the flush route's URL) or HOMING_PUSH_ENDPOINT"
+            )
+        scheduler = OIDCVerifier(
+            audience=audience,
+            service_accounts=settings.scheduler_service_accounts,
+            certs_url=settings.oidc_certs_url,
+        )
+    if settings.flush_token is None and scheduler is None:
+        logger.info(
+            "POST /outbox/flush is off: set HOMING_FLUSH_TOKEN or "
+            "HOMING_SCHEDULER_SERVICE_ACCOUNTS to let a scheduler flush the outbox"
+        )
+        return None
+    endpoint = FlushEndpoint(outbox, token=settings.flush_token, oidc=scheduler)
+    return Route("/outbox/flush", endpoint, methods=["POST"], name="outbox_flush")

@@ -241,6 +241,7 @@ class Homing:
             publish_time=push.publish_time,
             delivery_attempt=push.delivery_attempt,
             scheme=verified.scheme,
+            dedupe=self.dedupe,
         )
         started = time.perf_counter()
         try:
@@ -255,11 +256,14 @@ class Homing:
             await self._release(event_id)
             logger.exception("handler for %s (%s) failed", type_name, event_id)
             return PushResult(500, "handler_failed", f"the handler raised {type(exc).__name__}")
-        try:
-            await self.dedupe.done(event_id)
-        except Exception:
-            # The effect happened; a redelivery will find the claim and wait out its lease.
-            logger.exception("could not mark %s (%s) done", type_name, event_id)
+        if delivery.marked_done:
+            self.dedupe.note_done(event_id)
+        else:
+            try:
+                await self.dedupe.done(event_id)
+            except Exception:
+                # The effect happened; a redelivery finds the claim and waits out its lease.
+                logger.exception("could not mark %s (%s) done", type_name, event_id)
         logger.debug(
             "handled %s (%s) in %.1f ms",
             type_name,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from homing.errors import EventRegistrationError
+from homing.errors import ConfigurationError, EventRegistrationError
+from homing.stores.base import DedupeStore
 
 
 class Retry(Exception):
@@ -27,7 +28,7 @@ class Drop(Exception):
     """Raise from a handler to acknowledge the message and keep it in quarantine."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, kw_only=True)
 class Delivery:
     """What a handler may want to know about the push that carried its event."""
 
@@ -39,6 +40,24 @@ class Delivery:
     publish_time: str | None
     delivery_attempt: int | None
     scheme: Literal["v1", "legacy", "unsigned"]
+    dedupe: DedupeStore | None = field(default=None, repr=False)
+    marked_done: bool = field(default=False, repr=False)
+
+    async def mark_done(self, transaction: Any) -> None:
+        """Mark this event handled inside your own database transaction, beside its effect.
+
+        Then the effect and the "done" mark commit together or not at all: a crash between
+        them can neither lose the mark (a redelivery would repeat the effect) nor keep it
+        without the effect. Needs the SQL dedupe store on the same database::
+
+            async with sessions.begin() as session:
+                session.add(Notification(...))
+                await delivery.mark_done(session)
+        """
+        if self.dedupe is None:
+            raise ConfigurationError("this delivery has no dedupe store")
+        await self.dedupe.done_in(transaction, self.event_id)
+        self.marked_done = True
 
 
 Handler = Callable[..., Awaitable[None]]

@@ -85,6 +85,9 @@ class Settings:
         min_backoff, max_backoff: the subscription's retry policy, in seconds (0-600).
         max_delivery_attempts: attempts before dead-lettering (5-100).
         publish_timeout: seconds a publish may take before the request fails.
+        flush_token: a bearer token that may call the outbox flush route.
+        scheduler_service_accounts: Cloud Scheduler accounts whose OIDC token may call it.
+        scheduler_audience: the audience of their tokens (default: the flush route's URL).
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -108,6 +111,9 @@ class Settings:
     max_backoff: int = _setting(600, _whole(0, 600))
     max_delivery_attempts: int = _setting(5, _whole(5, 100))
     publish_timeout: float = _setting(10.0, _seconds)
+    flush_token: str | None = _setting(None, secret=True)
+    scheduler_service_accounts: tuple[str, ...] = _setting((), _names)
+    scheduler_audience: str | None = _setting(None)
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:
@@ -118,8 +124,9 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = {f.name: repr(getattr(self, f.name)) for f in fields(self)}
-        if self.legacy_secret is not None:
-            shown["legacy_secret"] = "***"  # noqa: S105 - a mask, not a password
+        for secret in ("legacy_secret", "flush_token"):
+            if getattr(self, secret) is not None:
+                shown[secret] = "***"
         return "Settings(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")"
 
     @property

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from homing import Homing, KeyRing, MemoryPublisher, Settings
 from tests.conftest import POSTGRES_URL, SQL_BACKENDS, open_sql_engine
+from tests.test_outbox import Switchable
 from users_api import ServiceConfig, create_app
 from users_api.db import Base
 
@@ -62,6 +63,8 @@ async def test_change_name_publishes_and_the_handler_notifies_once(
     response = await client.post("/change-name", json={"user_id": user["id"], "name": "Bea"})
     assert response.status_code == 200
     assert response.json() == {**user, "name": "Bea"}
+    assert response.headers["x-event-status"] == "published"
+    assert await service.state.outbox.count() == 0
 
     publisher = _publisher(service)
     [(message_id, message)] = publisher.messages
@@ -145,3 +148,34 @@ async def test_oidc_mode_refuses_pushes_without_a_token(tmp_path: Path) -> None:
             response = await client.post("/events", content=b"{}")
     assert response.status_code == 401
     assert "Authorization" in response.json()["detail"]
+
+
+async def test_an_unpublished_event_waits_in_the_outbox_until_flushed(tmp_path: Path) -> None:
+    config = ServiceConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        homing=Settings(
+            publisher="memory", signing_keys=KeyRing.generate(), flush_token="flush-token-1234"
+        ),
+    )
+    broker = Switchable()
+    app = create_app(config, publisher=broker)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            user = (await client.post("/users", json={"name": "A", "email": "a@x.io"})).json()
+            broker.up = False
+            response = await client.post("/change-name", json={"user_id": user["id"], "name": "B"})
+            assert response.status_code == 200  # the rename committed, with its event
+            assert response.headers["x-event-status"] == "pending"
+            assert (await client.get(f"/users/{user['id']}")).json()["name"] == "B"
+            assert await app.state.outbox.count() == 1
+
+            broker.up = True
+            unauthorized = await client.post("/outbox/flush")
+            assert unauthorized.status_code == 401
+            flushed = await client.post(
+                "/outbox/flush", headers={"authorization": "Bearer flush-token-1234"}
+            )
+            assert flushed.json() == {"published": 1, "failed": 0, "pending": 0}
+            [message] = broker.sent
+            assert message.event_id == response.headers["x-event-id"]

@@ -7,6 +7,9 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from homing.errors import ConfigurationError
 
 
 class Claim(enum.Enum):
@@ -37,6 +40,15 @@ class DedupeStore(ABC):
     @abstractmethod
     async def release(self, event_id: str) -> None:
         """Give up a claim (the handler asked for a retry) so the next delivery can run."""
+
+    async def done_in(self, transaction: Any, event_id: str) -> None:
+        """Mark ``event_id`` handled inside the caller's open database transaction."""
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot join a database transaction; use SQLDedupeStore"
+        )
+
+    def note_done(self, event_id: str) -> None:  # noqa: B027 - optional hook
+        """Told once a transaction that called :meth:`done_in` for ``event_id`` committed."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the store holds."""

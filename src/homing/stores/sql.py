@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     Insert,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -26,7 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
 
@@ -52,6 +53,19 @@ quarantine = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, index=True),
     Column("event_type", String(255)),
     Column("event_id", String(255)),
+)
+
+outbox = Table(
+    "homing_outbox",
+    metadata,
+    Column("event_id", String(255), primary_key=True),
+    Column("event_type", String(255), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("attributes", Text, nullable=False),  # JSON object of the signed attributes
+    Column("ordering_key", String(1024)),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
 )
 
 
@@ -140,11 +154,17 @@ class SQLDedupeStore(DedupeStore):
         return Claim.IN_PROGRESS
 
     async def done(self, event_id: str) -> None:
-        row = handled_events.c
         async with self.engine.begin() as connection:
-            await connection.execute(
-                update(handled_events).where(row.event_id == event_id).values(state=_DONE)
-            )
+            await self.done_in(connection, event_id)
+        self._remember_done(event_id)
+
+    async def done_in(self, transaction: AsyncConnection | AsyncSession, event_id: str) -> None:
+        """Mark ``event_id`` done in the caller's transaction, beside the handler's effect."""
+        await transaction.execute(
+            update(handled_events).where(handled_events.c.event_id == event_id).values(state=_DONE)
+        )
+
+    def note_done(self, event_id: str) -> None:
         self._remember_done(event_id)
 
     async def release(self, event_id: str) -> None:

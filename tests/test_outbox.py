@@ -1,0 +1,134 @@
+"""The transactional outbox on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from homing import Homing, OutgoingMessage, Publisher
+from homing.outbox import FlushEndpoint, SQLOutbox
+from tests.conftest import SQL_BACKENDS, OrderPlaced, open_sql_engine
+
+
+class Switchable(Publisher):
+    """A broker that can be taken down and brought back."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.sent: list[OutgoingMessage] = []
+
+    async def _send(self, message: OutgoingMessage) -> str:
+        if not self.up:
+            raise ConnectionError("broker down")
+        self.sent.append(message)
+        return str(len(self.sent))
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with open_sql_engine(request.param, tmp_path) as engine:
+        yield engine
+
+
+@pytest.fixture
+def broker() -> Switchable:
+    return Switchable()
+
+
+@pytest.fixture
+def outbox(engine: AsyncEngine, broker: Switchable) -> SQLOutbox:
+    return SQLOutbox(engine, broker)
+
+
+def _message(homing: Homing, n: int = 1) -> OutgoingMessage:
+    return homing.sign(OrderPlaced(order_id=n, total_cents=n))
+
+
+async def test_a_committed_event_is_sent_once(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    async with engine.begin() as connection:
+        staged = await outbox.stage(connection, _message(homing))
+    assert await outbox.count() == 1
+    assert await outbox.send(staged) is True
+    assert await outbox.send(staged) is False  # nothing left to send
+    assert [m.event_id for m in broker.sent] == [staged.event_id]
+    assert await outbox.count() == 0
+
+
+async def test_a_rolled_back_event_is_never_sent(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with engine.begin() as connection:
+            staged = await outbox.stage(connection, _message(homing))
+            raise RuntimeError("the state change failed")
+    assert await outbox.send(staged) is False
+    assert broker.sent == []
+    assert await outbox.count() == 0
+
+
+async def test_an_event_waits_while_the_broker_is_down_then_flushes_unchanged(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    broker.up = False
+    async with engine.begin() as connection:
+        staged = await outbox.stage(connection, _message(homing, 1))
+        await outbox.stage(connection, _message(homing, 2))
+    assert await outbox.send(staged) is False
+    report = await outbox.flush()
+    assert (report.published, report.failed) == (0, 2)
+    assert "broker down" in report.errors[0]
+    [first, _] = await outbox.pending()
+    assert first.event_id == staged.event_id
+    assert first.attributes == staged.attributes  # signed once; republished as it was
+
+    broker.up = True
+    report = await outbox.flush()
+    assert (report.published, report.failed) == (2, 0)
+    assert [m.event_id for m in broker.sent][0] == staged.event_id
+    assert broker.sent[0].data == staged.data
+    assert broker.sent[0].attributes == staged.attributes
+    assert await outbox.count() == 0
+
+
+async def test_failures_are_recorded_on_the_row(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    from sqlalchemy import select
+
+    from homing.stores.sql import outbox as table
+
+    broker.up = False
+    async with engine.begin() as connection:
+        staged = await outbox.stage(connection, _message(homing))
+    await outbox.send(staged)
+    await outbox.flush()
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(table))).mappings().one()
+    assert row["attempts"] == 2
+    assert "broker down" in row["last_error"]
+
+
+async def test_the_flush_route_needs_credentials(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    async with engine.begin() as connection:
+        await outbox.stage(connection, _message(homing))
+    route = FlushEndpoint(outbox, token="a-flush-token-for-tests")
+    transport = httpx.ASGITransport(app=route)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.post("/")).status_code == 401
+        wrong = {"authorization": "Bearer not-the-token"}
+        assert (await client.post("/", headers=wrong)).status_code == 401
+        assert broker.sent == []
+        right = {"authorization": "Bearer a-flush-token-for-tests"}
+        response = await client.post("/", headers=right)
+        assert response.status_code == 200
+        assert response.json() == {"published": 1, "failed": 0, "pending": 0}
+        assert (await client.get("/", headers=right)).status_code == 405
+    assert len(broker.sent) == 1
