@@ -63,10 +63,11 @@ async def test_a_committed_event_is_sent_once(
 async def test_a_rolled_back_event_is_never_sent(
     outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
 ) -> None:
-    with pytest.raises(RuntimeError):
-        async with engine.begin() as connection:
-            staged = await outbox.stage(connection, _message(homing))
-            raise RuntimeError("the state change failed")
+    staged = _message(homing)
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        await outbox.stage(connection, staged)
+        await transaction.rollback()  # the state change failed
     assert await outbox.send(staged) is False
     assert broker.sent == []
     assert await outbox.count() == 0
@@ -90,7 +91,7 @@ async def test_an_event_waits_while_the_broker_is_down_then_flushes_unchanged(
     broker.up = True
     report = await outbox.flush()
     assert (report.published, report.failed) == (2, 0)
-    assert [m.event_id for m in broker.sent][0] == staged.event_id
+    assert broker.sent[0].event_id == staged.event_id
     assert broker.sent[0].data == staged.data
     assert broker.sent[0].attributes == staged.attributes
     assert await outbox.count() == 0
