@@ -325,3 +325,60 @@ async def test_publish_signs_and_hands_to_the_publisher(homing: Homing) -> None:
     assert message.event_type == "order.placed"
     assert message.attributes["tenant"] == "acme"
     assert message_id == "1"
+
+
+async def test_the_last_attempt_is_quarantined_before_pubsub_gives_up(
+    client: httpx.AsyncClient, homing: Homing
+) -> None:
+    homing.max_delivery_attempts = 5
+    failing = OrderPlaced(order_id=-1, total_cents=0)  # the recorder asks for a retry
+    early = push_body(homing, failing, event_id="e-last", delivery_attempt=4)
+    assert (await _post(client, early)).status_code == 503
+    assert await homing.quarantine.get("e-last") is None
+    last = push_body(homing, failing, event_id="e-last", delivery_attempt=5)
+    response = await _post(client, last)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "quarantined"
+    entry = await homing.quarantine.get("e-last")
+    assert entry is not None
+    assert entry.reason == "the last delivery attempt (5 of 5) failed: asked to retry"
+    assert entry.body == last
+    # Not marked done: a replay of the quarantined envelope can still run the handler.
+    assert await homing.dedupe.claim("e-last", lease=1) is Claim.CLAIMED
+
+
+async def test_a_crash_on_the_last_attempt_is_quarantined_too(
+    client: httpx.AsyncClient, homing: Homing
+) -> None:
+    homing.max_delivery_attempts = 5
+    body = push_body(
+        homing, OrderPlaced(order_id=-3, total_cents=0), event_id="e-crash", delivery_attempt=7
+    )
+    assert (await _post(client, body)).status_code == 200
+    entry = await homing.quarantine.get("e-crash")
+    assert entry is not None
+    assert "RuntimeError" in entry.reason
+
+
+async def test_messages_from_a_dead_letter_subscription_are_quarantined(
+    client: httpx.AsyncClient, homing: Homing, recorder: Recorder
+) -> None:
+    message = homing.sign(ORDER, event_id="e-dead")
+    attributes = {
+        **message.attributes,
+        "CloudPubSubDeadLetterSourceDeliveryCount": "5",
+        "CloudPubSubDeadLetterSourceSubscription": "events-push",
+        "CloudPubSubDeadLetterSourceSubscriptionProject": "acme",
+        "CloudPubSubDeadLetterSourceTopicPublishTime": "2026-11-27T10:00:00Z",
+    }
+    body = build_push(message.data, attributes, message_id="dl-1", subscription="events-dead")
+    response = await _post(client, body)
+    assert response.status_code == 200
+    assert recorder.seen == []
+    entry = await homing.quarantine.get("e-dead")
+    assert entry is not None
+    assert entry.reason == (
+        "dead-lettered by Pub/Sub from subscription events-push (project acme) "
+        "after 5 delivery attempts"
+    )
+    assert b"CloudPubSubDeadLetterSourceDeliveryCount" in entry.body

@@ -74,6 +74,9 @@ class Homing:
             and kept) or answered with ``"retry"`` (useful while a deploy rolls out).
         max_body_size: larger push bodies are refused with 413.
         lease: seconds a handler's claim on an event id lasts before a redelivery may run it.
+        max_delivery_attempts: the subscription's dead-letter limit; when a push says it is the
+            last attempt (``deliveryAttempt``) and the handler fails, the envelope is
+            quarantined and acknowledged rather than left to Pub/Sub's dead-letter topic.
 
     Example::
 
@@ -99,6 +102,7 @@ class Homing:
         unknown_events: UnknownEvents = "quarantine",
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         lease: float = 600.0,
+        max_delivery_attempts: int | None = None,
     ) -> None:
         if auth not in ("hmac", "oidc", "both", "none"):
             raise ConfigurationError(f"auth must be 'hmac', 'oidc', 'both' or 'none', not {auth!r}")
@@ -126,6 +130,7 @@ class Homing:
         self.unknown_events = unknown_events
         self.max_body_size = max_body_size
         self.lease = lease
+        self.max_delivery_attempts = max_delivery_attempts
         self.events = EventRegistry()
         self.handlers = HandlerTable()
 
@@ -216,6 +221,9 @@ class Homing:
                 return PushResult(503, "unknown_event", reason)
             return await self._drop(body, verified, reason)
 
+        if dead_letter := _dead_letter_source(push.attributes):
+            # A copy Pub/Sub moved to the dead-letter topic: keep it for a person, run nothing.
+            return await self._drop(body, verified, dead_letter)
         try:
             claim = await self.dedupe.claim(event_id, lease=self.lease)
         except Exception:
@@ -251,11 +259,17 @@ class Homing:
         except Retry as exc:
             await self._release(event_id)
             logger.info("handler asked to retry %s (%s): %s", type_name, event_id, exc)
-            return PushResult(503, "retry", str(exc) or "the handler asked for a retry")
+            reason = str(exc) or "the handler asked for a retry"
+            if self._is_last_attempt(push):
+                return await self._drop(body, verified, self._last_attempt(push, reason))
+            return PushResult(503, "retry", reason)
         except Exception as exc:
             await self._release(event_id)
             logger.exception("handler for %s (%s) failed", type_name, event_id)
-            return PushResult(500, "handler_failed", f"the handler raised {type(exc).__name__}")
+            reason = f"the handler raised {type(exc).__name__}"
+            if self._is_last_attempt(push):
+                return await self._drop(body, verified, self._last_attempt(push, reason))
+            return PushResult(500, "handler_failed", reason)
         if delivery.marked_done:
             self.dedupe.note_done(event_id)
         else:
@@ -290,6 +304,16 @@ class Homing:
             await self.dedupe.release(event_id)
         except Exception:
             logger.exception("could not release the claim on %s", event_id)
+
+    def _is_last_attempt(self, push: PushMessage) -> bool:
+        limit, attempt = self.max_delivery_attempts, push.delivery_attempt
+        return limit is not None and attempt is not None and attempt >= limit
+
+    def _last_attempt(self, push: PushMessage, reason: str) -> str:
+        return (
+            f"the last delivery attempt ({push.delivery_attempt} of "
+            f"{self.max_delivery_attempts}) failed: {reason}"
+        )
 
     async def _drop(
         self, body: bytes, verified: VerifiedMessage, reason: str, *, done: bool = False
@@ -360,3 +384,16 @@ class Homing:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _dead_letter_source(attributes: Mapping[str, str]) -> str | None:
+    """Why a message is a dead-lettered copy, from the attributes Pub/Sub adds; else ``None``."""
+    count = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
+    source = attributes.get("CloudPubSubDeadLetterSourceSubscription")
+    if count is None and source is None:
+        return None
+    project = attributes.get("CloudPubSubDeadLetterSourceSubscriptionProject", "?")
+    return (
+        f"dead-lettered by Pub/Sub from subscription {source or '?'} (project {project}) "
+        f"after {count or '?'} delivery attempts"
+    )
