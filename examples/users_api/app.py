@@ -155,6 +155,9 @@ def build_homing(
         auth=settings.auth,
         unknown_events=settings.unknown_events,
         max_body_size=settings.max_body_size,
+        max_delivery_attempts=(
+            settings.max_delivery_attempts if settings.dead_letter_topic else None
+        ),
     )
     homing.events.register("user.name.changed", UserNameChanged)
     sessions = async_sessionmaker(engine, expire_on_commit=False)

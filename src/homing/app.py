@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from homing.dispatch import Delivery, Drop, Handler, HandlerTable, Retry
 from homing.envelope import PushMessage, parse_push
-from homing.errors import ConfigurationError, PushRejected
+from homing.errors import ConfigurationError, HomingError, PushRejected
 from homing.events import EventRegistry, decode_event, encode_event
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
@@ -209,7 +209,43 @@ class Homing:
         except PushRejected as exc:
             logger.warning("push refused (%s): %s", exc.code, exc.detail)
             return PushResult(exc.status_code, exc.code, exc.detail)
+        return await self._dispatch(body, push, verified, replay=False)
 
+    async def replay(self, entry_id: str) -> PushResult:
+        """Run a quarantined message again, verified again.
+
+        The signature is checked anew (not its age: the quarantine is trusted storage), then the
+        handler runs even if the event was marked handled when it was dropped. On success the
+        entry is removed; otherwise it stays, with the new reason.
+
+        Raises :class:`~homing.errors.HomingError` when there is no such entry.
+        """
+        entry = await self.quarantine.get(entry_id)
+        if entry is None:
+            raise HomingError(f"no quarantined message {entry_id!r}")
+        try:
+            push = parse_push(entry.body)
+            verified = self._authenticate(push, check_age=False)
+        except PushRejected as exc:
+            result = PushResult(exc.status_code, exc.code, exc.detail)
+        else:
+            result = await self._dispatch(entry.body, push, verified, replay=True)
+        await self.quarantine.delete(entry_id)
+        if result.outcome != "done":
+            await self.quarantine.add(
+                replace(
+                    entry,
+                    reason=f"replay: {result.detail or result.outcome} (was: {entry.reason})"[
+                        :4000
+                    ],
+                    received_at=datetime.now(UTC),
+                )
+            )
+        return result
+
+    async def _dispatch(
+        self, body: bytes, push: PushMessage, verified: VerifiedMessage, *, replay: bool
+    ) -> PushResult:
         type_name, event_id = verified.event_type, verified.event_id
         model = self.events.model(type_name)
         handler = self.handlers.get(type_name)
@@ -221,18 +257,19 @@ class Homing:
                 return PushResult(503, "unknown_event", reason)
             return await self._drop(body, verified, reason)
 
-        if dead_letter := _dead_letter_source(push.attributes):
-            # A copy Pub/Sub moved to the dead-letter topic: keep it for a person, run nothing.
-            return await self._drop(body, verified, dead_letter)
-        try:
-            claim = await self.dedupe.claim(event_id, lease=self.lease)
-        except Exception:
-            logger.exception("the dedupe store failed for %s (%s)", type_name, event_id)
-            return PushResult(503, "store_unavailable", "the dedupe store is unavailable")
-        if claim is Claim.DUPLICATE:
-            return _DUPLICATE
-        if claim is Claim.IN_PROGRESS:
-            return PushResult(409, "in_progress", "another delivery of this event is running")
+        if not replay:
+            if dead_letter := _dead_letter_source(push.attributes):
+                # A copy Pub/Sub moved to the dead-letter topic: keep it for a person.
+                return await self._drop(body, verified, dead_letter)
+            try:
+                claim = await self.dedupe.claim(event_id, lease=self.lease)
+            except Exception:
+                logger.exception("the dedupe store failed for %s (%s)", type_name, event_id)
+                return PushResult(503, "store_unavailable", "the dedupe store is unavailable")
+            if claim is Claim.DUPLICATE:
+                return _DUPLICATE
+            if claim is Claim.IN_PROGRESS:
+                return PushResult(409, "in_progress", "another delivery of this event is running")
 
         try:
             event = decode_event(model, push.data)
@@ -286,9 +323,11 @@ class Homing:
         )
         return _DONE
 
-    def _authenticate(self, push: PushMessage) -> VerifiedMessage:
+    def _authenticate(self, push: PushMessage, *, check_age: bool = True) -> VerifiedMessage:
         if self.signer is not None and self.auth in ("hmac", "both"):
-            return self.signer.verify(push.data, push.attributes, message_id=push.message_id)
+            return self.signer.verify(
+                push.data, push.attributes, message_id=push.message_id, check_age=check_age
+            )
         attributes = push.attributes
         return VerifiedMessage(
             event_type=attributes.get(EVENT_TYPE, ""),
