@@ -243,3 +243,17 @@ def test_the_documented_test_vector() -> None:
     expected = "v1:12ef2e2298fe460052aca4deadba7dac1810fd5d7b1c05771d2f90cd0cff53b4"
     assert attributes[SIGNATURE] == expected
     assert expected in (Path(__file__).parents[1] / "docs" / "signing.md").read_text()
+
+
+def test_lengths_are_counted_in_utf8_bytes() -> None:
+    from homing.signing import _canonical
+
+    assert _canonical(b"d", [("k", "é"), ("a", "b")]) == "v1\n1:a1:b1:k2:é\nd".encode()
+
+
+def test_non_ascii_attributes_sign_and_verify(signer: Signer) -> None:
+    attributes = signer.sign(DATA, "a.b", attributes={"name": "Zoë 🎉"})
+    assert signer.verify(DATA, attributes, message_id="m").attributes["name"] == "Zoë 🎉"
+    attributes["name"] = "Zoe 🎉"
+    with pytest.raises(AuthenticationFailed):
+        signer.verify(DATA, attributes, message_id="m")

@@ -32,8 +32,10 @@ LEGACY_SIGNATURE = "signature"
 
 #: Attributes Pub/Sub itself adds to a dead-lettered copy; they are never signed.
 _ADDED_BY_PUBSUB = "CloudPubSubDeadLetter"
+_DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 _RESERVED_PREFIXES = ("homing-", "goog", _ADDED_BY_PUBSUB)
 _VERSION = "v1"
+_VERSION_BYTES = _VERSION.encode()
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 #: Pub/Sub keeps unacknowledged messages for 7 days by default and redelivers them all that
@@ -114,9 +116,10 @@ def new_key() -> str:
     return f"{new_key_id()}:{secrets.token_urlsafe(32)}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VerifiedMessage:
-    """What a valid signature vouches for."""
+    """What a valid signature vouches for (read-only by convention: it is made per push, on
+    the hot path, where a frozen dataclass costs several times more to build)."""
 
     event_type: str
     event_id: str
@@ -127,15 +130,14 @@ class VerifiedMessage:
 
 
 def _canonical(data: bytes, attributes: Iterable[tuple[str, str]]) -> bytes:
-    # Length-prefixed, sorted attributes then the data: no two distinct messages share bytes.
-    parts = [_VERSION.encode(), b"\n"]
-    for key, value in sorted(attributes):
-        k = key.encode()
-        v = value.encode()
-        parts.append(b"%d:%s%d:%s" % (len(k), k, len(v), v))
-    parts.append(b"\n")
-    parts.append(data)
-    return b"".join(parts)
+    # Length-prefixed (in UTF-8 bytes), sorted attributes then the data: no two distinct
+    # messages share bytes. Built as text and encoded once: the same bytes as encoding each
+    # part, in a fraction of the time (this is on every push's path).
+    items = sorted(attributes)
+    text = "".join([f"{len(k)}:{k}{len(v)}:{v}" for k, v in items])
+    if not text.isascii():  # character counts differ from byte counts: count bytes
+        text = "".join([f"{len(k.encode())}:{k}{len(v.encode())}:{v}" for k, v in items])
+    return b"%s\n%s\n%s" % (_VERSION_BYTES, text.encode(), data)
 
 
 def _digest(secret: bytes, message: bytes) -> bytes:
@@ -224,12 +226,11 @@ class Signer:
         secret = self.keys.secret(key_id)
         if secret is None:
             raise AuthenticationFailed(f"signed with key {key_id[:64]!r}, which is not in the ring")
-        covered = [
-            (k, v)
-            for k, v in attributes.items()
-            if k != SIGNATURE and not k.startswith(_ADDED_BY_PUBSUB)
-        ]
-        expected = _digest(secret, _canonical(data, covered))
+        covered = dict(attributes)
+        del covered[SIGNATURE]
+        if _DEAD_LETTER_COUNT in covered:  # a dead-lettered copy: drop what Pub/Sub added
+            covered = {k: v for k, v in covered.items() if not k.startswith(_ADDED_BY_PUBSUB)}
+        expected = _digest(secret, _canonical(data, covered.items()))
         try:
             given = bytes.fromhex(hex_digest)
         except ValueError:
@@ -248,14 +249,7 @@ class Signer:
             raise AuthenticationFailed("the signature has expired")
         if check_age and timestamp > now + self._skew:
             raise AuthenticationFailed("the signature's timestamp lies in the future")
-        return VerifiedMessage(
-            event_type=event_type,
-            event_id=event_id,
-            scheme="v1",
-            key_id=key_id,
-            timestamp=timestamp,
-            attributes=dict(covered),
-        )
+        return VerifiedMessage(event_type, event_id, "v1", key_id, timestamp, covered)
 
     def _verify_legacy(
         self, data: bytes, attributes: Mapping[str, str], message_id: str
