@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from homing.asgi import PushFastPath
 from homing.errors import HomingError
 from users_api.app import ServiceConfig, create_app
 
@@ -29,8 +30,10 @@ def main() -> int:
     )
     # The served configuration is the fast one: uvloop and httptools when installed
     # ("auto"), and no per-request access log.
+    # POST /events skips FastAPI's routing and middleware: it needs none of it.
+    served = PushFastPath(app, app.state.homing.endpoint(), path="/events")
     uvicorn.run(
-        app,
+        served,
         host=config.host,
         port=config.port,
         loop="auto",

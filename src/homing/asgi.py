@@ -91,3 +91,27 @@ async def _respond(
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class PushFastPath:
+    """ASGI middleware: send ``POST path`` straight to the push endpoint, the rest to ``app``.
+
+    The push endpoint needs none of a framework's routing, dependency injection or exception
+    middleware; skipping them is most of what separates a FastAPI app's ``/events`` from a bare
+    ASGI app under load. Wrap the outermost app::
+
+        app = FastAPI(...)
+        ...
+        served = PushFastPath(app, homing.endpoint(), path="/events")
+    """
+
+    def __init__(self, app: Any, endpoint: PushEndpoint, *, path: str = "/events") -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -110,7 +110,7 @@ class SQLDedupeStore(DedupeStore):
     it agree.
     """
 
-    def __init__(self, engine: AsyncEngine, *, done_cache_size: int = 100_000) -> None:
+    def __init__(self, engine: AsyncEngine, *, done_cache_size: int = 10_000) -> None:
         self.engine = engine
         self._insert = _insert_ignoring_conflicts(engine, handled_events)
         self._done_cache: dict[str, None] = {}
