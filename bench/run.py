@@ -311,6 +311,86 @@ def run_publish_latency(runs: int, count: int = 200) -> dict[str, dict[str, floa
     }
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def run_memory(events: int = 100_000, concurrency: int = 32) -> dict[str, object]:
+    """The reference service's RSS while ``events`` distinct events are pushed to it."""
+    import asyncio
+
+    checkpoints = sorted({events // 10, events // 4, events // 2, 3 * events // 4, events})
+    data_template = '{"user_id":1,"old_name":"a","new_name":"n%d"}'
+    signer = Signer(KeyRing.from_string(KEYS))
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        env = {
+            **os.environ,
+            "PORT": str(port),
+            "HOMING_SIGNING_KEYS": KEYS,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/memory.db",
+            "PYTHONPATH": str(ROOT / "examples"),
+        }
+        log = (workdir / "service.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "users_api"], env=env, cwd=workdir, stdout=log, stderr=log
+        )
+        url = f"http://127.0.0.1:{port}"
+        samples: dict[int, int] = {}
+        started = time.monotonic()
+        try:
+            wait_up(url, process)
+            _create_user(url)
+            samples[0] = _rss_kib(process.pid)
+
+            async def push_all() -> None:
+                queue: asyncio.Queue[int] = asyncio.Queue()
+                for n in range(1, events + 1):
+                    queue.put_nowait(n)
+                done = 0
+
+                async def worker(client: httpx.AsyncClient) -> None:
+                    nonlocal done
+                    while not queue.empty():
+                        n = queue.get_nowait()
+                        data = (data_template % n).encode()
+                        attributes = signer.sign(data, "user.name.changed")
+                        body = build_push(data, attributes, message_id=str(n), subscription="b")
+                        response = await client.post(f"{url}/events", content=body)
+                        if response.status_code != 204:
+                            raise SystemExit(
+                                f"bench: memory: push {n} answered {response.status_code}"
+                            )
+                        done += 1
+                        if done in checkpoints:
+                            samples[done] = _rss_kib(process.pid)
+
+                limits = httpx.Limits(max_connections=concurrency)
+                async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+                    await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+
+            asyncio.run(push_all())
+            notes = httpx.get(f"{url}/users/1/notifications", timeout=60).json()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+            log.close()
+            tail = (workdir / "service.log").read_text(errors="replace")[-3000:]
+            if "Traceback" in tail or process.returncode not in (0, -signal.SIGTERM):
+                print(f"bench: memory: the service's log ends with:\n{tail}", file=sys.stderr)
+    seconds = time.monotonic() - started
+    return {
+        "events": events,
+        "notifications": len(notes),
+        "seconds": round(seconds, 1),
+        "rss_mib": {str(k): round(v / 1024, 1) for k, v in sorted(samples.items())},
+    }
+
+
 def _span(figures: Mapping[str, float]) -> str:
     return f"{figures['min']:,.0f}-{figures['max']:,.0f}"
 
@@ -366,6 +446,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument(
+        "--memory-events",
+        type=int,
+        default=100_000,
+        help="distinct events pushed while the service's RSS is sampled (0: skip)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit(
@@ -388,10 +474,17 @@ def main() -> int:
             http[case.name] = run_http(case, workdir, args.concurrency, args.runs, args.seconds)
     ops = run_signing(args.runs)
     latency = {} if args.only else run_publish_latency(args.runs)
+    memory = run_memory(args.memory_events) if args.memory_events and not args.only else {}
     results["http"], results["ops"], results["publish_latency_ms"] = http, ops, latency
+    results["memory"] = memory
 
     report(http, ops)
     report_latency(latency)
+    if memory:
+        rss = memory["rss_mib"]
+        assert isinstance(rss, dict)
+        print(f"\nreference service RSS (MiB) by events pushed ({memory['seconds']} s): {rss}")
+        print(f"notifications written: {memory['notifications']} of {memory['events']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(results, indent=2))
