@@ -318,7 +318,9 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def run_memory(events: int = 100_000, concurrency: int = 32) -> dict[str, object]:
+def run_memory(
+    events: int = 100_000, concurrency: int = 32, database_url: str | None = None
+) -> dict[str, object]:
     """The reference service's RSS while ``events`` distinct events are pushed to it."""
     import asyncio
 
@@ -332,7 +334,7 @@ def run_memory(events: int = 100_000, concurrency: int = 32) -> dict[str, object
             **os.environ,
             "PORT": str(port),
             "HOMING_SIGNING_KEYS": KEYS,
-            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/memory.db",
+            "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{workdir}/memory.db",
             "PYTHONPATH": str(ROOT / "examples"),
         }
         log = (workdir / "service.log").open("wb")
