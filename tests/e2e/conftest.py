@@ -43,7 +43,7 @@ class Service:
 
 
 def start_service(tmp_path: Path, env: Mapping[str, str], *, deadline: float = 20.0) -> Service:
-    port = free_port()
+    port = int(env.get("PORT") or free_port())
     full_env = {
         k: v for k, v in os.environ.items() if not k.startswith("HOMING_") and k != "DATABASE_URL"
     }

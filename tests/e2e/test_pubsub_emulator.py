@@ -81,16 +81,22 @@ def test_change_name_through_pubsub_push(
     assert service.stop()
 
 
-def test_publish_failure_answers_503_with_the_event_type(
-    pubsub_emulator: str, service_factory: Start
+def test_an_event_the_broker_refused_waits_in_the_outbox_until_flushed(
+    pubsub_emulator: str,
+    service_factory: Start,
+    names: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    port = free_port()
     service = service_factory(
         {
+            "PORT": str(port),
             "HOMING_SIGNING_KEYS": KEYS,
             "HOMING_PUBLISHER": "pubsub",
             "GOOGLE_CLOUD_PROJECT": PROJECT,
-            "HOMING_TOPIC": "a-topic-nobody-made",
+            "HOMING_TOPIC": names["topic"],  # not created yet: publishing fails
             "HOMING_PUBLISH_TIMEOUT": "3",
+            "HOMING_FLUSH_TOKEN": "an-e2e-flush-token",
             "PUBSUB_EMULATOR_HOST": pubsub_emulator,
         }
     )
@@ -98,8 +104,33 @@ def test_publish_failure_answers_503_with_the_event_type(
     response = httpx.post(
         f"{service.url}/change-name", json={"user_id": user["id"], "name": "Di"}, timeout=15
     )
-    assert response.status_code == 503
-    assert response.json()["event_type"] == "user.name.changed"
+    assert response.status_code == 200  # the rename committed, and its event with it
+    assert response.headers["x-event-status"] == "pending"
+    assert "NotFound" in service.output()  # the publish failure is logged, with its reason
+
+    _provision(
+        pubsub_emulator,
+        monkeypatch,
+        "--topic",
+        names["topic"],
+        "--subscription",
+        names["subscription"],
+        "--push-endpoint",
+        f"{service.url}/events",
+        "--ack-deadline",
+        "10",
+    )
+    flush = f"{service.url}/outbox/flush"
+    assert httpx.post(flush).status_code == 401
+    flushed = httpx.post(flush, headers={"authorization": "Bearer an-e2e-flush-token"}, timeout=15)
+    assert flushed.json() == {"published": 1, "failed": 0, "pending": 0}
+
+    def notes() -> list[dict[str, str]]:
+        return httpx.get(f"{service.url}/users/{user['id']}/notifications").json()  # type: ignore[no-any-return]
+
+    found = poll(notes, deadline=20)
+    assert isinstance(found, list)
+    assert [n["event_id"] for n in found] == [response.headers["x-event-id"]]
 
 
 @pytest.fixture
