@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import logging
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -15,6 +17,7 @@ import orjson
 from homing import provisioning
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
+from homing.loading import load
 from homing.settings import Settings
 from homing.signing import Signer, new_key
 
@@ -128,6 +131,118 @@ def _infra_flags() -> argparse.ArgumentParser:
     return flags
 
 
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coroutine)
+
+
+async def _quarantine_list(args: argparse.Namespace) -> int:
+    async with load(args.app) as loaded:
+        entries = await loaded.homing.quarantine.list(limit=args.limit)
+    if not entries:
+        sys.stdout.write("the quarantine is empty\n")
+    for entry in entries:
+        when = entry.received_at.isoformat(timespec="seconds")
+        reason = entry.reason if len(entry.reason) <= 100 else entry.reason[:99] + "…"
+        sys.stdout.write(f"{entry.id}\t{when}\t{entry.event_type or '-'}\t{reason}\n")
+    return 0
+
+
+async def _quarantine_show(args: argparse.Namespace) -> int:
+    async with load(args.app) as loaded:
+        entry = await loaded.homing.quarantine.get(args.id)
+    if entry is None:
+        raise HomingError(f"no quarantined message {args.id!r}")
+    try:
+        envelope: object = orjson.loads(entry.body)
+    except orjson.JSONDecodeError:
+        envelope = entry.body.decode("utf-8", errors="replace")
+    shown = {
+        "id": entry.id,
+        "event_type": entry.event_type,
+        "event_id": entry.event_id,
+        "received_at": entry.received_at.isoformat(),
+        "reason": entry.reason,
+        "envelope": envelope,
+    }
+    sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+async def _quarantine_replay(args: argparse.Namespace) -> int:
+    failed = 0
+    async with load(args.app) as loaded:
+        for entry_id in args.ids:
+            result = await loaded.homing.replay(entry_id)
+            if result.outcome == "done":
+                sys.stdout.write(f"{entry_id}: replayed, handled\n")
+            else:
+                failed += 1
+                sys.stdout.write(
+                    f"{entry_id}: still quarantined ({result.outcome}: {result.detail})\n"
+                )
+    return 1 if failed else 0
+
+
+async def _quarantine_purge(args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise HomingError("name the entries to purge, or pass --all")
+    async with load(args.app) as loaded:
+        store = loaded.homing.quarantine
+        ids = args.ids or [entry.id for entry in await store.list(limit=1_000_000)]
+        purged = [entry_id for entry_id in ids if await store.delete(entry_id)]
+    sys.stdout.write(f"purged {len(purged)} of {len(ids)}\n")
+    return 0 if len(purged) == len(ids) else 1
+
+
+async def _outbox_flush(args: argparse.Namespace) -> int:
+    async with load(args.app) as loaded:
+        if loaded.outbox is None:
+            raise HomingError(f"--app {args.app!r} has no outbox (app.state.outbox)")
+        report = await loaded.outbox.flush(limit=args.limit)
+        waiting = await loaded.outbox.count()
+    sys.stdout.write(
+        f"published {report.published}, failed {report.failed}, still waiting {waiting}\n"
+    )
+    for error in report.errors[:10]:
+        sys.stdout.write(f"  {error}\n")
+    return 1 if report.failed else 0
+
+
+def _operator_commands(commands: Any) -> None:
+    app = argparse.ArgumentParser(add_help=False)
+    app.add_argument(
+        "--app",
+        required=True,
+        metavar="MODULE:ATTRIBUTE",
+        help="the service: a Homing, an app whose state holds one, or a factory of either "
+        "(the reference service: users_api.app:create_app)",
+    )
+
+    quarantine = commands.add_parser("quarantine", help="inspect and replay dropped messages")
+    q = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="COMMAND")
+    listing = q.add_parser("list", parents=[app], help="the newest entries first")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(run=lambda a: _run(_quarantine_list(a)))
+    show = q.add_parser("show", parents=[app], help="one entry with its raw envelope")
+    show.add_argument("id")
+    show.set_defaults(run=lambda a: _run(_quarantine_show(a)))
+    replay = q.add_parser(
+        "replay", parents=[app], help="verify again and run the handler; remove on success"
+    )
+    replay.add_argument("ids", nargs="+", metavar="ID")
+    replay.set_defaults(run=lambda a: _run(_quarantine_replay(a)))
+    purge = q.add_parser("purge", parents=[app], help="delete entries")
+    purge.add_argument("ids", nargs="*", metavar="ID")
+    purge.add_argument("--all", action="store_true", help="every entry")
+    purge.set_defaults(run=lambda a: _run(_quarantine_purge(a)))
+
+    outbox = commands.add_parser("outbox", help="the transactional outbox")
+    o = outbox.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    flush = o.add_parser("flush", parents=[app], help="publish the events that wait")
+    flush.add_argument("--limit", type=int, default=500)
+    flush.set_defaults(run=lambda a: _run(_outbox_flush(a)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homing", description="Signed background events for Cloud Run through Pub/Sub push."
@@ -185,11 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print each difference between Pub/Sub and the plan and exit 1, or print "
         "'no drift' and exit 0. Honours PUBSUB_EMULATOR_HOST.",
     ).set_defaults(run=_check)
+    _operator_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.run(args)
     except HomingError as exc:
