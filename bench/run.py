@@ -38,6 +38,22 @@ UVICORN = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--work
 DATA = b'{"n":1}'
 
 
+def fresh_envelopes(kind: str, count: int) -> bytes:
+    """``count`` distinct signed envelopes, one per line, for a load of new events."""
+    signer = Signer(KeyRing.from_string(KEYS))
+    template, type_name = (
+        ('{"user_id":1,"old_name":"a","new_name":"n%d"}', "user.name.changed")
+        if kind == "users_api"
+        else ('{"n":%d}', "bench.noop")
+    )
+    lines = []
+    for n in range(count):
+        data = (template % n).encode()
+        attributes = signer.sign(data, type_name)
+        lines.append(build_push(data, attributes, message_id=str(n), subscription="b"))
+    return b"\n".join(lines) + b"\n"
+
+
 def envelope(kind: str) -> bytes:
     if kind == "legacy":
         attributes = {
@@ -67,6 +83,7 @@ class HttpCase:
     baseline: str | None = "bare"
     env: Mapping[str, str] = field(default_factory=dict)
     prepare: Callable[[str], None] | None = None  # called with the base URL before the load
+    fresh: bool = False  # every request a new event (else one envelope replayed: duplicates)
 
 
 def _uvicorn(app: str) -> list[str]:
@@ -86,11 +103,38 @@ def _create_user(url: str) -> None:
     httpx.post(f"{url}/users", json={"name": "a", "email": "a@example.com"}).raise_for_status()
 
 
+def _bench_database() -> str:
+    """A PostgreSQL database of the bench's own, so it never touches the tests' tables."""
+    url = os.environ.get("BENCH_POSTGRES_URL")
+    if url:
+        return url
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        connection = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+        try:
+            if not await connection.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = 'homing_bench'"
+            ):
+                await connection.execute("CREATE DATABASE homing_bench")
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return "postgresql+asyncpg://postgres@127.0.0.1:5432/homing_bench"
+
+
 def cases(workdir: Path) -> list[HttpCase]:
     sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
-    postgres = os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-    )
+    postgres = _bench_database()
+    service_env = {
+        "HOMING_SIGNING_KEYS": KEYS,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/svc.db",
+        "PORT": "{port}",
+        "PYTHONPATH": str(ROOT / "examples"),
+    }
     return [
         HttpCase("bare starlette (ceiling)", _uvicorn("bare"), baseline=None),
         HttpCase("homing, memory dedupe", _uvicorn("homing_memory")),
@@ -105,13 +149,30 @@ def cases(workdir: Path) -> list[HttpCase]:
             "reference service (make run)",
             [sys.executable, "-m", "users_api"],
             envelope="users_api",
-            env={
-                "HOMING_SIGNING_KEYS": KEYS,
-                "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/svc.db",
-                "PORT": "{port}",
-                "PYTHONPATH": str(ROOT / "examples"),
-            },
+            env=service_env,
             prepare=_create_user,
+        ),
+        # New events: every request claims, runs the handler and marks done.
+        HttpCase("homing, memory dedupe, new events", _uvicorn("homing_memory"), fresh=True),
+        HttpCase(
+            "homing, sqlite dedupe, new events",
+            _uvicorn("homing_sql"),
+            env={"BENCH_DATABASE_URL": sqlite.replace("bench.db", "fresh.db")},
+            fresh=True,
+        ),
+        HttpCase(
+            "homing, postgres dedupe, new events",
+            _uvicorn("homing_sql"),
+            env={"BENCH_DATABASE_URL": postgres},
+            fresh=True,
+        ),
+        HttpCase(
+            "reference service, new events",
+            [sys.executable, "-m", "users_api"],
+            envelope="users_api",
+            env={**service_env, "DATABASE_URL": service_env["DATABASE_URL"].replace("svc", "new")},
+            prepare=_create_user,
+            fresh=True,
         ),
     ]
 
@@ -135,14 +196,31 @@ def wait_up(url: str, process: subprocess.Popen[bytes], deadline: float = 30) ->
     raise SystemExit(f"bench: {url} did not come up within {deadline}s")
 
 
-def wrk(url: str, body_file: Path, concurrency: int, seconds: int) -> tuple[float, int]:
+_WRK_DONE = (
+    'done = function(s) io.write(string.format("non2xx=%d errors=%d\\n", s.errors.status, '
+    "s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout)) end\n"
+)
+
+
+def wrk(
+    url: str, body_file: Path, concurrency: int, seconds: int, *, fresh: bool = False
+) -> tuple[float, int]:
+    """Requests/s and failed requests; ``fresh``: the file holds one envelope per line."""
     script = body_file.with_suffix(".lua")
-    script.write_text(
-        f'local f = io.open("{body_file}", "rb"); local body = f:read("*a"); f:close()\n'
-        'wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"\n'
-        'done = function(s) io.write(string.format("non2xx=%d errors=%d\\n", s.errors.status, '
-        "s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout)) end\n"
-    )
+    if fresh:
+        load = (
+            f'local bodies = {{}}; for line in io.lines("{body_file}") do '
+            "bodies[#bodies + 1] = line end\nlocal i = 0\n"
+            'request = function() i = i % #bodies + 1; return wrk.format("POST", nil, '
+            '{["Content-Type"] = "application/json"}, bodies[i]) end\n'
+        )
+    else:
+        load = (
+            f'local f = io.open("{body_file}", "rb"); local body = f:read("*a"); f:close()\n'
+            'wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = '
+            '"application/json"\n'
+        )
+    script.write_text(load + _WRK_DONE)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url],
         capture_output=True,
@@ -178,10 +256,14 @@ def run_http(
                 f"bench: {case.name}: first delivery answered {first.status_code}: {first.text}"
             )
         figures: dict[str, dict[str, float]] = {}
+        batch = 40_000
         for concurrency in concurrencies:
             rates = []
             for _ in range(runs):
-                rate, failures = wrk(f"{url}/events", body, concurrency, seconds)
+                if case.fresh:  # never-seen events for every request of this run
+                    body.write_bytes(fresh_envelopes(case.envelope, batch))
+                rate, failures = wrk(f"{url}/events", body, concurrency, seconds, fresh=case.fresh)
+                batch = min(150_000, int(rate * seconds * 1.5) + 1_000)
                 if failures:
                     raise SystemExit(f"bench: {case.name}: {failures} failed requests")
                 rates.append(rate)
