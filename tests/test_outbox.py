@@ -133,3 +133,30 @@ async def test_the_flush_route_needs_credentials(
         assert response.json() == {"published": 1, "failed": 0, "pending": 0}
         assert (await client.get("/", headers=right)).status_code == 405
     assert len(broker.sent) == 1
+
+
+async def test_a_backlog_drains_with_the_first_send_after_the_broker_returns(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    broker.up = False
+    staged = []
+    for n in range(3):
+        async with engine.begin() as connection:
+            staged.append(await outbox.stage(connection, _message(homing, n)))
+    assert [await outbox.send(m) for m in staged[:2]] == [False, False]
+    broker.up = True
+    assert await outbox.send(staged[2]) is True
+    assert sorted(m.event_id for m in broker.sent) == sorted(m.event_id for m in staged)
+    assert await outbox.count() == 0
+
+
+async def test_a_database_failure_in_send_is_an_answer_not_an_exception(
+    outbox: SQLOutbox, engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    from homing.stores.sql import outbox as table
+
+    async with engine.begin() as connection:
+        staged = await outbox.stage(connection, _message(homing))
+        await connection.run_sync(table.drop)  # the database loses the table under us
+    assert await outbox.send(staged) is False
+    assert broker.sent == []

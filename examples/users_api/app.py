@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr, Field
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
@@ -158,6 +160,9 @@ def build_homing(
         max_delivery_attempts=(
             settings.max_delivery_attempts if settings.dead_letter_topic else None
         ),
+        # A handler can't usefully outlive the ack deadline (Pub/Sub redelivers then), so a
+        # crashed handler's claim need not block its event any longer than that.
+        lease=settings.ack_deadline,
     )
     homing.events.register("user.name.changed", UserNameChanged)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -264,6 +269,8 @@ def create_app(
             await engine.dispose()
 
     app = FastAPI(title="homing reference service", lifespan=lifespan)
+    app.add_exception_handler(SQLAlchemyError, _database_unavailable)
+    app.add_exception_handler(OSError, _database_unavailable)  # a refused (re)connection
     app.state.homing = homing
     app.state.outbox = outbox
     app.include_router(api_router(homing, outbox, sessions))
@@ -272,6 +279,12 @@ def create_app(
     if flush is not None:
         app.router.routes.append(flush)
     return app
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    # An answer, not an unhandled exception: the client gets a reason and keeps its connection.
+    logger.error("database error: %s", exc)
+    return JSONResponse({"detail": "the database is unavailable; try again"}, status_code=503)
 
 
 def _flush_route(settings: Settings, outbox: SQLOutbox) -> Route | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from homing.auth import OIDCVerifier
@@ -47,9 +48,11 @@ class FlushReport:
 class SQLOutbox:
     """Events waiting for the broker, in the ``homing_outbox`` table of ``engine``'s database."""
 
-    def __init__(self, engine: AsyncEngine, publisher: Publisher) -> None:
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, *, backlog_limit: int = 50):
         self.engine = engine
         self.publisher = publisher
+        self.backlog_limit = backlog_limit
+        self._backlog = False
 
     async def stage(
         self, transaction: AsyncSession | AsyncConnection, message: OutgoingMessage
@@ -71,24 +74,50 @@ class SQLOutbox:
     async def send(self, message: OutgoingMessage) -> bool:
         """Publish a staged message whose transaction has committed; ``True`` once published.
 
-        ``False`` when the broker did not take it (it waits in the outbox; the reason is logged
-        and recorded) or when there is nothing to send (its transaction rolled back, or a flush
-        already sent it).
+        ``False`` when it could not be published now — the broker or the database failed; it
+        waits in the outbox and the reason is logged — or when there is nothing to send (its
+        transaction rolled back, or a flush already sent it). Never raises for those.
+
+        After a send succeeds following earlier failures, up to ``backlog_limit`` older waiting
+        events are published too, so a backlog drains once the broker is back even before a
+        scheduler calls :meth:`flush`.
         """
         try:
-            async with self.engine.begin() as connection:
-                # Holding the row's delete while publishing: a concurrent flush cannot send it too,
-                # and a failed publish rolls the delete back.
-                claimed = await connection.execute(
-                    delete(outbox_table).where(outbox_table.c.event_id == message.event_id)
-                )
-                if claimed.rowcount != 1:
-                    return False
-                await self.publisher.publish(message)
+            sent = await self._publish_row(message)
         except PublishFailed as exc:
             logger.warning("event %s waits in the outbox: %s", message.event_id, exc)
+            self._backlog = True
             await self._record_failure(message.event_id, str(exc))
             return False
+        except SQLAlchemyError as exc:
+            logger.error(
+                "event %s waits in the outbox: the database failed: %s", message.event_id, exc
+            )
+            self._backlog = True
+            return False
+        if sent and self._backlog:
+            self._backlog = False
+            try:
+                await self.flush(limit=self.backlog_limit)
+            except SQLAlchemyError:
+                logger.exception("draining the outbox backlog failed")
+                self._backlog = True
+        return sent
+
+    async def _publish_row(self, message: OutgoingMessage) -> bool:
+        # Nothing is held while publishing (a publish may take seconds, and on SQLite an open
+        # write would stop every other request). Two senders may therefore both publish one
+        # event; it keeps its event id, so the push endpoint runs it once.
+        table = outbox_table.c
+        async with self.engine.connect() as connection:
+            staged = await connection.scalar(
+                select(table.event_id).where(table.event_id == message.event_id)
+            )
+        if staged is None:  # rolled back, or sent already
+            return False
+        await self.publisher.publish(message)
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(outbox_table).where(table.event_id == message.event_id))
         return True
 
     async def pending(self, *, limit: int = 100) -> list[OutgoingMessage]:
@@ -113,13 +142,8 @@ class SQLOutbox:
         errors: list[str] = []
         for message in await self.pending(limit=limit):
             try:
-                async with self.engine.begin() as connection:
-                    claimed = await connection.execute(
-                        delete(outbox_table).where(outbox_table.c.event_id == message.event_id)
-                    )
-                    if claimed.rowcount != 1:
-                        continue  # sent by someone else meanwhile
-                    await self.publisher.publish(message)
+                if not await self._publish_row(message):
+                    continue  # sent by someone else meanwhile
             except PublishFailed as exc:
                 failed += 1
                 errors.append(str(exc))

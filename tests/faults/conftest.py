@@ -1,0 +1,332 @@
+"""Real processes and real faults: a database of its own per test, services that can be killed
+and restarted on their port, an emulator on a port chosen in advance, and the tally every fault
+test prints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from google.cloud import pubsub_v1
+
+from tests.e2e.conftest import Service, start_service
+from tests.emulator import find_emulator
+
+KEYS = "fault-key:a-fault-test-secret-that-is-long-enough"
+PROJECT = "homing-faults"
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# -- databases ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    """A database the service uses (``url``) that the test reads directly (``rows``)."""
+
+    kind: str
+    url: str
+    target: str  # the asyncpg DSN, or the SQLite file
+
+    def rows(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            with closing(sqlite3.connect(self.target, timeout=30)) as connection:
+                return list(connection.execute(query.replace("$1", "?"), args).fetchall())
+        return asyncio.run(_pg_rows(self.target, query, args))
+
+    def notifications_by_event(self) -> Counter[str]:
+        rows = self.rows("SELECT event_id, count(*) FROM notifications GROUP BY event_id")
+        return Counter({str(event_id): int(n) for event_id, n in rows})
+
+
+async def _pg_rows(dsn: str, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return [tuple(record) for record in await connection.fetch(query, *args)]
+    finally:
+        await connection.close()
+
+
+async def _pg_admin(statement: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[Database]:
+    """A PostgreSQL database made for this test alone, dropped afterwards."""
+    name = f"faults_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        reason = f"PostgreSQL unreachable ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; it is required in CI")
+        pytest.skip(f"{reason}; required in CI")
+    try:
+        yield Database(
+            "postgresql",
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+            f"postgresql://postgres@127.0.0.1:5432/{name}",
+        )
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Database:
+    path = tmp_path / "faults.db"
+    return Database("sqlite", f"sqlite+aiosqlite:///{path}", str(path))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Database:
+    """Each test that asks for it runs on SQLite and on PostgreSQL."""
+    found: Database = request.getfixturevalue(f"{request.param}_database")
+    return found
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def halt(process: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s (the whole group with ``group``)."""
+    if process.poll() is not None:
+        return
+
+    def signal_it(number: int) -> None:
+        try:
+            if group:
+                os.killpg(process.pid, number)
+            else:
+                process.send_signal(number)
+        except ProcessLookupError:
+            pass
+
+    signal_it(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        signal_it(signal.SIGKILL)
+        process.wait(10)
+
+
+def kill_9(service: Service) -> None:
+    service.process.kill()
+    service.process.wait(10)
+
+
+@dataclass
+class Services:
+    """Starts reference services as real processes; every one is stopped at teardown."""
+
+    directory: Path
+    started: list[Service] = field(default_factory=list)
+
+    def start(self, env: Mapping[str, str], *, port: int | None = None) -> Service:
+        """The reference service on ``port`` (a free one by default), once it answers /healthz.
+
+        Each start gets a directory of its own, so a restart on the same port keeps the log
+        of the process it replaces."""
+        directory = self.directory / f"start-{len(self.started)}"
+        directory.mkdir()
+        env = {**env, "PORT": str(port)} if port else env
+        service = start_service(directory, env, deadline=30)
+        self.started.append(service)
+        return service
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    launched = Services(tmp_path)
+    try:
+        yield launched
+    finally:
+        for service in launched.started:
+            halt(service.process)
+
+
+@contextmanager
+def emulator_on(port: int, log: Path, deadline: float = 60.0) -> Iterator[str]:
+    """The official emulator on ``port`` (chosen before, while nothing listened there)."""
+    script = find_emulator()
+    if script is None:
+        pytest.skip(
+            "the official Pub/Sub emulator is not installed (Debian package "
+            "google-cloud-cli-pubsub-emulator); it is required in CI"
+        )
+    host = f"127.0.0.1:{port}"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(script), "--host=127.0.0.1", f"--port={port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the script starts java: stop the whole group
+        )
+    try:
+        end = time.monotonic() + deadline
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the Pub/Sub emulator exited: {log.read_text()[-2000:]}")
+            try:
+                probe = httpx.get(f"http://{host}/v1/projects/probe/topics", timeout=1)
+                if probe.status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > end:
+                pytest.fail(f"the Pub/Sub emulator did not answer on {host} in {deadline}s")
+            time.sleep(0.1)
+        yield host
+    finally:
+        halt(process, group=True)
+
+
+# -- Pub/Sub -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PushSetup:
+    """Topics and push subscriptions on an emulator; deleted at teardown, so no stray pushes
+    reach a port another test reuses."""
+
+    monkeypatch: pytest.MonkeyPatch
+    made: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def subscribe(
+        self, emulator: str, push_endpoint: str, *, ack_deadline: int = 10, topic: str = ""
+    ) -> str:
+        """A topic (fresh unless named) with a push subscription to ``push_endpoint``; returns
+        the topic id."""
+        self.monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
+        suffix = uuid.uuid4().hex[:10]
+        topic, subscription = topic or f"faults-{suffix}", f"push-{suffix}"
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            topic_path = publisher.create_topic(name=f"projects/{PROJECT}/topics/{topic}").name
+            subscriber.create_subscription(
+                request={
+                    "name": f"projects/{PROJECT}/subscriptions/{subscription}",
+                    "topic": topic_path,
+                    "push_config": {"push_endpoint": push_endpoint},
+                    "ack_deadline_seconds": ack_deadline,
+                }
+            )
+        finally:
+            subscriber.close()
+        self.made.append((emulator, topic, subscription))
+        return topic
+
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
+        publisher = pubsub_v1.PublisherClient()
+        message_id: str = publisher.publish(
+            f"projects/{PROJECT}/topics/{topic}", data, **attributes
+        ).result(timeout=10)
+        return message_id
+
+    def remove_all(self) -> None:
+        made, self.made = self.made, []
+        for emulator, topic, subscription in made:
+            self.monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
+            subscriber = pubsub_v1.SubscriberClient()
+            try:
+                subscriber.delete_subscription(
+                    subscription=f"projects/{PROJECT}/subscriptions/{subscription}", timeout=5
+                )
+                pubsub_v1.PublisherClient().delete_topic(
+                    topic=f"projects/{PROJECT}/topics/{topic}", timeout=5
+                )
+            except Exception:  # noqa: S110 - the emulator of this setup may be gone already
+                pass
+            finally:
+                subscriber.close()
+
+
+@pytest.fixture
+def pubsub(monkeypatch: pytest.MonkeyPatch) -> Iterator[PushSetup]:
+    setup = PushSetup(monkeypatch)
+    try:
+        yield setup
+    finally:
+        setup.remove_all()
+
+
+def service_env(database: Database, **more: str) -> dict[str, str]:
+    return {"DATABASE_URL": database.url, "HOMING_SIGNING_KEYS": KEYS, **more}
+
+
+def pubsub_env(emulator: str, topic: str) -> dict[str, str]:
+    return {
+        "HOMING_PUBLISHER": "pubsub",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "HOMING_TOPIC": topic,
+        "PUBSUB_EMULATOR_HOST": emulator,
+        # The subscriptions here have a 10 s ack deadline; the service leases claims as long.
+        "HOMING_ACK_DEADLINE": "10",
+    }
+
+
+# -- traffic and the tally ---------------------------------------------------------------------
+
+
+def create_users(service: Service, count: int) -> list[int]:
+    ids = []
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        for n in range(count):
+            answer = client.post("/users", json={"name": f"u{n}", "email": f"u{n}@example.com"})
+            assert answer.status_code == 201, answer.text
+            ids.append(int(answer.json()["id"]))
+    return ids
+
+
+def notifications_seen(service: Service, user_ids: Iterable[int]) -> Counter[str]:
+    """Notifications per event id, as ``GET /users/{id}/notifications`` shows them."""
+    counts: Counter[str] = Counter()
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        for user_id in user_ids:
+            answer = client.get(f"/users/{user_id}/notifications")
+            assert answer.status_code == 200, answer.text
+            counts.update(note["event_id"] for note in answer.json())
+    return counts
+
+
+@dataclass(frozen=True)
+class Tally:
+    sent: int
+    seen: int
+    lost: int
+    doubled: int
+
+    @classmethod
+    def of(cls, sent: Iterable[str], counts: Mapping[str, int]) -> Tally:
+        ids = set(sent)
+        return cls(
+            sent=len(ids),
+            seen=sum(counts.get(event_id, 0) for event_id in ids),
+            lost=sum(1 for event_id in ids if counts.get(event_id, 0) == 0),
+            doubled=sum(1 for event_id in ids if counts.get(event_id, 0) > 1),
+        )
+
+    def line(self) -> str:
+        return (
+            f"events sent={self.sent} effects seen={self.seen} "
+            f"lost={self.lost} doubled={self.doubled}"
+        )

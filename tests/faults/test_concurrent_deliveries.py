@@ -1,0 +1,99 @@
+"""Ten copies of one signed envelope arrive at once: one delivery runs the handler, the others
+are told to come back (409) or that it is done (204); exactly one notification."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+
+from homing.signing import EVENT_ID
+from tests.e2e.conftest import ROOT, poll
+from tests.faults.conftest import (
+    KEYS,
+    Database,
+    Services,
+    Tally,
+    create_users,
+    notifications_seen,
+    service_env,
+)
+
+pytestmark = pytest.mark.e2e
+
+COPIES = 10
+
+
+def _envelope(user_id: int) -> tuple[bytes, str]:
+    """One signed push body, made by ``homing envelope`` as an operator would; and its event id."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "envelope",
+            "user.name.changed",
+            f'{{"user_id": {user_id}, "old_name": "a", "new_name": "b"}}',
+        ],
+        env={"HOMING_SIGNING_KEYS": KEYS, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        check=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    event_id: str = orjson.loads(made.stdout)["message"]["attributes"][EVENT_ID]
+    return made.stdout, event_id
+
+
+async def _post_all(base: str, body: bytes) -> list[int]:
+    """POST ``body`` ``COPIES`` times at once: every copy is sent but its last byte, then the
+    last bytes all leave together, so the server sees ten complete pushes at the same moment."""
+    sent_but_last = 0
+    go = asyncio.Event()
+
+    async def parts() -> AsyncIterator[bytes]:
+        nonlocal sent_but_last
+        yield body[:-1]
+        sent_but_last += 1
+        if sent_but_last == COPIES:
+            go.set()
+        await go.wait()
+        yield body[-1:]
+
+    headers = {"content-length": str(len(body)), "content-type": "application/json"}
+    limits = httpx.Limits(max_connections=COPIES)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        posts = (client.post("/events", content=parts(), headers=headers) for _ in range(COPIES))
+        answers = await asyncio.gather(*posts)
+    return [answer.status_code for answer in answers]
+
+
+def test_ten_concurrent_deliveries_of_one_envelope(database: Database, services: Services) -> None:
+    started = time.monotonic()
+    service = services.start(service_env(database))
+    (user_id,) = create_users(service, 1)
+    body, event_id = _envelope(user_id)
+
+    statuses = asyncio.run(_post_all(service.url, body))
+    assert set(statuses) <= {204, 409}, statuses
+    redelivered = poll(
+        lambda: httpx.post(f"{service.url}/events", content=body).status_code == 204,
+        deadline=10,
+        interval=0.1,
+    )
+    assert redelivered
+    tally = Tally.of([event_id], notifications_seen(service, [user_id]))
+    print(
+        f"\n[10 concurrent, {database.kind}] {tally.line()} "
+        f"(answers: {sorted(statuses)}, {time.monotonic() - started:.1f}s)"
+    )
+    assert Tally.of([event_id], database.notifications_by_event()) == tally
+    assert database.rows("SELECT state FROM homing_handled_events") == [("done",)]
+    assert tally.lost == 0
+    assert tally.doubled == 0
