@@ -17,6 +17,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 
 from homing import Homing, KeyRing, Signer
+from homing.asgi import PushFastPath
 from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
 
 KEYS = "bench:a-benchmark-secret-long-enough"
@@ -47,11 +48,17 @@ def _homing(dedupe: SQLDedupeStore | None = None) -> Homing:
     return homing
 
 
-def homing_memory() -> Starlette:
-    return Starlette(routes=[_homing().route("/events")])
+def _served(homing: Homing, app: Starlette) -> PushFastPath:
+    # As the README recommends serving it: POST /events straight to the endpoint.
+    return PushFastPath(app, homing.endpoint(), path="/events")
 
 
-def homing_sql() -> Starlette:
+def homing_memory() -> PushFastPath:
+    homing = _homing()
+    return _served(homing, Starlette(routes=[homing.route("/events")]))
+
+
+def homing_sql() -> PushFastPath:
     engine = create_engine(os.environ["BENCH_DATABASE_URL"])
     homing = _homing(SQLDedupeStore(engine))
 
@@ -61,7 +68,7 @@ def homing_sql() -> Starlette:
         yield
         await engine.dispose()
 
-    return Starlette(routes=[homing.route("/events")], lifespan=lifespan)
+    return _served(homing, Starlette(routes=[homing.route("/events")], lifespan=lifespan))
 
 
 class _Message(BaseModel):

@@ -270,14 +270,9 @@ class Signer:
             raise AuthenticationFailed("the legacy message has no event-type attribute")
         if not message_id:
             raise AuthenticationFailed("the legacy message has no message id to stand as event id")
-        return VerifiedMessage(
-            event_type=event_type,
-            event_id=message_id,
-            scheme="legacy",
-            key_id=None,
-            timestamp=None,
-            attributes={k: v for k, v in attributes.items() if k != LEGACY_SIGNATURE},
-        )
+        covered = dict(attributes)
+        del covered[LEGACY_SIGNATURE]
+        return VerifiedMessage(event_type, message_id, "legacy", None, None, covered)
 
 
 def legacy_signature(secret: str | bytes, data: bytes) -> str:
