@@ -91,6 +91,19 @@ def service_factory(tmp_path: Path) -> Iterator[object]:
         service.stop()
 
 
+def homing_envelope(event_type: str, data_json: str, keys: str) -> bytes:
+    """A signed push body made by ``homing envelope`` in its own process, as an operator would."""
+    made = subprocess.run(
+        [sys.executable, "-m", "homing.cli", "envelope", event_type, data_json],
+        env={"HOMING_SIGNING_KEYS": keys, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        check=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    return made.stdout
+
+
 def poll(check: object, *, deadline: float = 10.0, interval: float = 0.05) -> object:
     """Call ``check`` until it returns something truthy, or fail at the deadline."""
     assert callable(check)

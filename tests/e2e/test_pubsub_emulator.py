@@ -32,8 +32,17 @@ def names() -> dict[str, str]:
     return {"topic": f"events-{suffix}", "subscription": f"push-{suffix}", "dlq": f"dead-{suffix}"}
 
 
-def _provision(emulator: str, monkeypatch: pytest.MonkeyPatch, *flags: str) -> None:
+def _provision(
+    emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
+    names: dict[str, str],
+    push_endpoint: str,
+    *more: str,
+) -> None:
+    """``homing provision`` of the test's topic and push subscription (10 s ack deadline)."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
+    flags = ["--topic", names["topic"], "--subscription", names["subscription"]]
+    flags += ["--push-endpoint", push_endpoint, "--ack-deadline", "10", *more]
     assert homing_cli(["provision", "--project", PROJECT, *flags]) == 0
 
 
@@ -44,18 +53,7 @@ def test_change_name_through_pubsub_push(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_port()
-    _provision(
-        pubsub_emulator,
-        monkeypatch,
-        "--topic",
-        names["topic"],
-        "--subscription",
-        names["subscription"],
-        "--push-endpoint",
-        f"http://127.0.0.1:{port}/events",
-        "--ack-deadline",
-        "10",
-    )
+    _provision(pubsub_emulator, monkeypatch, names, f"http://127.0.0.1:{port}/events")
     service = service_factory(
         {
             "PORT": str(port),
@@ -108,18 +106,7 @@ def test_an_event_the_broker_refused_waits_in_the_outbox_until_flushed(
     assert response.headers["x-event-status"] == "pending"
     assert "NotFound" in service.output()  # the publish failure is logged, with its reason
 
-    _provision(
-        pubsub_emulator,
-        monkeypatch,
-        "--topic",
-        names["topic"],
-        "--subscription",
-        names["subscription"],
-        "--push-endpoint",
-        f"{service.url}/events",
-        "--ack-deadline",
-        "10",
-    )
+    _provision(pubsub_emulator, monkeypatch, names, f"{service.url}/events")
     flush = f"{service.url}/outbox/flush"
     assert httpx.post(flush).status_code == 401
     flushed = httpx.post(flush, headers={"authorization": "Bearer an-e2e-flush-token"}, timeout=15)
@@ -178,14 +165,8 @@ def test_a_failing_handler_is_redelivered_then_dead_lettered(
     _provision(
         pubsub_emulator,
         monkeypatch,
-        "--topic",
-        names["topic"],
-        "--subscription",
-        names["subscription"],
-        "--push-endpoint",
+        names,
         f"{url}/events",
-        "--ack-deadline",
-        "10",
         "--dead-letter-topic",
         names["dlq"],
         "--max-delivery-attempts",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Service, poll
+from tests.e2e.conftest import ROOT, Service, homing_envelope, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -40,23 +40,12 @@ def test_a_hand_made_envelope_runs_once_however_often_it_is_posted(
 ) -> None:
     service = service_factory({"HOMING_SIGNING_KEYS": KEYS})
     user = httpx.post(f"{service.url}/users", json={"name": "Cy", "email": "c@example.com"}).json()
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "homing.cli",
-            "envelope",
-            "user.name.changed",
-            f'{{"user_id": {user["id"]}, "old_name": "Cy", "new_name": "Di"}}',
-        ],
-        env={"HOMING_SIGNING_KEYS": KEYS, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        check=True,
-        cwd=ROOT,
+    envelope = homing_envelope(
+        "user.name.changed",
+        f'{{"user_id": {user["id"]}, "old_name": "Cy", "new_name": "Di"}}',
+        KEYS,
     )
-    statuses = [
-        httpx.post(f"{service.url}/events", content=made.stdout).status_code for _ in range(5)
-    ]
+    statuses = [httpx.post(f"{service.url}/events", content=envelope).status_code for _ in range(5)]
     assert statuses == [204] * 5
     assert len(_notifications(service, user["id"])) == 1
 

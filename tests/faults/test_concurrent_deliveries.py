@@ -4,8 +4,6 @@ are told to come back (409) or that it is done (204); exactly one notification."
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -14,7 +12,7 @@ import orjson
 import pytest
 
 from homing.signing import EVENT_ID
-from tests.e2e.conftest import ROOT, poll
+from tests.e2e.conftest import homing_envelope, poll
 from tests.faults.conftest import (
     KEYS,
     Database,
@@ -32,23 +30,11 @@ COPIES = 10
 
 def _envelope(user_id: int) -> tuple[bytes, str]:
     """One signed push body, made by ``homing envelope`` as an operator would; and its event id."""
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "homing.cli",
-            "envelope",
-            "user.name.changed",
-            f'{{"user_id": {user_id}, "old_name": "a", "new_name": "b"}}',
-        ],
-        env={"HOMING_SIGNING_KEYS": KEYS, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        check=True,
-        cwd=ROOT,
-        timeout=30,
+    body = homing_envelope(
+        "user.name.changed", f'{{"user_id": {user_id}, "old_name": "a", "new_name": "b"}}', KEYS
     )
-    event_id: str = orjson.loads(made.stdout)["message"]["attributes"][EVENT_ID]
-    return made.stdout, event_id
+    event_id: str = orjson.loads(body)["message"]["attributes"][EVENT_ID]
+    return body, event_id
 
 
 async def _post_all(base: str, body: bytes) -> list[int]:
