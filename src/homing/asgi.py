@@ -36,16 +36,17 @@ class PushEndpoint:
         if scope["method"] != "POST":
             await _respond(send, 405, {"outcome": "method_not_allowed"}, [(b"allow", b"POST")])
             return
+        declared_length = authorization = None
+        for name, value in scope["headers"]:  # one pass: this is every push's path
+            if name == b"content-length":
+                declared_length = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
         try:
-            body = await _read_body(scope, receive, self.homing.max_body_size)
+            body = await _read_body(receive, declared_length, self.homing.max_body_size)
         except PayloadTooLarge as exc:
             await _respond(send, exc.status_code, {"outcome": exc.code, "detail": exc.detail})
             return
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
         result = await self.homing.handle_push(body, authorization=authorization)
         if result.status == 204:
             await send({"type": "http.response.start", "status": 204, "headers": []})
@@ -57,12 +58,11 @@ class PushEndpoint:
         await _respond(send, result.status, payload)
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if not value.isdigit() or int(value) > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-            break
+async def _read_body(receive: Receive, declared_length: bytes | None, limit: int) -> bytes:
+    # Refused before reading when the declared length is over the limit; counted as it arrives
+    # otherwise (a chunked body declares none). The server has already refused a malformed one.
+    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
