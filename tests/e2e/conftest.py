@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,45 @@ def service_factory(tmp_path: Path) -> Iterator[object]:
     yield start
     for service in started:
         service.stop()
+
+
+@contextmanager
+def serve_test_app(
+    factory: str, env: Mapping[str, str], log: Path, *, access_log: bool = False
+) -> Iterator[str]:
+    """Serve ``tests.e2e.apps:<factory>`` with uvicorn on a free port; yield its URL once up."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", f"tests.e2e.apps:{factory}", "--factory"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    if not access_log:
+        command.append("--no-access-log")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, log.read_text(errors="replace")
+            try:
+                return httpx.get(url, timeout=1).status_code == 404
+            except httpx.TransportError:
+                return False
+
+        poll(up, deadline=20)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 def homing_envelope(event_type: str, data_json: str, keys: str) -> bytes:

@@ -3,8 +3,6 @@ published with google-cloud-pubsub and pushed back to POST /events by the emulat
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +15,7 @@ from google.cloud import pubsub_v1
 from homing import KeyRing, Signer
 from homing.cli import main as homing_cli
 from homing.signing import EVENT_ID
-from tests.e2e.conftest import ROOT, Service, free_port, poll
+from tests.e2e.conftest import Service, free_port, poll, serve_test_app
 
 pytestmark = pytest.mark.e2e
 
@@ -122,37 +120,9 @@ def test_an_event_the_broker_refused_waits_in_the_outbox_until_flushed(
 
 @pytest.fixture
 def flaky_app(pubsub_emulator: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
     log = tmp_path / "flaky.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.e2e.apps:always_retry",
-                "--factory",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env={"HOMING_SIGNING_KEYS": KEYS, "PATH": "/usr/bin:/bin"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url).status_code == 404
-        except httpx.TransportError:
-            return False
-
-    poll(up, deadline=20)
-    yield url, log
-    process.terminate()
-    process.wait(10)
+    with serve_test_app("always_retry", {"HOMING_SIGNING_KEYS": KEYS}, log) as url:
+        yield url, log
 
 
 def test_a_failing_handler_is_redelivered_then_dead_lettered(

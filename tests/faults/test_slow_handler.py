@@ -3,21 +3,18 @@ works; homing answers those deliveries 409 and the effect happens exactly once."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 
 from homing import KeyRing, Signer
 from homing.signing import EVENT_ID
-from tests.e2e.conftest import ROOT, free_port, poll
-from tests.faults.conftest import KEYS, Database, PushSetup, Tally, halt
+from tests.e2e.conftest import poll, serve_test_app
+from tests.faults.conftest import KEYS, Database, PushSetup, Tally
 
 pytestmark = pytest.mark.e2e
 
@@ -45,45 +42,15 @@ class SlowApp:
 
 @pytest.fixture
 def slow_app(sqlite_database: Database, tmp_path: Path) -> Iterator[SlowApp]:
-    port = free_port()
     log = tmp_path / "slow.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.e2e.apps:slow_effect",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env={
-                "HOMING_SIGNING_KEYS": KEYS,
-                "DATABASE_URL": sqlite_database.url,
-                "SLOW_SECONDS": str(SLOW_SECONDS),
-                "PATH": "/usr/bin:/bin",
-            },
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    app = SlowApp(f"http://127.0.0.1:{port}", log)
-    try:
-
-        def up() -> bool:
-            assert process.poll() is None, app.output()
-            try:
-                return httpx.get(app.url, timeout=1).status_code == 404
-            except httpx.TransportError:
-                return False
-
-        poll(up, deadline=20)
-        yield app
-    finally:
-        halt(process)
+    env = {
+        "HOMING_SIGNING_KEYS": KEYS,
+        "DATABASE_URL": sqlite_database.url,
+        "SLOW_SECONDS": str(SLOW_SECONDS),
+    }
+    # The access log is kept: it is how the test sees each delivery's answer.
+    with serve_test_app("slow_effect", env, log, access_log=True) as url:
+        yield SlowApp(url, log)
 
 
 def test_handler_slower_than_the_ack_deadline(
