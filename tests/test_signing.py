@@ -257,3 +257,28 @@ def test_non_ascii_attributes_sign_and_verify(signer: Signer) -> None:
     attributes["name"] = "Zoe 🎉"
     with pytest.raises(AuthenticationFailed):
         signer.verify(DATA, attributes, message_id="m")
+
+
+def test_a_key_rings_mac_is_hmac_sha256_of_its_secret() -> None:
+    ring = KeyRing({"a": "0123456789abcdef", "b": "fedcba9876543210"})
+    for key_id in ("a", "b"):
+        mac = ring.mac(key_id)
+        assert mac is not None
+        secret = ring.secret(key_id)
+        assert secret is not None
+        # The prepared state is copied per call: repeated and interleaved calls don't mix.
+        for message in (b"", b"one", b"two" * 1000, b"one"):
+            assert mac(message) == hmac.new(secret, message, hashlib.sha256).digest()
+    assert ring.mac("missing") is None
+
+
+def test_unauthenticated_attribute_names_do_not_grow_memory(signer: Signer) -> None:
+    from homing.signing import _MAX_NAME_PARTS, _NAME_PARTS
+
+    attributes = signer.sign(DATA, "a.b")
+    for n in range(2 * _MAX_NAME_PARTS):
+        forged = {**attributes, f"name-{n}": "x"}
+        with pytest.raises(AuthenticationFailed):
+            signer.verify(DATA, forged, message_id="m")
+    assert len(_NAME_PARTS) <= _MAX_NAME_PARTS
+    assert signer.verify(DATA, attributes, message_id="m").event_type == "a.b"
