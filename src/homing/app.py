@@ -261,6 +261,8 @@ class Homing:
             if dead_letter := _dead_letter_source(push.attributes):
                 # A copy Pub/Sub moved to the dead-letter topic: keep it for a person.
                 return await self._drop(body, verified, dead_letter)
+            if self.dedupe.known_done(event_id):  # the common redelivery, answered in-process
+                return _DUPLICATE
             try:
                 claim = await self.dedupe.claim(event_id, lease=self.lease)
             except Exception:

@@ -42,8 +42,23 @@ class PushEndpoint:
                 declared_length = value
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
+        limit = self.homing.max_body_size
         try:
-            body = await _read_body(receive, declared_length, self.homing.max_body_size)
+            # Refused before reading when the declared length is over the limit; counted as it
+            # arrives otherwise (a chunked body declares none). The server has already refused
+            # a malformed length.
+            if (
+                declared_length is not None
+                and declared_length.isdigit()
+                and int(declared_length) > limit
+            ):
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            message = await receive()
+            body = message.get("body", b"")
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            if message.get("more_body", False):  # the body came in pieces: read the rest
+                body = await _read_rest(receive, body, limit)
         except PayloadTooLarge as exc:
             await _respond(send, exc.status_code, {"outcome": exc.code, "detail": exc.detail})
             return
@@ -58,13 +73,9 @@ class PushEndpoint:
         await _respond(send, result.status, payload)
 
 
-async def _read_body(receive: Receive, declared_length: bytes | None, limit: int) -> bytes:
-    # Refused before reading when the declared length is over the limit; counted as it arrives
-    # otherwise (a chunked body declares none). The server has already refused a malformed one.
-    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
+async def _read_rest(receive: Receive, first: bytes, limit: int) -> bytes:
+    chunks = [first]
+    size = len(first)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -76,7 +87,7 @@ async def _read_body(receive: Receive, declared_length: bytes | None, limit: int
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 async def _respond(

@@ -77,6 +77,18 @@ async def test_release_does_not_undo_done(dedupe: DedupeStore) -> None:
     assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
 
 
+async def test_known_done_is_true_only_for_handled_ids(dedupe: DedupeStore) -> None:
+    assert not dedupe.known_done("e1")
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    assert not dedupe.known_done("e1")  # claimed is not handled
+    await dedupe.release("e1")
+    assert not dedupe.known_done("e1")
+    await dedupe.claim("e1", lease=60)
+    await dedupe.done("e1")
+    assert dedupe.known_done("e1")
+    assert not dedupe.known_done("e2")
+
+
 async def test_ids_are_independent(dedupe: DedupeStore) -> None:
     assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
     assert await dedupe.claim("e2", lease=60) is Claim.CLAIMED
@@ -152,5 +164,6 @@ async def test_sql_redeliveries_of_done_ids_skip_the_database(engine: AsyncEngin
     async with engine.begin() as connection:
         await connection.run_sync(handled_events.drop)
     assert await store.claim("new", lease=60) is Claim.DUPLICATE  # answered from memory
+    assert store.known_done("new") and not store.known_done("old")
     with pytest.raises(DBAPIError):  # "old" was forgotten: it needs the (dropped) table
         await store.claim("old", lease=60)

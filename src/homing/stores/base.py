@@ -33,6 +33,14 @@ class DedupeStore(ABC):
     @abstractmethod
     async def _claim(self, event_id: str, now: float, lease: float) -> Claim: ...
 
+    def known_done(self, event_id: str) -> bool:
+        """``True`` when this process knows ``event_id`` was handled, without asking anyone.
+
+        A cheap check before :meth:`claim` on every push (most redeliveries are duplicates of
+        recent events): ``False`` only means "ask the store".
+        """
+        return False
+
     @abstractmethod
     async def done(self, event_id: str) -> None:
         """Mark ``event_id`` handled: every later delivery is a duplicate."""

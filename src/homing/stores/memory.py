@@ -25,6 +25,9 @@ class MemoryDedupeStore(DedupeStore):
             del self._entries[next(iter(self._entries))]
         return Claim.CLAIMED
 
+    def known_done(self, event_id: str) -> bool:
+        return self._entries.get(event_id) == _DONE
+
     async def done(self, event_id: str) -> None:
         self._entries[event_id] = _DONE
 

@@ -132,6 +132,9 @@ class SQLDedupeStore(DedupeStore):
         if len(self._done_cache) > self._done_cache_size:
             del self._done_cache[next(iter(self._done_cache))]
 
+    def known_done(self, event_id: str) -> bool:
+        return event_id in self._done_cache
+
     async def _claim(self, event_id: str, now: float, lease: float) -> Claim:
         if event_id in self._done_cache:
             return Claim.DUPLICATE
