@@ -2,13 +2,16 @@
 
 Each HTTP case is served by uvicorn (uvloop + httptools, one worker, no access log) in its own
 process and driven by wrk over loopback with one envelope replayed (after a first delivery, so
-homing's cases measure the duplicate path). Figures are medians of several runs with min-max.
-A new case is one ``HttpCase(...)`` line in ``CASES``.
+homing's cases measure the duplicate path), or with a new event per request. The servers run
+pinned to one CPU and wrk to the others, and every case is loaded once per round, in turn:
+a ratio to the ceiling is the median of ratios between runs of the same round. Figures are
+medians of several rounds with min-max. A new case is one ``HttpCase(...)`` line in ``cases``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -21,10 +24,11 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -36,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 UVICORN = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--workers", "1"]
 DATA = b'{"n":1}'
+CEILING = "bare starlette (ceiling)"
+NAIVE = "naive fastapi + pydantic"
 
 
 def fresh_envelopes(kind: str, count: int) -> bytes:
@@ -80,7 +86,7 @@ class HttpCase:
     name: str
     command: list[str]  # {port} is replaced
     envelope: str = "v1"
-    baseline: str | None = "bare"
+    baselines: tuple[str, ...] = (CEILING,)  # compared with these, round by round
     env: Mapping[str, str] = field(default_factory=dict)
     prepare: Callable[[str], None] | None = None  # called with the base URL before the load
     fresh: bool = False  # every request a new event (else one envelope replayed: duplicates)
@@ -136,15 +142,15 @@ def cases(workdir: Path) -> list[HttpCase]:
         "PYTHONPATH": str(ROOT / "examples"),
     }
     return [
-        HttpCase("bare starlette (ceiling)", _uvicorn("bare"), baseline=None),
-        HttpCase("homing, memory dedupe", _uvicorn("homing_memory")),
+        HttpCase(CEILING, _uvicorn("bare"), baselines=()),
+        HttpCase("homing, memory dedupe", _uvicorn("homing_memory"), baselines=(CEILING, NAIVE)),
         HttpCase(
             "homing, sqlite dedupe", _uvicorn("homing_sql"), env={"BENCH_DATABASE_URL": sqlite}
         ),
         HttpCase(
             "homing, postgres dedupe", _uvicorn("homing_sql"), env={"BENCH_DATABASE_URL": postgres}
         ),
-        HttpCase("naive fastapi + pydantic", _uvicorn("naive_fastapi"), envelope="legacy"),
+        HttpCase(NAIVE, _uvicorn("naive_fastapi"), envelope="legacy"),
         HttpCase(
             "reference service (make run)",
             [sys.executable, "-m", "users_api"],
@@ -202,8 +208,21 @@ _WRK_DONE = (
 )
 
 
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child to ``cpus`` (``None``: no pinning)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def wrk(
-    url: str, body_file: Path, concurrency: int, seconds: int, *, fresh: bool = False
+    url: str,
+    body_file: Path,
+    concurrency: int,
+    seconds: int,
+    *,
+    fresh: bool = False,
+    cpus: set[int] | None = None,
 ) -> tuple[float, int]:
     """Requests/s and failed requests; ``fresh``: the file holds one envelope per line."""
     script = body_file.with_suffix(".lua")
@@ -226,21 +245,39 @@ def wrk(
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=_pinned(cpus),
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     failures = sum(int(n) for n in re.findall(r"(?:non2xx|errors)=(\d+)", out))
     return rate, failures
 
 
-def run_http(
-    case: HttpCase, workdir: Path, concurrencies: list[int], runs: int, seconds: int
-) -> dict[str, dict[str, float]]:
+@dataclass
+class Server:
+    """One case's server, up and prepared, with what its next load needs."""
+
+    case: HttpCase
+    url: str
+    body: Path
+    batch: int = 40_000  # fresh envelopes written per run, resized to the measured rate
+
+
+@contextlib.contextmanager
+def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Server]:
+    """Start ``case``'s server (pinned to ``cpus``), deliver its envelope once, yield it."""
     port = free_port()
     env = {**os.environ, **{k: v.replace("{port}", str(port)) for k, v in case.env.items()}}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [part.replace("{port}", str(port)) for part in case.command]
     log = (workdir / f"{port}.log").open("wb")
-    process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_pinned(cpus),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_up(url, process)
@@ -255,24 +292,7 @@ def run_http(
             raise SystemExit(
                 f"bench: {case.name}: first delivery answered {first.status_code}: {first.text}"
             )
-        figures: dict[str, dict[str, float]] = {}
-        batch = 40_000
-        for concurrency in concurrencies:
-            rates = []
-            for _ in range(runs):
-                if case.fresh:  # never-seen events for every request of this run
-                    body.write_bytes(fresh_envelopes(case.envelope, batch))
-                rate, failures = wrk(f"{url}/events", body, concurrency, seconds, fresh=case.fresh)
-                batch = min(150_000, int(rate * seconds * 1.5) + 1_000)
-                if failures:
-                    raise SystemExit(f"bench: {case.name}: {failures} failed requests")
-                rates.append(rate)
-            figures[f"c{concurrency}"] = {
-                "median": statistics.median(rates),
-                "min": min(rates),
-                "max": max(rates),
-            }
-        return figures
+        yield Server(case, url, body)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -282,7 +302,79 @@ def run_http(
         log.close()
 
 
-def run_signing(runs: int, number: int = 50_000) -> dict[str, dict[str, float]]:
+def load(server: Server, concurrency: int, seconds: int, cpus: set[int] | None) -> float:
+    """One wrk run against ``server``: requests/s (fresh cases get never-seen events)."""
+    case = server.case
+    if case.fresh:
+        server.body.write_bytes(fresh_envelopes(case.envelope, server.batch))
+    rate, failures = wrk(
+        f"{server.url}/events", server.body, concurrency, seconds, fresh=case.fresh, cpus=cpus
+    )
+    if failures:
+        raise SystemExit(f"bench: {case.name}: {failures} failed requests")
+    server.batch = min(150_000, int(rate * seconds * 1.5) + 1_000)
+    return rate
+
+
+def cpu_split() -> tuple[set[int] | None, set[int] | None]:
+    """CPUs for the servers and for wrk: apart, so neither steals the other's core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def run_http(
+    selected: list[HttpCase],
+    workdir: Path,
+    concurrencies: list[int],
+    runs: int,
+    seconds: int,
+    *,
+    pin: bool = True,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every case served at once; each round loads every case in turn, so that a ratio is
+    taken between runs seconds apart, under the same machine noise."""
+    server_cpus, load_cpus = cpu_split() if pin else (None, None)
+    rates: dict[str, dict[int, list[float]]] = {
+        c.name: {n: [] for n in concurrencies} for c in selected
+    }
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for case in selected:
+            print(f"bench: starting {case.name} ...", file=sys.stderr, flush=True)
+            servers.append(stack.enter_context(serving(case, workdir, server_cpus)))
+        for number in range(1, runs + 1):
+            print(f"bench: round {number} of {runs} ...", file=sys.stderr, flush=True)
+            for concurrency in concurrencies:
+                for server in servers:
+                    rate = load(server, concurrency, seconds, load_cpus)
+                    rates[server.case.name][concurrency].append(rate)
+    by_name = {case.name: case for case in selected}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, by_concurrency in rates.items():
+        results[name] = {}
+        for concurrency, samples in by_concurrency.items():
+            figures: dict[str, Any] = {
+                "median": statistics.median(samples),
+                "min": min(samples),
+                "max": max(samples),
+                "runs": samples,
+            }
+            for baseline in by_name[name].baselines:
+                if baseline in rates:
+                    figures[f"vs {baseline}"] = _paired(samples, rates[baseline][concurrency])
+            results[name][f"c{concurrency}"] = figures
+    return results
+
+
+def _paired(samples: list[float], baselines: list[float]) -> dict[str, float]:
+    """Ratios of runs taken in the same round: median with min-max."""
+    ratios = [sample / base for sample, base in zip(samples, baselines, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def run_signing(rounds: int = 30, number: int = 10_000) -> dict[str, dict[str, Any]]:
     """Signing and verification ops/s beside raw ``hmac`` doing the same cryptographic work."""
     import hashlib
     import hmac
@@ -310,15 +402,23 @@ def run_signing(runs: int, number: int = 50_000) -> dict[str, dict[str, float]]:
             expected_v1,
         ),
     }
-    # Interleaved: each round times every case once, so machine noise falls on all alike.
+    baselines = {
+        "homing verify, v1 scheme": "raw hmac, v1 signed bytes",
+        "homing verify, article's format": "raw hmac, data only (article's format)",
+    }
+    # Interleaved, many short rounds: each round times every case once, and a ratio is taken
+    # within a round, so machine noise falls on a case and its baseline alike.
     rates: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(max(runs, 5)):
+    for _ in range(rounds):
         for name, fn in cases.items():
             rates[name].append(number / timeit.timeit(fn, number=number))
-    return {
-        name: {"median": statistics.median(r), "min": min(r), "max": max(r)}
-        for name, r in rates.items()
-    }
+    results: dict[str, dict[str, Any]] = {}
+    for name, samples in rates.items():
+        results[name] = {"median": statistics.median(samples), "min": min(samples)}
+        results[name]["max"] = max(samples)
+        if name in baselines:
+            results[name]["vs raw hmac"] = _paired(samples, rates[baselines[name]])
+    return results
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -483,33 +583,36 @@ def _span(figures: Mapping[str, float]) -> str:
     return f"{figures['min']:,.0f}-{figures['max']:,.0f}"
 
 
+def _ratio(figures: Mapping[str, Any], baseline: str) -> str:
+    paired = figures.get(f"vs {baseline}")
+    if paired is None:
+        return "-"
+    return f"{paired['median']:.2f}x ({paired['min']:.2f}-{paired['max']:.2f})"
+
+
 def report(
-    http: Mapping[str, Mapping[str, Mapping[str, float]]], ops: Mapping[str, Mapping[str, float]]
+    http: Mapping[str, Mapping[str, Mapping[str, Any]]], ops: Mapping[str, Mapping[str, Any]]
 ) -> None:
-    print(f"\n{'case':<34} {'conc':>4} {'req/s median':>13} {'min-max':>17} {'vs ceiling':>10}")
-    ceiling = http.get("bare starlette (ceiling)", {})
-    for name, figures in http.items():
-        for conc, f in figures.items():
-            base = ceiling.get(conc, {}).get("median")
-            ratio = f"{f['median'] / base:.2f}x" if base else "-"
-            print(f"{name:<34} {conc[1:]:>4} {f['median']:>13,.0f} {_span(f):>17} {ratio:>10}")
-    naive = http.get("naive fastapi + pydantic", {})
-    memory = http.get("homing, memory dedupe", {})
-    for conc in memory:
-        if conc in naive:
-            times = memory[conc]["median"] / naive[conc]["median"]
+    print(
+        f"\n{'case':<36} {'conc':>4} {'req/s median':>12} {'min-max':>13} "
+        f"{'vs ceiling, same round':>24}"
+    )
+    for name, by_concurrency in http.items():
+        for conc, f in by_concurrency.items():
             print(
-                f"homing (memory dedupe) vs naive fastapi at concurrency {conc[1:]}: {times:.2f}x"
+                f"{name:<36} {conc[1:]:>4} {f['median']:>12,.0f} {_span(f):>13} "
+                f"{_ratio(f, CEILING):>24}"
             )
-    baselines = {
-        "homing verify, v1 scheme": "raw hmac, v1 signed bytes",
-        "homing verify, article's format": "raw hmac, data only (article's format)",
-    }
-    print(f"\n{'operation':<40} {'ops/s median':>13} {'min-max':>21} {'vs raw hmac':>11}")
+    for name, by_concurrency in http.items():
+        for conc, f in by_concurrency.items():
+            for key in f:
+                if key.startswith("vs ") and key != f"vs {CEILING}":
+                    print(f"{name} {key} at concurrency {conc[1:]}: {_ratio(f, key[3:])}")
+    print(
+        f"\n{'operation':<40} {'ops/s median':>12} {'min-max':>17} {'vs raw hmac, same round':>24}"
+    )
     for name, f in ops.items():
-        baseline = baselines.get(name)
-        ratio = f"{f['median'] / ops[baseline]['median']:.2f}x" if baseline else "-"
-        print(f"{name:<40} {f['median']:>13,.0f} {_span(f):>21} {ratio:>11}")
+        print(f"{name:<40} {f['median']:>12,.0f} {_span(f):>17} {_ratio(f, 'raw hmac'):>24}")
 
 
 def report_latency(latency: Mapping[str, Mapping[str, float]]) -> None:
@@ -530,8 +633,9 @@ def report_latency(latency: Mapping[str, Mapping[str, float]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="rounds over every HTTP case")
+    parser.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
+    parser.add_argument("--no-pin", action="store_true", help="let servers and wrk share every CPU")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument(
         "--only", nargs="+", help="run only the cases whose name contains one of these"
@@ -550,19 +654,22 @@ def main() -> int:
 
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "pinned": not args.no_pin and cpu_split() != (None, None),
         "started": datetime.now(UTC).isoformat(),
         "http": {},
         "ops": {},
     }
-    http: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for case in cases(workdir):
-            if args.only and not any(part in case.name for part in args.only):
-                continue
-            print(f"bench: {case.name} ...", file=sys.stderr, flush=True)
-            http[case.name] = run_http(case, workdir, args.concurrency, args.runs, args.seconds)
-    ops = run_signing(args.runs)
+        selected = [
+            case
+            for case in cases(workdir)
+            if not args.only or any(part in case.name for part in args.only)
+        ]
+        http = run_http(
+            selected, workdir, args.concurrency, args.runs, args.seconds, pin=not args.no_pin
+        )
+    ops = run_signing()
     latency = {} if args.only else run_publish_latency(args.runs)
     memory = run_memory(args.memory_events) if args.memory_events and not args.only else {}
     results["http"], results["ops"], results["publish_latency_ms"] = http, ops, latency

@@ -161,13 +161,24 @@ def _canonical(data: bytes, attributes: Iterable[tuple[str, str]]) -> bytes:
 
 
 def _keyed(secret: bytes) -> Callable[[bytes], bytes]:
-    """HMAC-SHA256 under ``secret``, the key schedule done once: each call copies its state."""
-    prepared = hmac.new(secret, digestmod=hashlib.sha256)
+    """HMAC-SHA256 (RFC 2104) under ``secret``, with its key schedule done once.
+
+    The inner and outer hash states after the padded key are kept, and each call copies them:
+    the same digest as ``hmac.digest(secret, message, "sha256")`` in fewer steps, none of them
+    in Python (this is on every push's path).
+    """
+    block = 64  # SHA-256's block size
+    key = hashlib.sha256(secret).digest() if len(secret) > block else secret
+    key = key.ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def digest(message: bytes) -> bytes:
-        mac = prepared.copy()
-        mac.update(message)
-        return mac.digest()
+        state = inner.copy()
+        state.update(message)
+        result = outer.copy()
+        result.update(state.digest())
+        return result.digest()
 
     return digest
 
@@ -258,7 +269,7 @@ class Signer:
         if version != _VERSION:
             raise AuthenticationFailed(f"unknown signature version {version[:16]!r}")
         key_id = attributes.get(KEY_ID, "")
-        mac = self.keys.mac(key_id)
+        mac = self.keys._macs.get(key_id)
         if mac is None:
             raise AuthenticationFailed(f"signed with key {key_id[:64]!r}, which is not in the ring")
         covered = dict(attributes)
