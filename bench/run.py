@@ -409,15 +409,25 @@ def run_signing(rounds: int = 30, number: int = 10_000) -> dict[str, dict[str, A
     # Interleaved, many short rounds: each round times every case once, and a ratio is taken
     # within a round, so machine noise falls on a case and its baseline alike.
     rates: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            rates[name].append(number / timeit.timeit(fn, number=number))
+    server_cpus, _ = cpu_split()
+    affinity = os.sched_getaffinity(0)
+    if server_cpus:  # where the servers ran: away from whatever else this process started
+        os.sched_setaffinity(0, server_cpus)
+    try:
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                rates[name].append(number / timeit.timeit(fn, number=number))
+    finally:
+        os.sched_setaffinity(0, affinity)
     results: dict[str, dict[str, Any]] = {}
     for name, samples in rates.items():
         results[name] = {"median": statistics.median(samples), "min": min(samples)}
         results[name]["max"] = max(samples)
         if name in baselines:
-            results[name]["vs raw hmac"] = _paired(samples, rates[baselines[name]])
+            baseline = rates[baselines[name]]
+            results[name]["vs raw hmac"] = _paired(samples, baseline)
+            # timeit's advice: the fastest run is the least disturbed one.
+            results[name]["best vs best"] = max(samples) / max(baseline)
     return results
 
 
@@ -613,6 +623,9 @@ def report(
     )
     for name, f in ops.items():
         print(f"{name:<40} {f['median']:>12,.0f} {_span(f):>17} {_ratio(f, 'raw hmac'):>24}")
+    for name, f in ops.items():
+        if "best vs best" in f:
+            print(f"{name}: fastest run vs raw hmac's fastest: {f['best vs best']:.2f}x")
 
 
 def report_latency(latency: Mapping[str, Mapping[str, float]]) -> None:

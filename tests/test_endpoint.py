@@ -280,6 +280,23 @@ async def test_an_oversize_body_is_refused_with_413(keys: KeyRing, recorder: Rec
     assert recorder.seen == []
 
 
+async def test_a_body_in_several_pieces_is_read_whole(
+    client: httpx.AsyncClient, homing: Homing, recorder: Recorder
+) -> None:
+    body = push_body(homing, ORDER, event_id="e-pieces", message_id="m-pieces")
+
+    async def pieces() -> AsyncIterator[bytes]:  # no content-length: streamed in 3 pieces
+        third = len(body) // 3
+        for start in (0, third, 2 * third):
+            yield body[start : start + third] if start < 2 * third else body[start:]
+
+    response = await client.post("/events", content=pieces())
+    assert response.status_code == 204
+    [(event, delivery)] = recorder.seen
+    assert event == ORDER
+    assert delivery.event_id == "e-pieces"
+
+
 async def test_the_default_body_limit_is_pubsubs_10_mb(keys: KeyRing) -> None:
     assert Homing(signer=Signer(keys)).max_body_size == 10 * 1024 * 1024
 
