@@ -168,3 +168,19 @@ async def test_sql_redeliveries_of_done_ids_skip_the_database(engine: AsyncEngin
     assert not store.known_done("old")
     with pytest.raises(DBAPIError):  # "old" was forgotten: it needs the (dropped) table
         await store.claim("old", lease=60)
+
+
+@pytest.mark.postgres
+async def test_postgres_connections_are_kept_under_concurrent_load(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    async with open_sql_engine("postgresql", tmp_path) as engine:
+        opened: list[object] = []
+        event.listen(engine.sync_engine, "connect", lambda *_: opened.append(None))
+        store = SQLDedupeStore(engine)
+        for wave in range(3):  # more requests at once than the pool holds
+            ids = [f"w{wave}-{n}" for n in range(25)]
+            claims = await asyncio.gather(*(store.claim(i, lease=60) for i in ids))
+            assert set(claims) == {Claim.CLAIMED}
+        # SQLAlchemy's default pool would have opened and closed 10 extra ones per wave.
+        assert len(opened) <= 15
