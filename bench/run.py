@@ -421,8 +421,11 @@ def run_signing(rounds: int = 30, number: int = 10_000) -> dict[str, dict[str, A
         os.sched_setaffinity(0, affinity)
     results: dict[str, dict[str, Any]] = {}
     for name, samples in rates.items():
-        results[name] = {"median": statistics.median(samples), "min": min(samples)}
-        results[name]["max"] = max(samples)
+        results[name] = {
+            "median": statistics.median(samples),
+            "min": min(samples),
+            "max": max(samples),
+        }
         if name in baselines:
             baseline = rates[baselines[name]]
             results[name]["vs raw hmac"] = _paired(samples, baseline)
@@ -539,7 +542,7 @@ def run_memory(
         )
         url = f"http://127.0.0.1:{port}"
         samples: dict[int, int] = {}
-        retried: list[bytes] = []
+        retried = 0
         started = time.monotonic()
         failed = True
         try:
@@ -556,14 +559,13 @@ def run_memory(
                 async def push(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
                     # A connection the server closed under a request is tried again, as
                     # Pub/Sub would redeliver; counted, and reported beside the figures.
-                    for attempt in range(3):
+                    nonlocal retried
+                    for _ in range(2):
                         try:
                             return await client.post(f"{url}/events", content=body)
                         except httpx.TransportError:
-                            if attempt == 2:
-                                raise
-                            retried.append(body)
-                    raise AssertionError("unreachable")
+                            retried += 1
+                    return await client.post(f"{url}/events", content=body)
 
                 async def worker(client: httpx.AsyncClient) -> None:
                     nonlocal done
@@ -599,7 +601,7 @@ def run_memory(
     return {
         "events": events,
         "notifications": len(notes),
-        "pushes_retried_after_a_transport_error": len(retried),
+        "pushes_retried_after_a_transport_error": retried,
         "seconds": round(seconds, 1),
         "rss_mib": {str(k): round(v / 1024, 1) for k, v in sorted(samples.items())},
     }
