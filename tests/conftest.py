@@ -15,7 +15,9 @@ from homing import Delivery, Drop, Homing, KeyRing, MemoryPublisher, Retry, Sign
 from homing.stores.sql import create_engine, create_tables, metadata
 from tests.emulator import find_emulator, running_emulator
 
-POSTGRES_URL = os.environ.get(
+# Taken out of the environment: homing refuses HOMING_* variables it does not know, and the
+# tests run its CLI and settings against this process's environment.
+POSTGRES_URL = os.environ.pop(
     "HOMING_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 

@@ -32,7 +32,7 @@ from homing import (
     Signer,
 )
 from homing.auth import OIDCVerifier
-from homing.errors import ConfigurationError
+from homing.errors import ConfigurationError, StoreError
 from homing.outbox import FlushEndpoint, SQLOutbox
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
 from users_api.db import Base, Notification, User
@@ -160,26 +160,21 @@ def build_homing(
         max_delivery_attempts=(
             settings.max_delivery_attempts if settings.dead_letter_topic else None
         ),
-        # A handler can't usefully outlive the ack deadline (Pub/Sub redelivers then), so a
-        # crashed handler's claim need not block its event any longer than that.
-        lease=settings.ack_deadline,
     )
     homing.events.register("user.name.changed", UserNameChanged)
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    @homing.handler(UserNameChanged)
+    # Its only effect is a row in this database: homing commits it with the event's "handled"
+    # mark, in one transaction. Exactly one notification per event, whatever crashes or
+    # redeliveries happen around it.
+    @homing.handler(UserNameChanged, effects="database")
     async def notify_user(event: UserNameChanged, delivery: Delivery) -> None:
-        # The effect and the "handled" mark commit in one transaction: exactly one
-        # notification per event, whatever crashes or redeliveries happen around it.
-        async with sessions.begin() as session:
-            session.add(
-                Notification(
-                    event_id=delivery.event_id,
-                    user_id=event.user_id,
-                    text=f"Your name was changed from {event.old_name!r} to {event.new_name!r}.",
-                )
+        delivery.session.add(
+            Notification(
+                event_id=delivery.event_id,
+                user_id=event.user_id,
+                text=f"Your name was changed from {event.old_name!r} to {event.new_name!r}.",
             )
-            await delivery.mark_done(session)
+        )
 
     return homing
 
@@ -220,8 +215,9 @@ def api_router(
             # Written in the same transaction as the rename: the event cannot be lost.
             event = UserNameChanged(user_id=out.id, old_name=old_name, new_name=out.name)
             staged = await outbox.stage(session, homing.sign(event))
-        # Published before the response: on Cloud Run the CPU is gone once we answer. If the
-        # broker does not answer, the event waits in the outbox for the next flush.
+        # Committed. Published before the response: on Cloud Run the CPU is gone once we
+        # answer. If the broker does not take it, the event waits in the outbox (the outbox
+        # drains itself) and the answer is still a success: the rename happened.
         published = await outbox.send(staged)
         response.headers["x-event-id"] = staged.event_id
         response.headers["x-event-status"] = "published" if published else "pending"
@@ -262,15 +258,19 @@ def create_app(
         async with engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
         await create_tables(engine)
+        await outbox.start()  # publishes what a killed predecessor left in the outbox
         try:
             async with homing:
                 yield
         finally:
+            await outbox.aclose()
             await engine.dispose()
 
     app = FastAPI(title="homing reference service", lifespan=lifespan)
+    # homing's create_engine reports a refused connection as SQLAlchemy's OperationalError, and
+    # homing's stores report every database failure as StoreError: these two cover them all.
     app.add_exception_handler(SQLAlchemyError, _database_unavailable)
-    app.add_exception_handler(OSError, _database_unavailable)  # a refused (re)connection
+    app.add_exception_handler(StoreError, _database_unavailable)
     app.state.homing = homing
     app.state.outbox = outbox
     app.include_router(api_router(homing, outbox, sessions))

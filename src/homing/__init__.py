@@ -28,6 +28,7 @@ from homing.errors import (
     PayloadTooLarge,
     PublishFailed,
     PushRejected,
+    StoreError,
 )
 from homing.events import EventRegistry
 from homing.publishers import LoopbackPublisher, MemoryPublisher, OutgoingMessage, Publisher
@@ -73,6 +74,7 @@ __all__ = [
     "Retry",
     "Settings",
     "Signer",
+    "StoreError",
     "VerifiedMessage",
     "__version__",
     "build_push",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
 
-from homing.dispatch import Delivery, Drop, Handler, HandlerTable, Retry
+from homing.dispatch import Delivery, Drop, Effects, Handler, HandlerTable, Retry, _Bound
 from homing.envelope import PushMessage, parse_push
-from homing.errors import ConfigurationError, HomingError, PushRejected
+from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
 from homing.events import EventRegistry, decode_event, encode_event
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
@@ -56,6 +57,47 @@ class PushResult:
 
 _DONE = PushResult(204, "done")
 _DUPLICATE = PushResult(204, "duplicate")
+_IN_PROGRESS = PushResult(409, "in_progress", "another delivery of this event is running")
+_STORE_DOWN = PushResult(503, "store_unavailable", "the dedupe store is unavailable")
+
+
+class _LeaseKeeper:
+    """Renews a claim every third of its lease while a handler runs, from the first third on.
+
+    A live handler never loses its claim however long it runs; a process that died stops
+    renewing, and its event is free again within one lease. Handlers quicker than a third of
+    the lease (most) cost one timer and no write.
+    """
+
+    __slots__ = ("_dedupe", "_event_id", "_lease", "_task", "_timer")
+
+    def __init__(self, dedupe: DedupeStore, event_id: str, lease: float) -> None:
+        self._dedupe, self._event_id, self._lease = dedupe, event_id, lease
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            try:
+                if not await self._dedupe.renew(self._event_id, lease=self._lease):
+                    logger.warning("the claim on %s was lost while its handler ran", self._event_id)
+            except StoreError as exc:
+                logger.warning("could not renew the claim on %s: %s", self._event_id, exc)
+            await asyncio.sleep(self._lease / 3)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _log_handled(delivery: Delivery, started: float) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        elapsed = (time.perf_counter() - started) * 1000
+        logger.debug("handled %s (%s) in %.1f ms", delivery.event_type, delivery.event_id, elapsed)
 
 
 class Homing:
@@ -73,7 +115,9 @@ class Homing:
         unknown_events: an event type with no model or handler is ``"quarantine"``-d (acked
             and kept) or answered with ``"retry"`` (useful while a deploy rolls out).
         max_body_size: larger push bodies are refused with 413.
-        lease: seconds a handler's claim on an event id lasts before a redelivery may run it.
+        lease: seconds an ``effects="external"`` handler's claim on an event id lasts unless
+            renewed; it is renewed every third of it while the handler runs, so a handler in a
+            process that died frees its event for redelivery within one lease.
         max_delivery_attempts: the subscription's dead-letter limit; when a push says it is the
             last attempt (``deliveryAttempt``) and the handler fails, the envelope is
             quarantined and acknowledged rather than left to Pub/Sub's dead-letter topic.
@@ -101,7 +145,7 @@ class Homing:
         auth: AuthMode = "hmac",
         unknown_events: UnknownEvents = "quarantine",
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        lease: float = 600.0,
+        lease: float = 15.0,
         max_delivery_attempts: int | None = None,
     ) -> None:
         if auth not in ("hmac", "oidc", "both", "none"):
@@ -140,12 +184,23 @@ class Homing:
         """Class decorator: bind a pydantic model to an event type name."""
         return self.events.event(type_name)
 
-    def handler(self, model: type[BaseModel]) -> Callable[[H], H]:
-        """Decorator: the async function that handles events of ``model``."""
+    def handler(self, model: type[BaseModel], *, effects: Effects = "external") -> Callable[[H], H]:
+        """Decorator: the async function that handles events of ``model``.
+
+        ``effects`` says where the handler's effects go (:mod:`homing.dispatch`):
+        ``"external"`` (default: anything, run under a renewed claim) or ``"database"`` (only
+        writes through ``delivery.session``, committed once with the done mark; needs
+        :class:`~homing.stores.sql.SQLDedupeStore`).
+        """
         type_name = self.events.type_name(model)
+        if effects == "database" and not self.dedupe.transactional:
+            raise ConfigurationError(
+                f"effects='database' (handler of {type_name!r}) needs a dedupe store on the "
+                f"handler's database (SQLDedupeStore), not {type(self.dedupe).__name__}"
+            )
 
         def bind(function: H) -> H:
-            self.handlers.add(type_name, function)
+            self.handlers.add(type_name, function, effects=effects)
             return function
 
         return bind
@@ -246,6 +301,7 @@ class Homing:
     async def _dispatch(
         self, body: bytes, push: PushMessage, verified: VerifiedMessage, *, replay: bool
     ) -> PushResult:
+        """After authentication: route, skip duplicates, decode, run the handler, answer."""
         type_name, event_id = verified.event_type, verified.event_id
         model = self.events.model(type_name)
         handler = self.handlers.get(type_name)
@@ -256,29 +312,17 @@ class Homing:
                 logger.warning("%s; asking for redelivery (%s)", reason, event_id)
                 return PushResult(503, "unknown_event", reason)
             return await self._drop(body, verified, reason)
-
         if not replay:
             if dead_letter := _dead_letter_source(push.attributes):
                 # A copy Pub/Sub moved to the dead-letter topic: keep it for a person.
                 return await self._drop(body, verified, dead_letter)
             if self.dedupe.known_done(event_id):  # the common redelivery, answered in-process
                 return _DUPLICATE
-            try:
-                claim = await self.dedupe.claim(event_id, lease=self.lease)
-            except Exception:
-                logger.exception("the dedupe store failed for %s (%s)", type_name, event_id)
-                return PushResult(503, "store_unavailable", "the dedupe store is unavailable")
-            if claim is Claim.DUPLICATE:
-                return _DUPLICATE
-            if claim is Claim.IN_PROGRESS:
-                return PushResult(409, "in_progress", "another delivery of this event is running")
-
         try:
             event = decode_event(model, push.data)
         except ValidationError as exc:
             reason = f"the data does not fit {model.__qualname__}: {exc.error_count()} error(s)"
             return await self._drop(body, verified, reason, done=True)
-
         delivery = Delivery(
             event_id=event_id,
             event_type=type_name,
@@ -290,39 +334,71 @@ class Homing:
             scheme=verified.scheme,
             dedupe=self.dedupe,
         )
-        started = time.perf_counter()
+        run = self._run_in_transaction if handler.effects == "database" else self._run_under_claim
         try:
-            await handler(event, delivery)
+            return await run(handler, event, delivery, replay=replay)
+        except StoreError as exc:
+            logger.error("%s (%s, %s): %s", _STORE_DOWN.detail, type_name, event_id, exc)
+            return _STORE_DOWN
         except Drop as exc:
             return await self._drop(body, verified, f"dropped by the handler: {exc}", done=True)
         except Retry as exc:
-            await self._release(event_id)
             logger.info("handler asked to retry %s (%s): %s", type_name, event_id, exc)
             reason = str(exc) or "the handler asked for a retry"
             if self._is_last_attempt(push):
                 return await self._drop(body, verified, self._last_attempt(push, reason))
             return PushResult(503, "retry", reason)
         except Exception as exc:
-            await self._release(event_id)
             logger.exception("handler for %s (%s) failed", type_name, event_id)
             reason = f"the handler raised {type(exc).__name__}"
             if self._is_last_attempt(push):
                 return await self._drop(body, verified, self._last_attempt(push, reason))
             return PushResult(500, "handler_failed", reason)
+
+    async def _run_in_transaction(
+        self, handler: _Bound, event: BaseModel, delivery: Delivery, *, replay: bool
+    ) -> PushResult:
+        """``effects="database"``: the done mark, the effect and one commit (or none)."""
+        async with self.dedupe.transaction(delivery.event_id, force=replay) as transaction:
+            if transaction.claim is Claim.DUPLICATE:
+                return _DUPLICATE  # the race was lost, or the event was handled before
+            if transaction.claim is Claim.IN_PROGRESS:
+                return _IN_PROGRESS  # an older claim-mode delivery still holds the event
+            delivery.session = transaction.session
+            started = time.perf_counter()
+            await handler(event, delivery)
+        _log_handled(delivery, started)
+        return _DONE
+
+    async def _run_under_claim(
+        self, handler: _Bound, event: BaseModel, delivery: Delivery, *, replay: bool
+    ) -> PushResult:
+        """``effects="external"``: claim the event, keep the claim alive, run, mark done."""
+        event_id = delivery.event_id
+        if not replay:
+            claim = await self.dedupe.claim(event_id, lease=self.lease)
+            if claim is Claim.DUPLICATE:
+                return _DUPLICATE
+            if claim is Claim.IN_PROGRESS:
+                return _IN_PROGRESS
+        keeper = _LeaseKeeper(self.dedupe, event_id, self.lease)
+        started = time.perf_counter()
+        try:
+            await handler(event, delivery)
+        except BaseException:
+            keeper.stop()
+            await self._release(event_id)
+            raise
+        keeper.stop()
         if delivery.marked_done:
             self.dedupe.note_done(event_id)
         else:
             try:
                 await self.dedupe.done(event_id)
-            except Exception:
-                # The effect happened; a redelivery finds the claim and waits out its lease.
-                logger.exception("could not mark %s (%s) done", type_name, event_id)
-        logger.debug(
-            "handled %s (%s) in %.1f ms",
-            type_name,
-            event_id,
-            (time.perf_counter() - started) * 1000,
-        )
+            except StoreError as exc:
+                # The effect happened; the claim lapses and a redelivery may repeat it.
+                logger.error("could not mark %s (%s) done: %s", delivery.event_type, event_id, exc)
+        _log_handled(delivery, started)
         return _DONE
 
     def _authenticate(self, push: PushMessage, *, check_age: bool = True) -> VerifiedMessage:
@@ -343,8 +419,8 @@ class Homing:
     async def _release(self, event_id: str) -> None:
         try:
             await self.dedupe.release(event_id)
-        except Exception:
-            logger.exception("could not release the claim on %s", event_id)
+        except StoreError as exc:  # the lease runs out instead
+            logger.error("could not release the claim on %s: %s", event_id, exc)
 
     def _is_last_attempt(self, push: PushMessage) -> bool:
         limit, attempt = self.max_delivery_attempts, push.delivery_attempt
@@ -369,16 +445,14 @@ class Homing:
         )
         try:
             await self.quarantine.add(entry)
-        except Exception:
-            logger.exception("could not quarantine %s", verified.event_id)
-            if done:
-                await self._release(verified.event_id)
+        except StoreError as exc:
+            logger.error("could not quarantine %s: %s", verified.event_id, exc)
             return PushResult(503, "store_unavailable", "the quarantine store is unavailable")
         if done:
             try:
                 await self.dedupe.done(verified.event_id)
-            except Exception:
-                logger.exception("could not mark %s done", verified.event_id)
+            except StoreError as exc:  # kept in quarantine either way; a redelivery drops again
+                logger.error("could not mark %s done: %s", verified.event_id, exc)
         logger.warning("quarantined %s (%s): %s", verified.event_type, verified.event_id, reason)
         return PushResult(200, "quarantined", reason)
 

@@ -5,6 +5,18 @@ means done: the push is acknowledged and the event id is remembered, so a redeli
 nothing. Raising :class:`Retry` answers non-2xx and Pub/Sub redelivers. Raising :class:`Drop`
 acknowledges the push and keeps the raw envelope in the quarantine store for a person to inspect.
 Any other exception is a retry too, logged with its traceback.
+
+Each handler says where its effects go (``effects=``), which decides how a redelivery is kept
+from repeating them:
+
+- ``"external"`` (the default, safe for anything): the handler runs under a *claim* on the
+  event id, a short lease renewed while it runs; the event is marked done after it returns.
+  For effects outside the database (an e-mail, an HTTP call). Two commits per event.
+- ``"database"``: the handler's effects are all writes to the database homing's dedupe store
+  uses. homing opens one transaction, marks the event done as its first statement, hands it to
+  the handler as ``delivery.session`` and commits once: the effect and the mark commit together
+  or not at all, and of two racing deliveries the second finds the mark and is a duplicate.
+  One commit per event, nothing held between deliveries.
 """
 
 from __future__ import annotations
@@ -12,12 +24,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
 from homing.errors import ConfigurationError, EventRegistrationError
 from homing.stores.base import DedupeStore
+
+Effects = Literal["external", "database"]
 
 
 class Retry(Exception):
@@ -42,18 +56,30 @@ class Delivery:
     scheme: Literal["v1", "legacy", "unsigned"]
     dedupe: DedupeStore | None = field(default=None, repr=False)
     marked_done: bool = field(default=False, repr=False)
+    #: For ``effects="database"`` handlers: the open ``AsyncSession`` (SQLAlchemy) in which the
+    #: event is already marked done; write the effect here, homing commits it. ``None`` else.
+    session: Any = field(default=None, repr=False)
 
     async def mark_done(self, transaction: Any) -> None:
         """Mark this event handled inside your own database transaction, beside its effect.
 
-        Then the effect and the "done" mark commit together or not at all: a crash between
-        them can neither lose the mark (a redelivery would repeat the effect) nor keep it
-        without the effect. Needs the SQL dedupe store on the same database::
+        For ``effects="external"`` handlers that also write to the database: the effect and the
+        "done" mark commit together or not at all. Needs the SQL dedupe store on the same
+        database::
 
             async with sessions.begin() as session:
                 session.add(Notification(...))
                 await delivery.mark_done(session)
+
+        ``effects="database"`` handlers need not call it: :attr:`session` is marked already.
         """
+        if self.session is not None:
+            if transaction is not self.session:
+                raise ConfigurationError(
+                    "an effects='database' handler writes through delivery.session, which is "
+                    "marked done already; another transaction cannot be marked"
+                )
+            return
         if self.dedupe is None:
             raise ConfigurationError("this delivery has no dedupe store")
         await self.dedupe.done_in(transaction, self.event_id)
@@ -67,6 +93,7 @@ Handler = Callable[..., Awaitable[None]]
 class _Bound:
     handler: Handler
     wants_delivery: bool
+    effects: Effects = "external"
 
     async def __call__(self, event: BaseModel, delivery: Delivery) -> None:
         if self.wants_delivery:
@@ -81,7 +108,11 @@ class HandlerTable:
     def __init__(self) -> None:
         self._handlers: dict[str, _Bound] = {}
 
-    def add(self, type_name: str, handler: Handler) -> None:
+    def add(self, type_name: str, handler: Handler, *, effects: Effects = "external") -> None:
+        if effects not in get_args(Effects):
+            raise EventRegistrationError(
+                f"effects must be 'external' or 'database', not {effects!r} ({type_name!r})"
+            )
         if type_name in self._handlers:
             raise EventRegistrationError(f"event type {type_name!r} already has a handler")
         call = getattr(handler, "__call__", None)  # noqa: B004 - async callable objects count
@@ -96,7 +127,7 @@ class HandlerTable:
             raise EventRegistrationError(
                 f"the handler for {type_name!r} must take (event) or (event, delivery)"
             )
-        self._handlers[type_name] = _Bound(handler, wants_delivery=len(params) == 2)
+        self._handlers[type_name] = _Bound(handler, len(params) == 2, effects)
 
     def get(self, type_name: str) -> _Bound | None:
         return self._handlers.get(type_name)

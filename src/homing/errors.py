@@ -6,6 +6,7 @@
     ├── ConfigurationError        settings or keys that cannot work
     ├── EventRegistrationError    an event type or model registered twice, or not at all
     ├── PublishFailed             a publisher could not hand an event to its broker
+    ├── StoreError                a store's database refused, dropped or failed an operation
     └── PushRejected              a push request that must not run a handler
         ├── MalformedPush         the request is not a push envelope (400)
         ├── PayloadTooLarge       the body is over the configured limit (413)
@@ -37,6 +38,14 @@ class PublishFailed(HomingError):
         super().__init__(f"{message} (event type {event_type!r}, event id {event_id!r})")
         self.event_type = event_type
         self.event_id = event_id
+
+
+class StoreError(HomingError):
+    """Raised when a store's database refused a connection, dropped it, or failed a statement.
+
+    Driver and connection errors (SQLAlchemy's, the driver's own, ``OSError``) are turned into
+    this one error where they enter a store, with the original as ``__cause__``.
+    """
 
 
 class PushRejected(HomingError):

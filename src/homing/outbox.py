@@ -16,22 +16,31 @@ downstream as the same event.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import itertools
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+import time
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from homing.auth import OIDCVerifier
-from homing.errors import AuthenticationFailed, ConfigurationError, PublishFailed, PushRejected
+from homing.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    PublishFailed,
+    PushRejected,
+    StoreError,
+)
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.stores.sql import outbox as outbox_table
+from homing.stores.sql import translate_errors
 
 logger = logging.getLogger("homing.outbox")
 
@@ -46,18 +55,61 @@ class FlushReport:
 
 
 class SQLOutbox:
-    """Events waiting for the broker, in the ``homing_outbox`` table of ``engine``'s database."""
+    """Events waiting for the broker, in the ``homing_outbox`` table of ``engine``'s database.
 
-    def __init__(self, engine: AsyncEngine, publisher: Publisher, *, backlog_limit: int = 50):
+    Once an event is published its row is no longer needed; rows are deleted in batches rather
+    than one transaction per event: in the next :meth:`stage` (inside the caller's transaction,
+    no commit of its own), or by a sweep ``sweep_delay`` seconds later, or at :meth:`aclose`.
+    Until then this process knows them as published and never sends them again; a process
+    killed in between leaves rows that a later drain publishes once more, under the same event
+    id, which the push endpoint recognises.
+
+    The outbox drains itself: :meth:`start` (from the app's lifespan) publishes what a previous
+    process left behind, and a successful :meth:`send` publishes older waiting rows when this
+    process saw publishes fail, or when it last looked more than ``drain_interval`` seconds ago
+    (rows another instance left). ``homing outbox flush`` and :class:`FlushEndpoint` remain for
+    instances that get no traffic.
+
+    Args:
+        drain_age: rows younger than this many seconds are left to the request that staged
+            them (its send is probably under way) by the periodic and start-up drains.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        *,
+        backlog_limit: int = 50,
+        drain_age: float = 10.0,
+        drain_interval: float = 30.0,
+        sweep_delay: float = 1.0,
+    ):
         self.engine = engine
         self.publisher = publisher
         self.backlog_limit = backlog_limit
+        self.drain_age = drain_age
+        self.drain_interval = drain_interval
+        self.sweep_delay = sweep_delay
         self._backlog = False
+        self._last_drain = time.monotonic()
+        self._published: dict[str, None] = {}  # published here, row not yet deleted
+        self._riding: dict[str, list[str]] = {}  # staged event id -> ids its transaction deletes
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        table = outbox_table.c
+        self._exists = select(table.event_id).where(table.event_id == bindparam("event_id"))
 
     async def stage(
         self, transaction: AsyncSession | AsyncConnection, message: OutgoingMessage
     ) -> OutgoingMessage:
         """Write ``message`` to the outbox inside the caller's open transaction."""
+        if self._published:
+            swept = list(itertools.islice(self._published, _SWEEP_BATCH))
+            await transaction.execute(
+                delete(outbox_table).where(outbox_table.c.event_id.in_(swept))
+            )
+            self._riding[message.event_id] = swept
         await transaction.execute(
             outbox_table.insert().values(
                 event_id=message.event_id,
@@ -74,57 +126,92 @@ class SQLOutbox:
     async def send(self, message: OutgoingMessage) -> bool:
         """Publish a staged message whose transaction has committed; ``True`` once published.
 
-        ``False`` when it could not be published now — the broker or the database failed; it
+        ``False`` when it was not published now — the broker or the database failed; it
         waits in the outbox and the reason is logged — or when there is nothing to send (its
-        transaction rolled back, or a flush already sent it). Never raises for those.
-
-        After a send succeeds following earlier failures, up to ``backlog_limit`` older waiting
-        events are published too, so a backlog drains once the broker is back even before a
-        scheduler calls :meth:`flush`.
+        transaction rolled back, or it was sent already). Never raises for those: the state
+        change has committed, so the caller's request has succeeded either way.
         """
+        event_id = message.event_id
+        swept = self._riding.pop(event_id, None)
+        if event_id in self._published:
+            return False
         try:
-            sent = await self._publish_row(message)
+            async with (
+                translate_errors(f"looking up event {event_id!r} in the outbox"),
+                self.engine.connect() as connection,
+            ):
+                staged = await connection.scalar(self._exists, {"event_id": event_id})
+        except StoreError as exc:
+            logger.error("event %s waits in the outbox: %s", event_id, exc)
+            self._backlog = True
+            return False
+        if staged is None:  # rolled back, or sent and swept already
+            return False
+        for swept_id in swept or ():  # its transaction committed, and so did these deletes
+            self._published.pop(swept_id, None)
+        try:
+            await self.publisher.publish(message)
         except PublishFailed as exc:
-            logger.warning("event %s waits in the outbox: %s", message.event_id, exc)
+            logger.warning("event %s waits in the outbox: %s", event_id, exc)
             self._backlog = True
-            await self._record_failure(message.event_id, str(exc))
+            await self._record_failure(event_id, str(exc))
             return False
-        except SQLAlchemyError as exc:
-            logger.error(
-                "event %s waits in the outbox: the database failed: %s", message.event_id, exc
-            )
-            self._backlog = True
-            return False
-        if sent and self._backlog:
-            self._backlog = False
-            try:
-                await self.flush(limit=self.backlog_limit)
-            except SQLAlchemyError:
-                logger.exception("draining the outbox backlog failed")
-                self._backlog = True
-        return sent
-
-    async def _publish_row(self, message: OutgoingMessage) -> bool:
-        # Nothing is held while publishing (a publish may take seconds, and on SQLite an open
-        # write would stop every other request). Two senders may therefore both publish one
-        # event; it keeps its event id, so the push endpoint runs it once.
-        table = outbox_table.c
-        async with self.engine.connect() as connection:
-            staged = await connection.scalar(
-                select(table.event_id).where(table.event_id == message.event_id)
-            )
-        if staged is None:  # rolled back, or sent already
-            return False
-        await self.publisher.publish(message)
-        async with self.engine.begin() as connection:
-            await connection.execute(delete(outbox_table).where(table.event_id == message.event_id))
+        self._mark_published(event_id)
+        if self._backlog or time.monotonic() - self._last_drain > self.drain_interval:
+            await self._drain_quietly(older_than=0.0 if self._backlog else self.drain_age)
         return True
 
-    async def pending(self, *, limit: int = 100) -> list[OutgoingMessage]:
-        """The oldest events waiting to be published."""
-        query = select(outbox_table).order_by(outbox_table.c.created_at).limit(limit)
-        async with self.engine.connect() as connection:
-            rows = (await connection.execute(query)).mappings().all()
+    def _mark_published(self, event_id: str) -> None:
+        self._published[event_id] = None
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.sweep_delay, self._spawn, self.sweep)
+
+    def _spawn(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(function())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def sweep(self) -> None:
+        """Delete the rows of events this process published; a failure is logged and retried."""
+        self._sweeper = None
+        self._riding.clear()  # their ids stay in _published until this delete commits
+        swept = list(itertools.islice(self._published, _SWEEP_BATCH))
+        if not swept:
+            return
+        try:
+            async with (
+                translate_errors("deleting published events from the outbox"),
+                self.engine.begin() as connection,
+            ):
+                await connection.execute(
+                    delete(outbox_table).where(outbox_table.c.event_id.in_(swept))
+                )
+        except StoreError as exc:
+            logger.warning("outbox rows of published events stay until the next sweep: %s", exc)
+        else:
+            for event_id in swept:
+                self._published.pop(event_id, None)
+        if self._published and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(
+                self.sweep_delay, self._spawn, self.sweep
+            )
+
+    async def pending(self, *, limit: int = 100, older_than: float = 0.0) -> list[OutgoingMessage]:
+        """The oldest events waiting to be published (staged ``older_than`` seconds ago or more).
+
+        Raises :class:`~homing.errors.StoreError` when the database fails.
+        """
+        table = outbox_table.c
+        query = select(outbox_table).order_by(table.created_at)
+        if older_than > 0:
+            query = query.where(
+                table.created_at <= datetime.now(UTC) - timedelta(seconds=older_than)
+            )
+        if self._published:
+            query = query.where(table.event_id.not_in(list(self._published)))
+        async with translate_errors("reading the outbox"), self.engine.connect() as connection:
+            rows = (await connection.execute(query.limit(limit))).mappings().all()
         return [
             OutgoingMessage(
                 data=bytes(row["data"]),
@@ -136,39 +223,88 @@ class SQLOutbox:
             for row in rows
         ]
 
-    async def flush(self, *, limit: int = 500) -> FlushReport:
-        """Publish up to ``limit`` waiting events, oldest first."""
+    async def flush(self, *, limit: int = 500, older_than: float = 0.0) -> FlushReport:
+        """Publish up to ``limit`` waiting events, oldest first.
+
+        Stops at the first event the broker refuses (it is down; the rest would wait their
+        publish timeout each). Raises :class:`~homing.errors.StoreError` when the database
+        fails.
+        """
+        self._last_drain = time.monotonic()
         published = failed = 0
         errors: list[str] = []
-        for message in await self.pending(limit=limit):
+        for message in await self.pending(limit=limit, older_than=older_than):
+            if message.event_id in self._published:
+                continue  # published by a send meanwhile
             try:
-                if not await self._publish_row(message):
-                    continue  # sent by someone else meanwhile
+                await self.publisher.publish(message)
             except PublishFailed as exc:
                 failed += 1
                 errors.append(str(exc))
                 await self._record_failure(message.event_id, str(exc))
-                continue
+                break
+            self._mark_published(message.event_id)
             published += 1
+        self._backlog = failed > 0
         if published or failed:
-            logger.info("outbox flush: %d published, %d failed", published, failed)
+            logger.info("outbox: %d published, %d failed", published, failed)
+        await self.sweep()
         return FlushReport(published=published, failed=failed, errors=errors)
 
+    async def _drain_quietly(self, *, older_than: float) -> None:
+        try:
+            await self.flush(limit=self.backlog_limit, older_than=older_than)
+        except StoreError as exc:
+            logger.warning("draining the outbox failed; it is tried again later: %s", exc)
+            self._backlog = True
+
+    async def start(self) -> None:
+        """Publish, in the background, what an earlier process left in the outbox.
+
+        Rows younger than ``drain_age`` may belong to a send under way in another instance;
+        they are looked at again once they are that old.
+        """
+
+        async def drain_twice() -> None:
+            await self._drain_quietly(older_than=self.drain_age)
+            await asyncio.sleep(self.drain_age)
+            await self._drain_quietly(older_than=self.drain_age)
+
+        self._spawn(drain_twice)
+
+    async def aclose(self) -> None:
+        """Stop the background work and delete the rows of what was published."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sweep()
+
     async def count(self) -> int:
-        """How many events wait."""
-        async with self.engine.connect() as connection:
-            return int(await connection.scalar(select(func.count()).select_from(outbox_table)) or 0)
+        """How many events wait (rows of events this process published are deleted first)."""
+        await self.sweep()
+        query = select(func.count()).select_from(outbox_table)
+        async with translate_errors("counting the outbox"), self.engine.connect() as connection:
+            return int(await connection.scalar(query) or 0)
 
     async def _record_failure(self, event_id: str, error: str) -> None:
         try:
-            async with self.engine.begin() as connection:
+            async with (
+                translate_errors(f"recording a failed publish of {event_id!r}"),
+                self.engine.begin() as connection,
+            ):
                 await connection.execute(
                     update(outbox_table)
                     .where(outbox_table.c.event_id == event_id)
                     .values(attempts=outbox_table.c.attempts + 1, last_error=error[:2000])
                 )
-        except Exception:
-            logger.exception("could not record the failed publish of %s", event_id)
+        except StoreError as exc:
+            logger.warning("could not record the failed publish of %s: %s", event_id, exc)
+
+
+#: How many published rows one statement deletes at most.
+_SWEEP_BATCH = 500
 
 
 Scope = MutableMapping[str, Any]
@@ -224,13 +360,19 @@ class FlushEndpoint:
             except PushRejected as exc:
                 status, payload = exc.status_code, {"outcome": exc.code, "detail": exc.detail}
             else:
-                report = await self.outbox.flush(limit=self.limit)
-                status = 503 if report.failed else 200
-                payload = {
-                    "published": report.published,
-                    "failed": report.failed,
-                    "pending": await self.outbox.count(),
-                }
+                try:
+                    report = await self.outbox.flush(limit=self.limit)
+                    waiting = await self.outbox.count()
+                except StoreError as exc:
+                    logger.error("outbox flush: %s", exc)
+                    status, payload = 503, {"outcome": "store_unavailable"}
+                else:
+                    status = 503 if report.failed else 200
+                    payload = {
+                        "published": report.published,
+                        "failed": report.failed,
+                        "pending": waiting,
+                    }
         body = orjson.dumps(payload)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -1,6 +1,12 @@
 """Stores for handled event ids (dedupe) and quarantined messages: in memory or SQL."""
 
-from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
+from homing.stores.base import (
+    Claim,
+    DedupeStore,
+    QuarantinedMessage,
+    QuarantineStore,
+    Transaction,
+)
 from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
 
 __all__ = [
@@ -10,4 +16,5 @@ __all__ = [
     "MemoryQuarantineStore",
     "QuarantineStore",
     "QuarantinedMessage",
+    "Transaction",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,11 +22,29 @@ class Claim(enum.Enum):
     IN_PROGRESS = "in_progress"  #: not now: another delivery holds an unexpired claim
 
 
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """An open database transaction whose first statement marked an event done.
+
+    ``claim`` is :attr:`Claim.CLAIMED` when the mark is this transaction's to commit; otherwise
+    (:attr:`Claim.DUPLICATE`, :attr:`Claim.IN_PROGRESS`) the transaction was rolled back and
+    ``session`` must not be used.
+    """
+
+    claim: Claim
+    session: Any
+
+
 class DedupeStore(ABC):
     """Remembers which event ids were handled, with leased claims for those in flight.
 
-    A claim expires after its lease, so a handler that crashed does not block redelivery.
+    A claim expires after its lease, so a handler that crashed does not block redelivery; a
+    live handler keeps its claim by renewing it (:meth:`renew`).
     """
+
+    #: ``True`` when :meth:`transaction` can run a handler's effect and the done mark in one
+    #: database transaction (``effects="database"`` handlers).
+    transactional: bool = False
 
     async def claim(self, event_id: str, *, lease: float) -> Claim:
         """Claim ``event_id`` for ``lease`` seconds."""
@@ -32,6 +52,16 @@ class DedupeStore(ABC):
 
     @abstractmethod
     async def _claim(self, event_id: str, now: float, lease: float) -> Claim: ...
+
+    async def renew(self, event_id: str, *, lease: float) -> bool:
+        """Extend a claim held on ``event_id`` to ``lease`` seconds from now.
+
+        ``False`` when there is no such claim any more (done, released, or never taken).
+        """
+        return await self._renew_claim(event_id, time.time() + lease)
+
+    @abstractmethod
+    async def _renew_claim(self, event_id: str, until: float) -> bool: ...
 
     def known_done(self, event_id: str) -> bool:
         """``True`` when this process knows ``event_id`` was handled, without asking anyone.
@@ -54,6 +84,23 @@ class DedupeStore(ABC):
         raise ConfigurationError(
             f"{type(self).__name__} cannot join a database transaction; use SQLDedupeStore"
         )
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, event_id: str, *, force: bool = False
+    ) -> AsyncIterator[Transaction]:
+        """A database transaction that marks ``event_id`` done first and commits at the end.
+
+        Of two deliveries of one event, one commits; the other finds the mark (a unique key)
+        and gets :attr:`Claim.DUPLICATE`. An exception in the body rolls back the effect and
+        the mark together. ``force`` (a replay by an operator) claims even an event marked
+        done.
+        """
+        raise ConfigurationError(
+            f"{type(self).__name__} keeps no database transaction; "
+            "effects='database' handlers need SQLDedupeStore"
+        )
+        yield  # pragma: no cover - makes this an async generator
 
     def note_done(self, event_id: str) -> None:  # noqa: B027 - optional hook
         """Told once a transaction that called :meth:`done_in` for ``event_id`` committed."""

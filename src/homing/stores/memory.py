@@ -25,6 +25,13 @@ class MemoryDedupeStore(DedupeStore):
             del self._entries[next(iter(self._entries))]
         return Claim.CLAIMED
 
+    async def _renew_claim(self, event_id: str, until: float) -> bool:
+        state = self._entries.get(event_id)
+        if state is None or state == _DONE:
+            return False
+        self._entries[event_id] = until
+        return True
+
     def known_done(self, event_id: str) -> bool:
         return self._entries.get(event_id) == _DONE
 

@@ -6,6 +6,10 @@ The tables live in :data:`metadata`; include it in your migrations, or call
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,16 +24,31 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     event,
     insert,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import CursorResult, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
+from homing.errors import StoreError
+from homing.stores._sqlite_inline import inline_creator
+from homing.stores.base import (
+    Claim,
+    DedupeStore,
+    QuarantinedMessage,
+    QuarantineStore,
+    Transaction,
+)
+
+# A handler's own statements failing for these reasons is the database's failure, not the
+# handler's: answered 503 (store unavailable) like any other store error.
+_CONNECTION_ERRORS = (OperationalError, InterfaceError, OSError, TimeoutError)
 
 metadata = MetaData()
 
@@ -69,30 +88,54 @@ outbox = Table(
 )
 
 
-def create_engine(url: str, **options: Any) -> AsyncEngine:
-    """An async engine. PostgreSQL keeps up to 15 connections; SQLite gets WAL, a busy timeout,
-    and one pooled connection.
+def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> AsyncEngine:
+    """An async engine for homing's stores and the service's own tables.
 
-    PostgreSQL: SQLAlchemy's default pool (5 kept, 10 more opened under load and closed when
-    returned) opens and closes a connection for most requests once more than five run at once;
-    the handshake and the close then cost more than the statements (measured: new events per
-    second doubled at 16 concurrent requests). The same 15 at most are kept open instead.
+    **SQLite** (``sqlite+aiosqlite:///...``): WAL with ``synchronous=NORMAL`` (a commit survives
+    the process being killed; the last commits before a power cut or an OS crash may be lost, as
+    with any WAL database at that setting), one pooled connection per process, and statements
+    run inline in the event loop rather than on aiosqlite's thread (``inline_sqlite=False``
+    keeps aiosqlite's thread): a short statement costs tens of microseconds, the thread hop
+    around it well over a hundred. A statement that finds the database locked by another
+    process waits for it on a worker thread, never in the event loop (up to 30 s, or
+    ``connect_args={"timeout": ...}``). With one connection, this process's requests queue for
+    it in order instead of sleeping on SQLite's lock.
 
-    SQLite takes one writer at a time, and a writer that finds the database locked sleeps in
-    growing steps (up to 100 ms) before it tries again. Under concurrent requests that turns
-    into most of the time spent. With one connection per process, this process's requests
-    queue for it in order instead (other processes, such as the CLI, still wait on the lock).
+    **PostgreSQL**: up to 15 connections, kept open (SQLAlchemy's default opens and closes ten
+    of them again and again under load, and the handshakes cost more than the statements).
+
+    For both, a refused or failed *connect* — which asyncpg reports as a bare ``OSError`` —
+    surfaces as SQLAlchemy's ``OperationalError`` like every other database error, so an
+    application needs to handle only ``SQLAlchemyError`` (homing's stores turn it into
+    :class:`~homing.errors.StoreError`).
     """
-    if url.startswith("postgresql"):
+    database = make_url(url)
+    if database.get_backend_name() == "postgresql":
         options.setdefault("pool_size", 15)
         options.setdefault("max_overflow", 0)
-    if url.startswith("sqlite"):
-        options.setdefault("connect_args", {}).setdefault("timeout", 30)
+    sqlite_db = database.get_backend_name() == "sqlite"
+    if sqlite_db:
+        connect_args = options.setdefault("connect_args", {})
+        connect_args.setdefault("timeout", 30)
         options.setdefault("pool_size", 1)
         options.setdefault("max_overflow", 0)
         options.setdefault("pool_timeout", 60)
+        if inline_sqlite and database.get_driver_name() == "aiosqlite":
+            options.setdefault(
+                "async_creator",
+                inline_creator(database.database or ":memory:", timeout=connect_args["timeout"]),
+            )
     engine = create_async_engine(url, **options)
-    if engine.dialect.name == "sqlite":
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (OSError, TimeoutError) as exc:
+            # Raised as the driver's own error class, SQLAlchemy wraps it and says "connect".
+            raise dialect.loaded_dbapi.OperationalError(f"could not connect: {exc}") from exc
+
+    if sqlite_db:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
@@ -106,8 +149,57 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
 
 async def create_tables(engine: AsyncEngine) -> None:
     """Create homing's tables where they are missing."""
-    async with engine.begin() as connection:
+    async with translate_errors("creating homing's tables"), engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
+
+
+#: What a database or its driver raises when it is down, unreachable or failing.
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    OSError,
+    TimeoutError,
+    sqlite3.Error,
+)
+
+
+@contextlib.asynccontextmanager
+async def translate_errors(doing: str) -> AsyncIterator[None]:
+    """Turn driver and connection errors into :class:`StoreError`, saying what was being done.
+
+    Every store method runs its database work inside it, so callers handle one error.
+    """
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise StoreError(f"the database failed while {doing}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    # SQLAlchemy's message carries the statement and its parameters; the first line does not.
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
+
+
+class _Statement:
+    """A statement compiled once for its engine's dialect and run as driver SQL.
+
+    Homing's own hot-path statements never change, so they skip SQLAlchemy's per-call
+    compilation and caching: measured here, a third of the cost of a one-statement transaction.
+    """
+
+    __slots__ = ("_constants", "_order", "sql")
+
+    def __init__(self, engine: AsyncEngine, statement: Any) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self._order = tuple(compiled.positiontup or ())
+        self._constants = compiled.params  # the values written into the statement itself
+
+    async def run(self, connection: AsyncConnection, **values: Any) -> CursorResult[Any]:
+        given = self._constants | values
+        return await connection.exec_driver_sql(
+            self.sql, tuple(given[name] for name in self._order)
+        )
 
 
 def _insert_ignoring_conflicts(engine: AsyncEngine, table: Table) -> Insert:
@@ -119,6 +211,33 @@ def _insert_ignoring_conflicts(engine: AsyncEngine, table: Table) -> Insert:
     return insert(table).prefix_with("IGNORE")  # MySQL and MariaDB
 
 
+def _mark_done(engine: AsyncEngine, *, unless_claimed: bool) -> Any:
+    """Insert a done mark, or turn the event's row into one.
+
+    ``unless_claimed``: only an *expired* claim is taken over; a live claim or a done mark
+    leaves the statement affecting no row (the race is lost).
+    """
+    row = handled_events.c
+    values = {"event_id": bindparam("event_id"), "state": _DONE, "lease_until": 0.0}
+    expired = (row.state == _CLAIMED) & (row.lease_until <= bindparam("now"))
+    name = engine.dialect.name
+    if name in ("sqlite", "postgresql"):
+        dialect_insert = sqlite.insert if name == "sqlite" else postgresql.insert
+        return (
+            dialect_insert(handled_events)
+            .values(values)
+            .on_conflict_do_update(
+                index_elements=[row.event_id],
+                set_={"state": _DONE, "lease_until": 0.0},
+                where=expired if unless_claimed else None,
+            )
+        )
+    statement = mysql.insert(handled_events).values(values)  # MySQL and MariaDB
+    if unless_claimed:  # a lost race and an expired claim look alike here: no takeover
+        return statement.prefix_with("IGNORE")
+    return statement.on_duplicate_key_update(state=_DONE, lease_until=0.0)
+
+
 class SQLDedupeStore(DedupeStore):
     """Handled event ids in ``homing_handled_events``.
 
@@ -126,11 +245,49 @@ class SQLDedupeStore(DedupeStore):
     set (``done_cache_size``, oldest forgotten first): a redelivery of one of them is answered
     without a database round trip. A miss falls back to the database, so instances that share
     it agree.
+
+    Every driver or connection error leaves it as :class:`~homing.errors.StoreError`.
     """
+
+    transactional = True
 
     def __init__(self, engine: AsyncEngine, *, done_cache_size: int = 10_000) -> None:
         self.engine = engine
-        self._insert = _insert_ignoring_conflicts(engine, handled_events)
+        row = handled_events.c
+        claimed = {"event_id": bindparam("event_id"), "state": _CLAIMED, "lease_until": 0.0}
+        self._claim_new = _Statement(
+            engine,
+            _insert_ignoring_conflicts(engine, handled_events).values(
+                claimed | {"lease_until": bindparam("until")}
+            ),
+        )
+        self._take_expired = _Statement(
+            engine,
+            update(handled_events)
+            .where(
+                row.event_id == bindparam("event_id"),
+                row.state == _CLAIMED,
+                row.lease_until <= bindparam("now"),
+            )
+            .values(lease_until=bindparam("until")),
+        )
+        self._state = _Statement(
+            engine, select(row.state).where(row.event_id == bindparam("event_id"))
+        )
+        self._done = _Statement(engine, _mark_done(engine, unless_claimed=False))
+        self._renew = _Statement(
+            engine,
+            update(handled_events)
+            .where(row.event_id == bindparam("event_id"), row.state == _CLAIMED)
+            .values(lease_until=bindparam("until")),
+        )
+        self._release = _Statement(
+            engine,
+            delete(handled_events).where(
+                row.event_id == bindparam("event_id"), row.state == _CLAIMED
+            ),
+        )
+        self._done_first = _Statement(engine, _mark_done(engine, unless_claimed=True))
         self._done_cache: dict[str, None] = {}
         self._done_cache_size = done_cache_size
 
@@ -147,60 +304,109 @@ class SQLDedupeStore(DedupeStore):
     async def _claim(self, event_id: str, now: float, lease: float) -> Claim:
         if event_id in self._done_cache:
             return Claim.DUPLICATE
-        row = handled_events.c
         # Insert first: a new event (the common case) costs one statement. The transaction
         # starts with a write, so SQLite waits for its lock up front instead of failing to
         # upgrade a read transaction.
-        async with self.engine.begin() as connection:
-            inserted = await connection.execute(
-                self._insert.values(event_id=event_id, state=_CLAIMED, lease_until=now + lease)
-            )
+        async with (
+            translate_errors(f"claiming event {event_id!r}"),
+            self.engine.begin() as connection,
+        ):
+            until = now + lease
+            inserted = await self._claim_new.run(connection, event_id=event_id, until=until)
             if inserted.rowcount == 1:
                 return Claim.CLAIMED
-            taken = await connection.execute(
-                update(handled_events)
-                .where(row.event_id == event_id, row.state == _CLAIMED, row.lease_until <= now)
-                .values(lease_until=now + lease)
+            taken = await self._take_expired.run(
+                connection, event_id=event_id, now=now, until=until
             )
             if taken.rowcount == 1:
                 return Claim.CLAIMED
-            state = await connection.scalar(select(row.state).where(row.event_id == event_id))
+            state = (await self._state.run(connection, event_id=event_id)).scalar()
         if state == _DONE:
             self._remember_done(event_id)
             return Claim.DUPLICATE
         return Claim.IN_PROGRESS
 
+    async def _renew_claim(self, event_id: str, until: float) -> bool:
+        async with (
+            translate_errors(f"renewing the claim on {event_id!r}"),
+            self.engine.begin() as connection,
+        ):
+            renewed = await self._renew.run(connection, event_id=event_id, until=until)
+        return renewed.rowcount == 1
+
     async def done(self, event_id: str) -> None:
-        async with self.engine.begin() as connection:
-            await self.done_in(connection, event_id)
+        async with (
+            translate_errors(f"marking event {event_id!r} done"),
+            self.engine.begin() as connection,
+        ):
+            await self._done.run(connection, event_id=event_id, now=0.0)
         self._remember_done(event_id)
 
     async def done_in(self, transaction: AsyncConnection | AsyncSession, event_id: str) -> None:
         """Mark ``event_id`` done in the caller's transaction, beside the handler's effect."""
-        await transaction.execute(
-            update(handled_events).where(handled_events.c.event_id == event_id).values(state=_DONE)
+        connection = (
+            await transaction.connection() if isinstance(transaction, AsyncSession) else transaction
         )
+        await self._done.run(connection, event_id=event_id, now=0.0)
 
     def note_done(self, event_id: str) -> None:
         self._remember_done(event_id)
 
     async def release(self, event_id: str) -> None:
-        row = handled_events.c
-        async with self.engine.begin() as connection:
-            await connection.execute(
-                delete(handled_events).where(row.event_id == event_id, row.state == _CLAIMED)
-            )
+        async with (
+            translate_errors(f"releasing the claim on {event_id!r}"),
+            self.engine.begin() as connection,
+        ):
+            await self._release.run(connection, event_id=event_id)
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, event_id: str, *, force: bool = False
+    ) -> AsyncIterator[Transaction]:
+        # The done mark is the transaction's first statement: of two deliveries racing, the
+        # second waits on the first's row (PostgreSQL) or lock (SQLite) and then finds it.
+        # Nothing is committed unless the body finishes: effect and mark go together.
+        session = AsyncSession(self.engine, expire_on_commit=False)
+        try:
+            async with translate_errors(f"opening the transaction of event {event_id!r}"):
+                connection = await session.connection()
+                mark = self._done if force else self._done_first
+                marked = await mark.run(connection, event_id=event_id, now=time.time())
+                if marked.rowcount == 1:
+                    claim = Claim.CLAIMED
+                else:
+                    state = (await self._state.run(connection, event_id=event_id)).scalar()
+                    claim = Claim.DUPLICATE if state == _DONE else Claim.IN_PROGRESS
+                    await session.rollback()
+            if claim is Claim.DUPLICATE:
+                self._remember_done(event_id)
+            try:
+                yield Transaction(claim, session)
+            except _CONNECTION_ERRORS as exc:
+                raise StoreError(
+                    f"the database failed during the handler of event {event_id!r}: "
+                    f"{_describe(exc)}"
+                ) from exc
+            if claim is Claim.CLAIMED:
+                async with translate_errors(f"committing event {event_id!r}"):
+                    await session.commit()
+                self._remember_done(event_id)
+        finally:
+            await session.close()
 
 
 class SQLQuarantineStore(QuarantineStore):
-    """Quarantined envelopes in ``homing_quarantine``."""
+    """Quarantined envelopes in ``homing_quarantine``; driver errors leave it as ``StoreError``."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._insert = _insert_ignoring_conflicts(engine, quarantine)
 
     async def add(self, message: QuarantinedMessage) -> bool:
-        async with self.engine.begin() as connection:
+        async with (
+            translate_errors(f"quarantining {message.id!r}"),
+            self.engine.begin() as connection,
+        ):
             result = await connection.execute(
                 self._insert.values(
                     id=message.id,
@@ -214,19 +420,19 @@ class SQLQuarantineStore(QuarantineStore):
         return result.rowcount == 1
 
     async def get(self, entry_id: str) -> QuarantinedMessage | None:
-        async with self.engine.connect() as connection:
+        async with translate_errors("reading the quarantine"), self.engine.connect() as connection:
             result = await connection.execute(select(quarantine).where(quarantine.c.id == entry_id))
             row = result.mappings().first()
         return None if row is None else _entry(row)
 
     async def list(self, *, limit: int = 100) -> list[QuarantinedMessage]:
         query = select(quarantine).order_by(quarantine.c.received_at.desc()).limit(limit)
-        async with self.engine.connect() as connection:
+        async with translate_errors("listing the quarantine"), self.engine.connect() as connection:
             result = await connection.execute(query)
             return [_entry(row) for row in result.mappings()]
 
     async def delete(self, entry_id: str) -> bool:
-        async with self.engine.begin() as connection:
+        async with translate_errors(f"deleting {entry_id!r}"), self.engine.begin() as connection:
             result = await connection.execute(delete(quarantine).where(quarantine.c.id == entry_id))
         return result.rowcount == 1
 
