@@ -34,7 +34,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y -qq wrk \
 	  || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(BIN)/python -m bench.run
+	PYTHONPATH=examples $(BIN)/python -m bench.run
 
 ## lock: re-pin the development environment after changing pyproject.toml
 lock:

@@ -8,9 +8,13 @@ import hmac
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
+import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
@@ -19,6 +23,8 @@ from starlette.routing import Route
 from homing import Homing, KeyRing, Signer
 from homing.asgi import PushFastPath
 from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
+from users_api.app import UserNameChanged
+from users_api.db import Base
 
 KEYS = "bench:a-benchmark-secret-long-enough"
 
@@ -61,7 +67,23 @@ def homing_memory() -> PushFastPath:
 def homing_sql() -> PushFastPath:
     engine = create_engine(os.environ["BENCH_DATABASE_URL"])
     homing = _homing(SQLDedupeStore(engine))
+    return _served_with_tables(homing, engine)
 
+
+def homing_sql_transactional() -> PushFastPath:
+    """A no-op ``effects="database"`` handler: homing's own cost of one committed new event."""
+    engine = create_engine(os.environ["BENCH_DATABASE_URL"])
+    homing = Homing(signer=Signer(KeyRing.from_string(KEYS)), dedupe=SQLDedupeStore(engine))
+    homing.events.register("user.name.changed", UserNameChanged)
+
+    @homing.handler(UserNameChanged, effects="database")
+    async def noop(event: UserNameChanged) -> None:
+        return None
+
+    return _served_with_tables(homing, engine)
+
+
+def _served_with_tables(homing: Homing, engine: AsyncEngine) -> PushFastPath:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await create_tables(engine)
@@ -101,3 +123,141 @@ def naive_fastapi() -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+# -- hand-written consumers: the bar for new events ---------------------------------------------
+#
+# What a careful engineer writes by hand for the reference service's handler on the same stack:
+# parse the push, check the article's HMAC over the data, and write the notification in one
+# transaction with INSERT ... ON CONFLICT (event_id) DO NOTHING (the unique key deduplicates).
+# They receive the article's format (``signature`` = hex HMAC-SHA256 of the data), on the
+# reference service's own tables.
+
+_NOTIFY = (
+    "INSERT INTO notifications (event_id, user_id, text, created_at) "
+    "VALUES ({0}, {1}, {2}, {3}) ON CONFLICT (event_id) DO NOTHING"
+)
+_SECRET = KEYS.partition(":")[2].encode()
+
+
+def _checked(body: bytes) -> tuple[str, dict[str, object]] | None:
+    """The message id and event of a push whose signature holds; ``None`` otherwise."""
+    message = orjson.loads(body)["message"]
+    data = base64.b64decode(message["data"])
+    expected = hmac.new(_SECRET, data, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(message["attributes"].get("signature", ""), expected):
+        return None
+    return message["messageId"], orjson.loads(data)
+
+
+def _text(event: dict[str, object]) -> str:
+    return f"Your name was changed from {event['old_name']!r} to {event['new_name']!r}."
+
+
+def _consumer(handle: object, lifespan: object) -> Starlette:
+    async def events(request: StarletteRequest) -> StarletteResponse:
+        checked = _checked(await request.body())
+        if checked is None:
+            return StarletteResponse(status_code=401)
+        await handle(*checked)  # type: ignore[operator]
+        return StarletteResponse(status_code=204)
+
+    return Starlette(
+        routes=[Route("/events", events, methods=["POST"])],
+        lifespan=lifespan,  # type: ignore[arg-type]
+    )
+
+
+async def _with_user(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+        await connection.execute(
+            text(
+                "INSERT INTO users (id, name, email) VALUES (1, 'a', 'a@example.com') "
+                "ON CONFLICT (id) DO NOTHING"
+            )
+        )
+
+
+def handwritten_sqlalchemy() -> Starlette:
+    """SQLAlchemy async on the same driver as homing's case (aiosqlite or asyncpg)."""
+    url = os.environ["BENCH_DATABASE_URL"]
+    sqlite_db = url.startswith("sqlite")
+    # The careful settings: a pool that keeps its connections; on SQLite one connection (no
+    # lock-busy sleeps), WAL and synchronous=NORMAL.
+    options = {"pool_size": 1 if sqlite_db else 15, "max_overflow": 0}
+    engine = create_async_engine(url, **options)
+    insert = text(_NOTIFY.format(":id", ":user", ":text", ":at"))
+
+    async def handle(message_id: str, event: dict[str, object]) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert,
+                {"id": message_id, "user": event["user_id"], "text": _text(event), "at": _now()},
+            )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if sqlite_db:
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                await connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        await _with_user(engine)
+        yield
+        await engine.dispose()
+
+    return _consumer(handle, lifespan)
+
+
+def handwritten_raw_sqlite() -> Starlette:
+    """The stdlib's sqlite3, called inline in the event loop: no pool, no thread, no ORM."""
+    import sqlite3
+
+    path = os.environ["BENCH_DATABASE_URL"].partition(":///")[2]
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    insert = _NOTIFY.format("?", "?", "?", "?")
+
+    async def handle(message_id: str, event: dict[str, object]) -> None:
+        connection.execute("BEGIN")
+        connection.execute(insert, (message_id, event["user_id"], _text(event), _now()))
+        connection.execute("COMMIT")
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        engine = create_async_engine(os.environ["BENCH_DATABASE_URL"])
+        await _with_user(engine)
+        await engine.dispose()
+        yield
+        connection.close()
+
+    return _consumer(handle, lifespan)
+
+
+def handwritten_raw_asyncpg() -> Starlette:
+    """A raw asyncpg pool of 15; each event one autocommitted statement (one round trip)."""
+    import asyncpg
+
+    url = os.environ["BENCH_DATABASE_URL"]
+    pools: list[asyncpg.Pool] = []
+    insert = _NOTIFY.format("$1", "$2", "$3", "$4")
+
+    async def handle(message_id: str, event: dict[str, object]) -> None:
+        await pools[0].execute(insert, message_id, event["user_id"], _text(event), _now())
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        engine = create_async_engine(url)
+        await _with_user(engine)
+        await engine.dispose()
+        dsn = url.replace("postgresql+asyncpg", "postgresql")
+        pools.append(await asyncpg.create_pool(dsn, min_size=15, max_size=15))
+        yield
+        await pools[0].close()
+
+    return _consumer(handle, lifespan)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import timeit
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,10 @@ UVICORN = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--work
 DATA = b'{"n":1}'
 CEILING = "bare starlette (ceiling)"
 NAIVE = "naive fastapi + pydantic"
+HAND_SQLITE = "hand-written consumer, SQLAlchemy + aiosqlite"
+HAND_PG = "hand-written consumer, SQLAlchemy + asyncpg"
+RAW_SQLITE = "raw consumer, stdlib sqlite3 inline"
+RAW_PG = "raw consumer, asyncpg pool"
 
 
 def fresh_envelopes(kind: str, count: int) -> bytes:
@@ -49,18 +54,32 @@ def fresh_envelopes(kind: str, count: int) -> bytes:
     signer = Signer(KeyRing.from_string(KEYS))
     template, type_name = (
         ('{"user_id":1,"old_name":"a","new_name":"n%d"}', "user.name.changed")
-        if kind == "users_api"
+        if kind.startswith("users_api")
         else ('{"n":%d}', "bench.noop")
     )
+    secret = KEYS.partition(":")[2]
+    run = uuid.uuid4().hex[:8]  # ids never seen by a server that outlives one load
     lines = []
     for n in range(count):
         data = (template % n).encode()
-        attributes = signer.sign(data, type_name)
-        lines.append(build_push(data, attributes, message_id=str(n), subscription="b"))
+        if kind == "users_api_legacy":
+            attributes = {"event-type": type_name, "signature": legacy_signature(secret, data)}
+        else:
+            attributes = signer.sign(data, type_name)
+        lines.append(build_push(data, attributes, message_id=f"{run}-{n}", subscription="b"))
     return b"\n".join(lines) + b"\n"
 
 
 def envelope(kind: str) -> bytes:
+    if kind == "users_api_legacy":
+        data = b'{"user_id":1,"old_name":"a","new_name":"b"}'
+        attributes = {
+            "event-type": "user.name.changed",
+            "signature": legacy_signature(KEYS.partition(":")[2], data),
+        }
+        return build_push(
+            data, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
+        )
     if kind == "legacy":
         attributes = {
             "event-type": "bench.noop",
@@ -109,11 +128,11 @@ def _create_user(url: str) -> None:
     httpx.post(f"{url}/users", json={"name": "a", "email": "a@example.com"}).raise_for_status()
 
 
-def _bench_database() -> str:
+def _bench_database(name: str = "homing_bench") -> str:
     """A PostgreSQL database of the bench's own, so it never touches the tests' tables."""
     url = os.environ.get("BENCH_POSTGRES_URL")
     if url:
-        return url
+        return url if name == "homing_bench" else url.rsplit("/", 1)[0] + f"/{name}"
     import asyncio
 
     import asyncpg
@@ -121,20 +140,19 @@ def _bench_database() -> str:
     async def create() -> None:
         connection = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
         try:
-            if not await connection.fetchval(
-                "SELECT 1 FROM pg_database WHERE datname = 'homing_bench'"
-            ):
-                await connection.execute("CREATE DATABASE homing_bench")
+            if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                await connection.execute(f'CREATE DATABASE "{name}"')
         finally:
             await connection.close()
 
     asyncio.run(create())
-    return "postgresql+asyncpg://postgres@127.0.0.1:5432/homing_bench"
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
 def cases(workdir: Path) -> list[HttpCase]:
     sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
     postgres = _bench_database()
+    hand_postgres = _bench_database("homing_bench_hand")
     service_env = {
         "HOMING_SIGNING_KEYS": KEYS,
         "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/svc.db",
@@ -172,12 +190,72 @@ def cases(workdir: Path) -> list[HttpCase]:
             env={"BENCH_DATABASE_URL": postgres},
             fresh=True,
         ),
+        # New events, against what a careful engineer writes by hand on the same stack (one
+        # transaction per event) and on the raw drivers.
+        HttpCase(
+            HAND_SQLITE,
+            _uvicorn("handwritten_sqlalchemy"),
+            envelope="users_api_legacy",
+            env={"BENCH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/hand.db"},
+            baselines=(),
+            fresh=True,
+        ),
+        HttpCase(
+            HAND_PG,
+            _uvicorn("handwritten_sqlalchemy"),
+            envelope="users_api_legacy",
+            env={"BENCH_DATABASE_URL": hand_postgres},
+            baselines=(),
+            fresh=True,
+        ),
+        HttpCase(
+            RAW_SQLITE,
+            _uvicorn("handwritten_raw_sqlite"),
+            envelope="users_api_legacy",
+            env={"BENCH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/raw.db"},
+            baselines=(),
+            fresh=True,
+        ),
+        HttpCase(
+            RAW_PG,
+            _uvicorn("handwritten_raw_asyncpg"),
+            envelope="users_api_legacy",
+            env={"BENCH_DATABASE_URL": hand_postgres},
+            baselines=(),
+            fresh=True,
+        ),
         HttpCase(
             "reference service, new events",
             [sys.executable, "-m", "users_api"],
             envelope="users_api",
             env={**service_env, "DATABASE_URL": service_env["DATABASE_URL"].replace("svc", "new")},
+            baselines=(CEILING, HAND_SQLITE),
             prepare=_create_user,
+            fresh=True,
+        ),
+        HttpCase(
+            "reference service on postgres, new events",
+            [sys.executable, "-m", "users_api"],
+            envelope="users_api",
+            env={**service_env, "DATABASE_URL": postgres},
+            baselines=(HAND_PG,),
+            prepare=_create_user,
+            fresh=True,
+        ),
+        HttpCase(
+            "homing, no-op transactional handler, sqlite",
+            _uvicorn("homing_sql_transactional"),
+            envelope="users_api",
+            env={"BENCH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/tx.db"},
+            baselines=(RAW_SQLITE,),
+            fresh=True,
+        ),
+        HttpCase(
+            "homing, no-op transactional handler, postgres",
+            _uvicorn("homing_sql_transactional"),
+            envelope="users_api",
+            env={"BENCH_DATABASE_URL": postgres},
+            baselines=(RAW_PG,),
             fresh=True,
         ),
     ]
@@ -223,8 +301,8 @@ def wrk(
     *,
     fresh: bool = False,
     cpus: set[int] | None = None,
-) -> tuple[float, int]:
-    """Requests/s and failed requests; ``fresh``: the file holds one envelope per line."""
+) -> tuple[float, int, float, float]:
+    """Requests/s, failed requests, p50 and p99 latency (ms); ``fresh``: one envelope a line."""
     script = body_file.with_suffix(".lua")
     if fresh:
         load = (
@@ -241,7 +319,7 @@ def wrk(
         )
     script.write_text(load + _WRK_DONE)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -249,7 +327,16 @@ def wrk(
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     failures = sum(int(n) for n in re.findall(r"(?:non2xx|errors)=(\d+)", out))
-    return rate, failures
+    return rate, failures, _latency_ms(out, "50%"), _latency_ms(out, "99%")
+
+
+def _latency_ms(wrk_output: str, percentile: str) -> float:
+    """A percentile from wrk's latency distribution, in milliseconds."""
+    found = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", wrk_output, re.MULTILINE)
+    if found is None:
+        return float("nan")
+    value, unit = float(found.group(1)), found.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
 @dataclass
@@ -267,7 +354,9 @@ def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Se
     """Start ``case``'s server (pinned to ``cpus``), deliver its envelope once, yield it."""
     port = free_port()
     env = {**os.environ, **{k: v.replace("{port}", str(port)) for k, v in case.env.items()}}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), str(ROOT / "examples"), env.get("PYTHONPATH")])
+    )
     command = [part.replace("{port}", str(port)) for part in case.command]
     log = (workdir / f"{port}.log").open("wb")
     process = subprocess.Popen(
@@ -302,18 +391,21 @@ def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Se
         log.close()
 
 
-def load(server: Server, concurrency: int, seconds: int, cpus: set[int] | None) -> float:
-    """One wrk run against ``server``: requests/s (fresh cases get never-seen events)."""
+def load(
+    server: Server, concurrency: int, seconds: int, cpus: set[int] | None
+) -> tuple[float, float, float]:
+    """One wrk run against ``server``: requests/s, p50 and p99 in ms (fresh cases get
+    never-seen events)."""
     case = server.case
     if case.fresh:
         server.body.write_bytes(fresh_envelopes(case.envelope, server.batch))
-    rate, failures = wrk(
+    rate, failures, p50, p99 = wrk(
         f"{server.url}/events", server.body, concurrency, seconds, fresh=case.fresh, cpus=cpus
     )
     if failures:
         raise SystemExit(f"bench: {case.name}: {failures} failed requests")
     server.batch = min(150_000, int(rate * seconds * 1.5) + 1_000)
-    return rate
+    return rate, p50, p99
 
 
 def cpu_split() -> tuple[set[int] | None, set[int] | None]:
@@ -339,6 +431,9 @@ def run_http(
     rates: dict[str, dict[int, list[float]]] = {
         c.name: {n: [] for n in concurrencies} for c in selected
     }
+    latencies: dict[str, dict[int, list[tuple[float, float]]]] = {
+        c.name: {n: [] for n in concurrencies} for c in selected
+    }
     with contextlib.ExitStack() as stack:
         servers = []
         for case in selected:
@@ -348,8 +443,9 @@ def run_http(
             print(f"bench: round {number} of {runs} ...", file=sys.stderr, flush=True)
             for concurrency in concurrencies:
                 for server in servers:
-                    rate = load(server, concurrency, seconds, load_cpus)
+                    rate, p50, p99 = load(server, concurrency, seconds, load_cpus)
                     rates[server.case.name][concurrency].append(rate)
+                    latencies[server.case.name][concurrency].append((p50, p99))
     by_name = {case.name: case for case in selected}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name, by_concurrency in rates.items():
@@ -360,6 +456,8 @@ def run_http(
                 "min": min(samples),
                 "max": max(samples),
                 "runs": samples,
+                "p50_ms": statistics.median(p50 for p50, _ in latencies[name][concurrency]),
+                "p99_ms": statistics.median(p99 for _, p99 in latencies[name][concurrency]),
             }
             for baseline in by_name[name].baselines:
                 if baseline in rates:
@@ -622,14 +720,14 @@ def report(
     http: Mapping[str, Mapping[str, Mapping[str, Any]]], ops: Mapping[str, Mapping[str, Any]]
 ) -> None:
     print(
-        f"\n{'case':<36} {'conc':>4} {'req/s median':>12} {'min-max':>13} "
-        f"{'vs ceiling, same round':>24}"
+        f"\n{'case':<46} {'conc':>4} {'req/s median':>12} {'min-max':>13} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'vs ceiling, same round':>24}"
     )
     for name, by_concurrency in http.items():
         for conc, f in by_concurrency.items():
             print(
-                f"{name:<36} {conc[1:]:>4} {f['median']:>12,.0f} {_span(f):>13} "
-                f"{_ratio(f, CEILING):>24}"
+                f"{name:<46} {conc[1:]:>4} {f['median']:>12,.0f} {_span(f):>13} "
+                f"{f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} {_ratio(f, CEILING):>24}"
             )
     for name, by_concurrency in http.items():
         for conc, f in by_concurrency.items():

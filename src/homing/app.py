@@ -364,7 +364,7 @@ class Homing:
                 return _DUPLICATE  # the race was lost, or the event was handled before
             if transaction.claim is Claim.IN_PROGRESS:
                 return _IN_PROGRESS  # an older claim-mode delivery still holds the event
-            delivery.session = transaction.session
+            delivery.transaction = transaction
             started = time.perf_counter()
             await handler(event, delivery)
         _log_handled(delivery, started)

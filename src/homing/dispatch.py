@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel
 
 from homing.errors import ConfigurationError, EventRegistrationError
-from homing.stores.base import DedupeStore
+from homing.stores.base import DedupeStore, Transaction
 
 Effects = Literal["external", "database"]
 
@@ -56,9 +56,29 @@ class Delivery:
     scheme: Literal["v1", "legacy", "unsigned"]
     dedupe: DedupeStore | None = field(default=None, repr=False)
     marked_done: bool = field(default=False, repr=False)
-    #: For ``effects="database"`` handlers: the open ``AsyncSession`` (SQLAlchemy) in which the
-    #: event is already marked done; write the effect here, homing commits it. ``None`` else.
-    session: Any = field(default=None, repr=False)
+    transaction: Transaction | None = field(default=None, repr=False)
+
+    @property
+    def session(self) -> Any:
+        """``effects="database"`` handlers: an ``AsyncSession`` in homing's open transaction.
+
+        The event is marked done in that transaction already; write the effect through it and
+        return (homing flushes and commits), or raise to roll both back. Don't commit or roll
+        it back yourself.
+        """
+        if self.transaction is None:
+            raise ConfigurationError("delivery.session is for effects='database' handlers")
+        return self.transaction.session
+
+    @property
+    def connection(self) -> Any:
+        """``effects="database"`` handlers: the ``AsyncConnection`` of homing's transaction.
+
+        For Core statements; cheaper than :attr:`session` when no ORM is needed.
+        """
+        if self.transaction is None:
+            raise ConfigurationError("delivery.connection is for effects='database' handlers")
+        return self.transaction.connection
 
     async def mark_done(self, transaction: Any) -> None:
         """Mark this event handled inside your own database transaction, beside its effect.
@@ -73,8 +93,8 @@ class Delivery:
 
         ``effects="database"`` handlers need not call it: :attr:`session` is marked already.
         """
-        if self.session is not None:
-            if transaction is not self.session:
+        if self.transaction is not None:
+            if transaction is not self.session and transaction is not self.connection:
                 raise ConfigurationError(
                     "an effects='database' handler writes through delivery.session, which is "
                     "marked done already; another transaction cannot be marked"

@@ -1,17 +1,18 @@
 """SQLite for SQLAlchemy's async engine, called inline in the event loop instead of a thread.
 
 aiosqlite runs every statement on a thread of its own and hands the result back to the event
-loop: two thread switches per call, which cost far more than the statement. SQLite is a library
-in this process and a short statement on a WAL database takes tens of microseconds, so here it
-runs where it is called. The one wait that can be long — another *process* holding the write
-lock — is not waited for inline: the connection's busy timeout is 0 in the event loop, and a
-statement that finds the database locked is run again on a worker thread that may wait up to
-``timeout`` seconds for the lock.
+loop, and SQLAlchemy's adapter for it switches greenlets around every call: both cost far more
+than the statement. SQLite is a library in this process and a short statement on a WAL
+database takes tens of microseconds, so here it runs where it is called, through the stdlib's
+``sqlite3`` with no coroutine in between. The one wait that can be long — another *process*
+holding the write lock — never happens in the event loop: the busy timeout is 0 there, and a
+statement that finds the database locked runs again on a worker thread that may wait up to
+``timeout`` seconds for the lock, while the event loop serves other requests.
 
-These classes give the stdlib ``sqlite3`` connection the coroutine interface of an
-``aiosqlite.Connection``, so SQLAlchemy's ``sqlite+aiosqlite`` dialect, and everything users
-write on top of it (``AsyncSession``, Core), work unchanged: :func:`homing.stores.sql.create_engine`
-plugs it in through SQLAlchemy's ``async_creator``.
+:data:`DBAPI` stands in for SQLAlchemy's aiosqlite DBAPI adapter (``create_async_engine(url,
+module=DBAPI)`` on a ``sqlite+aiosqlite`` URL), so the dialect, and everything users write on
+top of it (``AsyncSession``, Core), work unchanged; :func:`homing.stores.sql.create_engine`
+plugs it in.
 """
 
 from __future__ import annotations
@@ -21,66 +22,72 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from sqlalchemy.util.concurrency import await_
+
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
 
 
+def _await_nothing() -> None:
+    """Await a finished future: one greenlet switch and back, no turn of the event loop.
+
+    SQLAlchemy's ``AsyncConnection.execute`` checks that a statement awaited something (its
+    guard against sync drivers plugged into an async engine); this satisfies it cheaply.
+    """
+    finished = asyncio.get_running_loop().create_future()
+    finished.set_result(None)
+    await_(finished)
+
+
 class InlineCursor:
-    """An ``aiosqlite.Cursor`` look-alike whose coroutines finish without suspending."""
+    """The stdlib cursor, but a locked database is waited for off the event loop."""
 
     __slots__ = ("_connection", "_cursor")
 
     def __init__(self, connection: InlineConnection) -> None:
         self._connection = connection
-        self._cursor = connection._conn.cursor()
+        self._cursor = connection._connection.cursor()
 
-    async def __aenter__(self) -> InlineCursor:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self._cursor.close()
-
-    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
-        cursor = self._cursor
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> InlineCursor:
         try:
-            if parameters is None:
-                cursor.execute(sql)
-            else:
-                cursor.execute(sql, parameters)
+            self._cursor.execute(sql, parameters)
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 raise
-            await self._connection._wait_for_lock(cursor.execute, sql, parameters or ())
+            self._connection.wait_for_lock(self._cursor.execute, sql, parameters)
+        else:
+            _await_nothing()
         return self
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> InlineCursor:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> InlineCursor:
         rows = list(rows)
         try:
             self._cursor.executemany(sql, rows)
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 raise
-            await self._connection._wait_for_lock(self._cursor.executemany, sql, rows)
+            self._connection.wait_for_lock(self._cursor.executemany, sql, rows)
         return self
 
-    async def fetchone(self) -> Any:
+    def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
-    async def fetchmany(self, size: int | None = None) -> list[Any]:
+    def fetchmany(self, size: int | None = None) -> list[Any]:
         return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
 
-    async def fetchall(self) -> list[Any]:
+    def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self._cursor.close()
 
-    async def nextset(self) -> None:
+    def setinputsizes(self, *_sizes: Any) -> None:
         return None
 
-    async def setinputsizes(self, *_sizes: Any) -> None:
-        return None
+    async def _async_soft_close(self) -> None:
+        """Asked for by SQLAlchemy's async results, which close an async driver's cursor early;
+        rows here are read on demand in this thread, so the cursor stays open until closed."""
 
     @property
     def description(self) -> Any:
@@ -103,87 +110,93 @@ class InlineCursor:
         self._cursor.arraysize = value
 
 
-class _RunNow:
-    """Stands in for aiosqlite's request queue, which SQLAlchemy uses to set isolation levels."""
-
-    def put_nowait(self, item: tuple[asyncio.Future[Any], Callable[[], Any]]) -> None:
-        future, function = item
-        try:
-            future.set_result(function())
-        except Exception as exc:  # handed to the awaiting caller, as aiosqlite does
-            future.set_exception(exc)
-
-
 class InlineConnection:
-    """An ``aiosqlite.Connection`` look-alike over a stdlib ``sqlite3`` connection."""
+    """A DBAPI connection over a stdlib ``sqlite3`` connection, for SQLAlchemy's async engine."""
 
     def __init__(self, connection: sqlite3.Connection, *, timeout: float) -> None:
-        self._conn = connection
-        self._connection: sqlite3.Connection | None = connection  # SQLAlchemy checks it
-        self._tx = _RunNow()
+        self._connection = connection  # what SQLAlchemy's dialect calls the driver connection
         self._timeout_ms = int(timeout * 1000)
         connection.execute("PRAGMA busy_timeout = 0")
 
-    async def _wait_for_lock(self, call: Callable[..., Any], *args: Any) -> None:
-        """Run ``call`` again on a thread, waiting for another process's lock to go."""
+    def wait_for_lock(self, call: Callable[..., Any], *args: Any) -> None:
+        """Run ``call`` again on a worker thread, which may wait for another process's lock.
+
+        Called from SQLAlchemy's greenlet, so the event loop goes on meanwhile; nothing else
+        uses this connection then (the pool lent it to this caller alone).
+        """
 
         def waiting() -> None:
-            self._conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
+            self._connection.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
             try:
                 call(*args)
             finally:
-                self._conn.execute("PRAGMA busy_timeout = 0")
+                self._connection.execute("PRAGMA busy_timeout = 0")
 
-        await asyncio.to_thread(waiting)
+        await_(asyncio.to_thread(waiting))
 
-    def cursor(self) -> InlineCursor:
+    def cursor(self, server_side: bool = False) -> InlineCursor:
         return InlineCursor(self)
 
-    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> InlineCursor:
-        return await InlineCursor(self).execute(sql, parameters)
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> InlineCursor:
+        return self.cursor().execute(sql, parameters)
 
-    async def commit(self) -> None:
+    def commit(self) -> None:
         try:
-            self._conn.commit()
+            self._connection.commit()
         except sqlite3.OperationalError as exc:
             if not _locked(exc):
                 raise
-            await self._wait_for_lock(self._conn.commit)
+            self.wait_for_lock(self._connection.commit)
 
-    async def rollback(self) -> None:
-        self._conn.rollback()
+    def rollback(self) -> None:
+        self._connection.rollback()
 
-    async def close(self) -> None:
-        if self._connection is not None:
-            self._connection = None
-            self._conn.close()
+    def close(self) -> None:
+        self._connection.close()
 
-    def stop(self) -> None:
-        if self._connection is not None:
-            self._connection = None
-            self._conn.close()
+    def terminate(self) -> None:
+        self._connection.close()
 
-    async def create_function(self, *args: Any, **kwargs: Any) -> None:
-        self._conn.create_function(*args, **kwargs)
+    def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._connection.create_function(*args, **kwargs)
 
     @property
     def isolation_level(self) -> str | None:
-        return self._conn.isolation_level
+        return self._connection.isolation_level
 
     @isolation_level.setter
-    def isolation_level(self, value: str | None) -> None:
-        self._conn.isolation_level = value  # type: ignore[assignment]  # SQLAlchemy checks it
+    def isolation_level(self, value: Any) -> None:
+        self._connection.isolation_level = value
 
 
-def inline_creator(path: str, *, timeout: float) -> Callable[[], Any]:
-    """An ``async_creator`` for :func:`sqlalchemy.ext.asyncio.create_async_engine`."""
+class InlineDBAPI:
+    """The DBAPI module SQLAlchemy's aiosqlite dialect is given instead of its aiosqlite one."""
 
-    async def connect() -> InlineConnection:
-        # check_same_thread=False: the rare lock wait runs the same connection on a worker
-        # thread, while the event loop awaits it and touches nothing else on it.
-        connection = sqlite3.connect(
-            path, timeout=timeout, check_same_thread=False, uri=path.startswith("file:")
-        )
+    paramstyle = "qmark"
+    has_stop = True  # the dialect may terminate connections
+    Error = sqlite3.Error
+    DatabaseError = sqlite3.DatabaseError
+    IntegrityError = sqlite3.IntegrityError
+    NotSupportedError = sqlite3.NotSupportedError
+    OperationalError = sqlite3.OperationalError
+    ProgrammingError = sqlite3.ProgrammingError
+    InterfaceError = sqlite3.InterfaceError
+    InternalError = sqlite3.InternalError
+    DataError = sqlite3.DataError
+    Warning = sqlite3.Warning
+    Binary = sqlite3.Binary
+    PARSE_COLNAMES = sqlite3.PARSE_COLNAMES
+    PARSE_DECLTYPES = sqlite3.PARSE_DECLTYPES
+    sqlite_version = sqlite3.sqlite_version
+    sqlite_version_info = sqlite3.sqlite_version_info
+    sqlite = sqlite3
+
+    def connect(self, database: str, *, timeout: float = 30.0, **options: Any) -> InlineConnection:
+        # check_same_thread=False: the rare wait for another process's lock runs this
+        # connection on a worker thread while the event loop awaits it.
+        options.pop("check_same_thread", None)
+        connection = sqlite3.connect(database, check_same_thread=False, **options)
         return InlineConnection(connection, timeout=timeout)
 
-    return connect
+
+DBAPI = InlineDBAPI()

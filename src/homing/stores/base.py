@@ -22,17 +22,32 @@ class Claim(enum.Enum):
     IN_PROGRESS = "in_progress"  #: not now: another delivery holds an unexpired claim
 
 
-@dataclass(frozen=True, slots=True)
 class Transaction:
     """An open database transaction whose first statement marked an event done.
 
-    ``claim`` is :attr:`Claim.CLAIMED` when the mark is this transaction's to commit; otherwise
-    (:attr:`Claim.DUPLICATE`, :attr:`Claim.IN_PROGRESS`) the transaction was rolled back and
-    ``session`` must not be used.
+    ``claim`` is :attr:`Claim.CLAIMED` when the mark is this transaction's to commit, and
+    ``connection`` is then the open connection (SQLAlchemy's ``AsyncConnection``); ``session``
+    an ``AsyncSession`` on it, made when first asked for. Otherwise
+    (:attr:`Claim.DUPLICATE`, :attr:`Claim.IN_PROGRESS`) nothing is open.
     """
 
-    claim: Claim
-    session: Any
+    __slots__ = ("_session", "claim", "connection")
+
+    def __init__(self, claim: Claim, connection: Any = None) -> None:
+        self.claim = claim
+        self.connection = connection
+        self._session: Any = None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            if self.connection is None:
+                raise ConfigurationError(f"no transaction is open ({self.claim.value})")
+            self._session = self._open_session()
+        return self._session
+
+    def _open_session(self) -> Any:
+        raise ConfigurationError(f"{type(self).__name__} has no ORM session")
 
 
 class DedupeStore(ABC):
