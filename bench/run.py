@@ -319,7 +319,10 @@ def wrk(
         )
     script.write_text(load + _WRK_DONE)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            *("wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s"),
+            *("--latency", "-s", str(script), url),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -327,6 +330,8 @@ def wrk(
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     failures = sum(int(n) for n in re.findall(r"(?:non2xx|errors)=(\d+)", out))
+    if failures:
+        print(f"bench: wrk reported failures:\n{out}", file=sys.stderr)
     return rate, failures, _latency_ms(out, "50%"), _latency_ms(out, "99%")
 
 
