@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homing.app import Homing
 from homing.errors import ConfigurationError
-from homing.outbox import SQLOutbox
+
+if TYPE_CHECKING:
+    from homing.outbox import SQLOutbox
 
 
 @dataclass(frozen=True)
@@ -42,24 +44,39 @@ def _import(spec: str) -> Any:
         raise ConfigurationError(f"--app {spec!r}: {module_name} has no {attribute!r}") from None
 
 
-@asynccontextmanager
-async def load(spec: str) -> AsyncIterator[Loaded]:
-    """The ``Homing`` behind ``spec``, with the app's lifespan running around the block."""
+def resolve(spec: str) -> Any:
+    """The object ``spec`` names: a ``Homing`` or an app (a factory is called)."""
     target = _import(spec)
     if callable(target) and not isinstance(target, Homing) and not hasattr(target, "state"):
         target = target()
+    return target
+
+
+def homing_of(target: Any, spec: str) -> Homing:
+    """``target`` itself when it is a ``Homing``, else the one its ``state`` holds."""
+    if isinstance(target, Homing):
+        return target
+    found = getattr(getattr(target, "state", None), "homing", None)
+    if not isinstance(found, Homing):
+        raise ConfigurationError(
+            f"--app {spec!r} is neither a Homing nor an app whose state holds one"
+        )
+    return found
+
+
+@asynccontextmanager
+async def load(spec: str) -> AsyncIterator[Loaded]:
+    """The ``Homing`` behind ``spec``, with the app's lifespan running around the block."""
+    from homing.outbox import SQLOutbox  # needs SQLAlchemy: only for the commands that load
+
+    target = resolve(spec)
     async with AsyncExitStack() as stack:
         if isinstance(target, Homing):
             homing, outbox = target, None
             await stack.enter_async_context(homing)
         else:
-            state = getattr(target, "state", None)
-            found = getattr(state, "homing", None)
-            if not isinstance(found, Homing):
-                raise ConfigurationError(
-                    f"--app {spec!r} is neither a Homing nor an app whose state holds one"
-                )
-            homing, outbox = found, getattr(state, "outbox", None)
+            homing = homing_of(target, spec)
+            outbox = getattr(target.state, "outbox", None)
             router = getattr(target, "router", None)
             lifespan = getattr(router, "lifespan_context", None)
             if lifespan is not None:
