@@ -17,7 +17,7 @@ import orjson
 from homing import provisioning
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
-from homing.loading import load
+from homing.loading import load, service_spec
 from homing.settings import Settings
 from homing.signing import Signer, new_key
 
@@ -136,7 +136,7 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 async def _quarantine_list(args: argparse.Namespace) -> int:
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         entries = await loaded.homing.quarantine.list(limit=args.limit)
     if not entries:
         sys.stdout.write("the quarantine is empty\n")
@@ -148,7 +148,7 @@ async def _quarantine_list(args: argparse.Namespace) -> int:
 
 
 async def _quarantine_show(args: argparse.Namespace) -> int:
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         entry = await loaded.homing.quarantine.get(args.id)
     if entry is None:
         raise HomingError(f"no quarantined message {args.id!r}")
@@ -170,7 +170,7 @@ async def _quarantine_show(args: argparse.Namespace) -> int:
 
 async def _quarantine_replay(args: argparse.Namespace) -> int:
     failed = 0
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         for entry_id in args.ids:
             result = await loaded.homing.replay(entry_id)
             if result.outcome == "done":
@@ -186,7 +186,7 @@ async def _quarantine_replay(args: argparse.Namespace) -> int:
 async def _quarantine_purge(args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise HomingError("name the entries to purge, or pass --all")
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         store = loaded.homing.quarantine
         ids = args.ids or [entry.id for entry in await store.list(limit=1_000_000)]
         purged = [entry_id for entry_id in ids if await store.delete(entry_id)]
@@ -195,9 +195,9 @@ async def _quarantine_purge(args: argparse.Namespace) -> int:
 
 
 async def _outbox_flush(args: argparse.Namespace) -> int:
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         if loaded.outbox is None:
-            raise HomingError(f"--app {args.app!r} has no outbox (app.state.outbox)")
+            raise HomingError("the service has no outbox (app.state.outbox)")
         report = await loaded.outbox.flush(limit=args.limit)
         waiting = await loaded.outbox.count()
     sys.stdout.write(
@@ -208,15 +208,27 @@ async def _outbox_flush(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _operator_commands(commands: Any) -> None:
+def _service(args: argparse.Namespace) -> str:
+    spec, note = service_spec(args.app, Settings.from_env().app)
+    if note:
+        sys.stderr.write(f"homing: {note}\n")
+    return spec
+
+
+def _app_flag() -> argparse.ArgumentParser:
     app = argparse.ArgumentParser(add_help=False)
     app.add_argument(
         "--app",
-        required=True,
         metavar="MODULE:ATTRIBUTE",
         help="the service: a Homing, an app whose state holds one, or a factory of either "
-        "(the reference service: users_api.app:create_app)",
+        "(default: HOMING_APP; inside a checkout of homing, the reference service "
+        "users_api.app:create_app)",
     )
+    return app
+
+
+def _operator_commands(commands: Any) -> None:
+    app = _app_flag()
 
     quarantine = commands.add_parser("quarantine", help="inspect and replay dropped messages")
     q = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="COMMAND")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from homing.app import Homing
-from homing.errors import ConfigurationError
+from homing.errors import ConfigurationError, HomingError
 
 if TYPE_CHECKING:
     from homing.outbox import SQLOutbox
@@ -37,18 +38,70 @@ def _import(spec: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name!r}: {exc}") from None
+        hint = _install_hint(exc)
+        raise ConfigurationError(
+            f"--app {spec!r}: cannot import {module_name!r}: {exc}{hint}"
+        ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
         raise ConfigurationError(f"--app {spec!r}: {module_name} has no {attribute!r}") from None
 
 
+#: The reference service, the default in a checkout of homing.
+REFERENCE_SERVICE = "users_api.app:create_app"
+
+
+def checkout_root(start: Path | None = None) -> Path | None:
+    """The homing checkout holding ``start`` (default: the working directory), if any."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        project = directory / "pyproject.toml"
+        if (
+            (directory / "examples" / "users_api" / "app.py").is_file()
+            and project.is_file()
+            and 'name = "homing"' in project.read_text(errors="replace")
+        ):
+            return directory
+    return None
+
+
+def service_spec(explicit: str | None, configured: str | None) -> tuple[str, str | None]:
+    """Which service to load: ``--app``, else ``HOMING_APP``, else a checkout's reference one.
+
+    Returns the ``MODULE:ATTRIBUTE`` and, when it was not asked for, a note saying so.
+    """
+    if explicit:
+        return explicit, None
+    if configured:
+        return configured, None
+    root = checkout_root()
+    if root is None:
+        raise ConfigurationError(
+            "which service? pass --app MODULE:ATTRIBUTE or set HOMING_APP=MODULE:ATTRIBUTE "
+            "(the reference service is the default only inside a checkout of homing)"
+        )
+    examples = str(root / "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    return REFERENCE_SERVICE, (
+        f"the reference service of the checkout at {root} ({REFERENCE_SERVICE}); "
+        "--app or HOMING_APP names another"
+    )
+
+
 def resolve(spec: str) -> Any:
-    """The object ``spec`` names: a ``Homing`` or an app (a factory is called)."""
+    """The object ``spec`` names: a ``Homing`` or an app (a factory is called).
+
+    A database URL that cannot be read or a driver that is not installed is reported as one
+    :class:`~homing.errors.ConfigurationError` naming the problem (and the extra to install).
+    """
     target = _import(spec)
     if callable(target) and not isinstance(target, Homing) and not hasattr(target, "state"):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:
+            raise _explained(exc) from exc
     return target
 
 
@@ -67,20 +120,91 @@ def homing_of(target: Any, spec: str) -> Homing:
 @asynccontextmanager
 async def load(spec: str) -> AsyncIterator[Loaded]:
     """The ``Homing`` behind ``spec``, with the app's lifespan running around the block."""
-    from homing.outbox import SQLOutbox  # needs SQLAlchemy: only for the commands that load
-
     target = resolve(spec)
+    outbox = getattr(getattr(target, "state", None), "outbox", None)
+    try:
+        from homing.outbox import SQLOutbox  # needs SQLAlchemy: only the commands that load
+
+        async with _lifespan(target, spec) as homing:
+            yield Loaded(homing, outbox if isinstance(outbox, SQLOutbox) else None)
+    except HomingError:
+        raise
+    except Exception as exc:
+        raise _explained(exc) from exc
+
+
+@asynccontextmanager
+async def _lifespan(target: Any, spec: str) -> AsyncIterator[Homing]:
     async with AsyncExitStack() as stack:
-        if isinstance(target, Homing):
-            homing, outbox = target, None
+        homing = homing_of(target, spec)
+        if homing is target:
             await stack.enter_async_context(homing)
         else:
-            homing = homing_of(target, spec)
-            outbox = getattr(target.state, "outbox", None)
             router = getattr(target, "router", None)
             lifespan = getattr(router, "lifespan_context", None)
             if lifespan is not None:
                 await stack.enter_async_context(lifespan(target))
             else:
                 await stack.enter_async_context(homing)
-        yield Loaded(homing, outbox if isinstance(outbox, SQLOutbox) else None)
+        yield homing
+
+
+# Modules the extras bring, and the extra that brings each.
+_EXTRAS = {
+    "sqlalchemy": "sql",
+    "aiosqlite": "sql",
+    "asyncpg": "sql",
+    "greenlet": "sql",
+    "fastapi": "fastapi",
+    "uvicorn": "server",
+    "google": "pubsub",
+    "email_validator": "service",
+    "flask": "flask",
+}
+_SQL_DRIVERS = "postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH"
+
+
+def _install_hint(exc: ImportError) -> str:
+    top = (exc.name or "").partition(".")[0]
+    extra = _EXTRAS.get(top)
+    return f" (pip install 'homing[{extra}]')" if extra else ""
+
+
+def _from_sqlalchemy(exc: BaseException) -> bool:
+    return any("sqlalchemy" in frame.filename for frame in traceback.extract_tb(exc.__traceback__))
+
+
+def _explained(exc: Exception) -> HomingError:
+    """One line saying what is wrong with the service's database or its driver, never a secret.
+
+    Database URLs are never repeated: they may hold a password.
+    """
+    kind = type(exc).__name__
+    message = str(exc).partition("\n")[0]
+    if isinstance(exc, ModuleNotFoundError):
+        name = exc.name or "?"
+        if name.partition(".")[0] in _EXTRAS:
+            return ConfigurationError(f"the module {name!r} is not installed{_install_hint(exc)}")
+        if _from_sqlalchemy(exc):
+            return ConfigurationError(
+                f"the database URL (DATABASE_URL) names a driver whose module {name!r} is not "
+                f"installed; homing's SQL stores use {_SQL_DRIVERS} (pip install 'homing[sql]')"
+            )
+        return ConfigurationError(f"the service needs the module {name!r}, which is not installed")
+    if kind == "ArgumentError" and "URL" in message:
+        return ConfigurationError(
+            f"the database URL (DATABASE_URL) cannot be read as a URL; expected {_SQL_DRIVERS}"
+        )
+    if kind == "NoSuchModuleError":
+        dialect = message.rpartition("dialects:")[2] or "?"
+        return ConfigurationError(
+            f"the database URL (DATABASE_URL) names a database SQLAlchemy has no dialect for "
+            f"({dialect!r}); homing's SQL stores use {_SQL_DRIVERS}"
+        )
+    if kind == "InvalidRequestError" and "async driver" in message:
+        return ConfigurationError(
+            "the database URL (DATABASE_URL) names a driver that is not async; use " + _SQL_DRIVERS
+        )
+    if isinstance(exc, OSError) or _from_sqlalchemy(exc) or "asyncpg" in type(exc).__module__:
+        return HomingError(f"cannot use the database: {kind}: {message}"[:500])
+    raise exc
