@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench lock clean
+.PHONY: run test lint format docs bench lock clean
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,19 @@ $(STAMP): pyproject.toml requirements/dev.lock
 run: $(STAMP)
 	PYTHONPATH=examples $(BIN)/python -m users_api
 
-## test: lint, types and the whole test suite
-test: $(STAMP) lint
+## test: lint, types, the docs site and the whole test suite
+test: $(STAMP) lint docs
+	$(BIN)/python -m tests.schemas.asyncapi  # the pinned AsyncAPI 3.0 schema, into .cache/
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check src examples tests bench
 	$(BIN)/ruff check src examples tests bench
 	$(BIN)/mypy
+
+## docs: the documentation site in site/ (strict: a broken link or reference fails)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 format: $(STAMP)
 	$(BIN)/ruff format src examples tests bench
@@ -44,4 +49,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .cache site

@@ -10,14 +10,16 @@ import os
 import sys
 import uuid
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from homing import provisioning
+from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
-from homing.loading import load, service_spec
+from homing.loading import homing_of, load, resolve, service_spec
 from homing.settings import Settings
 from homing.signing import Signer, new_key
 
@@ -227,8 +229,75 @@ def _app_flag() -> argparse.ArgumentParser:
     return app
 
 
+def _catalog(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    spec, note = service_spec(args.app, settings.app)
+    if note:
+        sys.stderr.write(f"homing: {note}\n")
+    target = resolve(spec)
+    homing = homing_of(target, spec)
+    title = args.title or str(getattr(target, "title", "") or "homing service")
+    version = args.version or str(getattr(target, "version", "") or "0.0.0")
+    catalog = Catalog.of(
+        homing,
+        title=title,
+        version=version,
+        topic=settings.topic,
+        project=settings.project,
+        push_endpoint=settings.push_endpoint,
+    )
+    document = render_asyncapi(catalog)
+    if args.check:
+        try:
+            saved = orjson.loads(Path(args.check).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise HomingError(f"cannot read the saved catalogue {args.check}: {exc}") from None
+        if not isinstance(saved, dict) or "asyncapi" not in saved:
+            raise HomingError(
+                f"{args.check} is not an AsyncAPI document (save one with --format asyncapi)"
+            )
+        changes = incompatible_changes(saved, document)
+        for change in changes:
+            sys.stdout.write(f"incompatible: {change}\n")
+        if changes:
+            return 1
+        sys.stdout.write(f"compatible with {args.check} ({len(catalog.events)} event types)\n")
+        return 0
+    if args.format == "asyncapi":
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+    else:
+        text = render_markdown(catalog)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _operator_commands(commands: Any) -> None:
     app = _app_flag()
+
+    catalog = commands.add_parser(
+        "catalog",
+        parents=[app],
+        help="list every event type with its JSON Schema (Markdown or AsyncAPI 3.0)",
+        description="Print the service's event catalogue: Markdown by default, or an "
+        "AsyncAPI 3.0 document. With --check SAVED, compare with a saved AsyncAPI catalogue "
+        "and exit 1 naming each incompatible change.",
+    )
+    catalog.add_argument(
+        "--format", choices=("markdown", "asyncapi"), default="markdown", help="output format"
+    )
+    catalog.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    catalog.add_argument(
+        "--check",
+        metavar="SAVED",
+        help="a saved `--format asyncapi` catalogue: name each incompatible change (a field "
+        "removed, its type changed, a field newly required), exit 1 if any",
+    )
+    catalog.add_argument("--title", help="the document's title (default: the app's)")
+    catalog.add_argument("--version", help="the document's version (default: the app's)")
+    catalog.set_defaults(run=_catalog)
 
     quarantine = commands.add_parser("quarantine", help="inspect and replay dropped messages")
     q = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="COMMAND")
