@@ -175,7 +175,9 @@ def test_close_stops_the_loop_thread(keys: KeyRing, recorder: Recorder) -> None:
     assert any(t.name == "homing-loop-closing" for t in threading.enumerate())
     events.close()
     assert not any(t.name == "homing-loop-closing" for t in threading.enumerate())
-    assert events.homing.publisher is not None and events.homing.publisher._closed
+    publisher = events.homing.publisher
+    assert publisher is not None
+    assert publisher._closed
 
 
 # -- a real server ------------------------------------------------------------------------------
