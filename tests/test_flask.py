@@ -161,8 +161,8 @@ def test_a_forked_process_gets_a_loop_of_its_own(flask_homing: FlaskHoming) -> N
     reply = os.read(read, 200).decode()
     os.close(read)
     assert status == 0
-    fresh, event_id = reply.split()
-    assert fresh == "True"
+    own_loop, event_id = reply.split()
+    assert own_loop == "True"
     assert re.fullmatch(r"[0-9a-f]{32}", event_id)
     assert flask_homing.loop.loop is parent_loop  # the parent's loop is untouched
     flask_homing.publish(ORDER)
