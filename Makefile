@@ -29,7 +29,7 @@ lint: $(STAMP)
 
 ## docs: the documentation site in site/ (strict: a broken link or reference fails)
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff format src examples tests bench

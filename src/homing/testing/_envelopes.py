@@ -54,8 +54,9 @@ def push_body(
             without it, an unregistered model or type name raises
             :class:`~homing.errors.EventRegistrationError`.
         defect: break the body on purpose (see :data:`Defect`).
-        event_id, message_id, attributes, subscription, delivery_attempt: as Pub/Sub and the
-            publisher would set them; fresh ids by default.
+
+    ``event_id``, ``message_id``, ``attributes``, ``subscription`` and ``delivery_attempt``
+    are as the publisher and Pub/Sub would set them; the ids are fresh by default.
 
     Example::
 

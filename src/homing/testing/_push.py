@@ -40,8 +40,9 @@ async def push(
         homing: the service that signs; default ``target`` itself, or ``target.state.homing``.
         path: where an ASGI app serves the push endpoint.
         authorization: the ``Authorization`` header (an OIDC token for ``auth="oidc"``).
-        event_type, unregistered, defect, event_id, message_id, attributes, subscription,
-            delivery_attempt: as for :func:`push_body`.
+
+    ``event_type``, ``unregistered``, ``defect``, ``event_id``, ``message_id``, ``attributes``,
+    ``subscription`` and ``delivery_attempt`` are as for :func:`push_body`.
 
     Returns:
         The answer as a :class:`~homing.PushResult`. Through HTTP, a 204 reads as the outcome
