@@ -181,7 +181,6 @@ def test_each_incompatible_change_is_named() -> None:
 
 @pytest.fixture
 def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HOMING_TEST_POSTGRES_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/catalog.db")
     monkeypatch.setenv("HOMING_SIGNING_KEYS", "cat-key:a-catalogue-secret-long-enough")
     monkeypatch.setenv("HOMING_TOPIC", "projects/p/topics/users")

@@ -14,7 +14,6 @@ from tests.e2e.conftest import ROOT
 
 @pytest.fixture(autouse=True)
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HOMING_TEST_POSTGRES_URL", raising=False)
     monkeypatch.delenv("HOMING_APP", raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/ops.db")
     monkeypatch.setenv("HOMING_SIGNING_KEYS", "cli-key:a-cli-secret-long-enough-to-sign")

@@ -21,8 +21,6 @@ APP = ["--app", "users_api.app:create_app"]
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The suite's own HOMING_TEST_POSTGRES_URL is not one of homing's settings.
-    monkeypatch.delenv("HOMING_TEST_POSTGRES_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/ops.db")
     monkeypatch.setenv("HOMING_SIGNING_KEYS", KEYS)
     monkeypatch.setenv("HOMING_PUBLISHER", "memory")
