@@ -23,8 +23,8 @@ test: $(STAMP) lint docs
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src examples tests bench
-	$(BIN)/ruff check src examples tests bench
+	$(BIN)/ruff format --check src examples tests bench docs/_hooks.py
+	$(BIN)/ruff check src examples tests bench docs/_hooks.py
 	$(BIN)/mypy
 
 ## docs: the documentation site in site/ (strict: a broken link or reference fails)
@@ -32,8 +32,8 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
-	$(BIN)/ruff format src examples tests bench
-	$(BIN)/ruff check --fix src examples tests bench
+	$(BIN)/ruff format src examples tests bench docs/_hooks.py
+	$(BIN)/ruff check --fix src examples tests bench docs/_hooks.py
 
 ## bench: every hot path beside its baseline (needs wrk; installed from Debian when missing)
 bench: $(STAMP)

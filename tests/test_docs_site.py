@@ -28,7 +28,7 @@ def _build(root: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    shutil.copy(ROOT / "mkdocs.yml", tmp_path)
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path)  # docs/ holds its hook
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
     for shared in ("src", "examples"):  # the API reference and the pages' snippets
         (tmp_path / shared).symlink_to(ROOT / shared)
@@ -49,5 +49,6 @@ def test_the_site_builds_with_the_api_reference(copy: Path) -> None:
     reference = (copy / "site" / "reference" / "index.html").read_text()
     assert "push_body" in reference
     assert "FlaskHoming" in reference
+    assert ":class:" not in reference  # docstrings' Sphinx roles are shown as code
     quickstart = (copy / "site" / "quickstart" / "index.html").read_text()
     assert "LoopbackPublisher" in quickstart  # examples/quickstart.py, included
