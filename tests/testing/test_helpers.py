@@ -161,3 +161,21 @@ async def test_the_plugin_fixtures_install_and_restore_the_publisher(
     assert homing.publisher is homing_inline
     await homing.publish(ORDER)
     assert len(recorder.seen) == 1
+
+
+def test_the_fixtures_put_the_previous_publisher_back(homing: Homing) -> None:
+    from homing.testing.plugin import _installed
+
+    previous = homing.publisher
+    installing = _installed(homing, RecordingPublisher(homing))
+    recorder = next(installing)
+    assert homing.publisher is recorder
+    installing.close()  # the fixture's teardown
+    assert homing.publisher is previous
+
+
+def test_a_recorder_without_a_service_says_how_to_give_it_one() -> None:
+    from homing import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"set recorder.homing = <your Homing>"):
+        RecordingPublisher().events  # noqa: B018

@@ -71,9 +71,10 @@ class RecordingPublisher(MemoryPublisher):
     @property
     def events(self) -> list[BaseModel]:
         """The published events, decoded by their models, in order."""
+        registry = self.homing.events
         decoded = []
         for message in self.published:
-            model = self.homing.events.model(message.event_type)
+            model = registry.model(message.event_type)
             if model is None:
                 raise AssertionError(f"published an unregistered event {message.event_type!r}")
             decoded.append(decode_event(model, message.data))

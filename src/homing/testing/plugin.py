@@ -7,7 +7,7 @@ Fixtures: ``homing`` (your service; override it or set ``homing_app``), ``homing
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -56,7 +56,9 @@ def homing_inline(homing: Homing) -> Iterator[RecordingPublisher]:
     yield from _installed(homing, RecordingPublisher(homing, handle=True))
 
 
-def _installed(homing: Homing, recorder: RecordingPublisher) -> Iterator[RecordingPublisher]:
+def _installed(
+    homing: Homing, recorder: RecordingPublisher
+) -> Generator[RecordingPublisher, None, None]:
     previous = homing.publisher
     homing.publisher = recorder
     try:
