@@ -206,5 +206,18 @@ def _explained(exc: Exception) -> HomingError:
             "the database URL (DATABASE_URL) names a driver that is not async; use " + _SQL_DRIVERS
         )
     if isinstance(exc, OSError) or _from_sqlalchemy(exc) or "asyncpg" in type(exc).__module__:
-        return HomingError(f"cannot use the database: {kind}: {message}"[:500])
+        root = _root_cause(exc)
+        reason = str(root).partition("\n")[0]
+        return HomingError(f"cannot use the database: {type(root).__name__}: {reason}"[:500])
     raise exc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error behind a driver's wrappers (SQLAlchemy's ``orig``, ``__cause__``)."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
