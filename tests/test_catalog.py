@@ -108,6 +108,9 @@ def test_the_asyncapi_document_is_valid_asyncapi_3(
         "openIdConnect",
     )
     assert ("push" in document["servers"]) is (push_endpoint is not None)
+    assert document["operations"]["receive"]["security"] == [
+        {"$ref": "#/components/securitySchemes/hmac"}  # the service's auth mode: hmac
+    ]
 
 
 def test_the_nested_model_is_a_shared_schema() -> None:
@@ -242,3 +245,27 @@ def test_check_refuses_a_file_that_is_not_a_catalogue(
     saved.write_bytes(content)
     assert main(["catalog", *APP, "--check", str(saved)]) == 2
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("auth", "schemes"), [("hmac", ["hmac"]), ("oidc", ["oidc"]), ("both", ["hmac", "oidc"])]
+)
+async def test_the_receive_operation_names_the_services_auth_mode(
+    asyncapi_schema: dict[str, Any], auth: str, schemes: list[str]
+) -> None:
+    from homing.auth import OIDCVerifier
+
+    oidc = OIDCVerifier(audience="https://svc/events", service_accounts=("push@p.iam",))
+    homing = Homing(signer=Signer(KeyRing.generate()), oidc=oidc, auth=auth)  # type: ignore[arg-type]
+    homing.events.register("order.refunded", Refunded)
+
+    @homing.handler(Refunded)
+    async def handle(event: Refunded) -> None:
+        return None
+
+    document = render_asyncapi(Catalog.of(homing))
+    await homing.aclose()
+    receive = document["operations"]["receive"]
+    assert [ref["$ref"].rpartition("/")[2] for ref in receive["security"]] == schemes
+    assert receive["description"].startswith(f"Push authentication: {auth}")
+    assert _errors(asyncapi_schema, document) == []

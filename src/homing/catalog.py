@@ -72,6 +72,7 @@ class Catalog:
     project: str | None = None
     push_endpoint: str | None = None
     schemas: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    auth: str = "hmac"
 
     @classmethod
     def of(
@@ -95,7 +96,9 @@ class Catalog:
             schema = entry.model.model_json_schema(ref_template=_REF_PREFIX + "{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[entry.message_name] = schema
-        return cls(title, version, entries, topic, project, push_endpoint, schemas)
+        return cls(
+            title, version, entries, topic, project, push_endpoint, schemas, auth=homing.auth
+        )
 
 
 def render_markdown(catalog: Catalog) -> str:
@@ -171,14 +174,15 @@ def render_asyncapi(catalog: Catalog) -> dict[str, Any]:
         }
     handled = [entry.message_name for entry in catalog.events if entry.handled]
     if handled:
+        schemes = {"hmac": ["hmac"], "oidc": ["oidc"], "both": ["hmac", "oidc"]}
+        required = schemes.get(catalog.auth, [])
         operations["receive"] = {
             "action": "receive",
             "channel": {"$ref": "#/channels/events"},
             "summary": "Events Pub/Sub pushes to this service's push endpoint.",
-            "security": [
-                {"$ref": "#/components/securitySchemes/hmac"},
-                {"$ref": "#/components/securitySchemes/oidc"},
-            ],
+            "description": f"Push authentication: {catalog.auth}"
+            + (" (both schemes are checked, each must pass)." if len(required) > 1 else "."),
+            "security": [{"$ref": f"#/components/securitySchemes/{s}"} for s in required],
             "messages": [{"$ref": f"#/channels/events/messages/{key}"} for key in handled],
         }
     document: dict[str, Any] = {
