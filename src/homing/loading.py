@@ -32,7 +32,7 @@ class Loaded:
 def _import(spec: str) -> Any:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"--app {spec!r} is not of the form MODULE:ATTRIBUTE")
+        raise ConfigurationError(f"service {spec!r} is not of the form MODULE:ATTRIBUTE")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
@@ -40,12 +40,12 @@ def _import(spec: str) -> Any:
     except ImportError as exc:
         hint = _install_hint(exc)
         raise ConfigurationError(
-            f"--app {spec!r}: cannot import {module_name!r}: {exc}{hint}"
+            f"service {spec!r}: cannot import {module_name!r}: {exc}{hint}"
         ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
-        raise ConfigurationError(f"--app {spec!r}: {module_name} has no {attribute!r}") from None
+        raise ConfigurationError(f"service {spec!r}: {module_name} has no {attribute!r}") from None
 
 
 #: The reference service, the default in a checkout of homing.
@@ -112,7 +112,7 @@ def homing_of(target: Any, spec: str) -> Homing:
     found = getattr(getattr(target, "state", None), "homing", None)
     if not isinstance(found, Homing):
         raise ConfigurationError(
-            f"--app {spec!r} is neither a Homing nor an app whose state holds one"
+            f"service {spec!r} is neither a Homing nor an app whose state holds one"
         )
     return found
 
