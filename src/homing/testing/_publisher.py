@@ -63,7 +63,7 @@ class RecordingPublisher(MemoryPublisher):
         message_id = await super()._send(message)
         self.published.append(message)
         if self.handle:
-            self.messages.pop()
+            self.messages.remove((message_id, message))  # handled now, not waiting
             body = self.envelope(message_id, message)
             self.results.append(await self.homing.handle_push(body))
         return message_id
