@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench lock clean
+.PHONY: run test lint format docs bench lock clean
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,23 @@ $(STAMP): pyproject.toml requirements/dev.lock
 run: $(STAMP)
 	PYTHONPATH=examples $(BIN)/python -m users_api
 
-## test: lint, types and the whole test suite
-test: $(STAMP) lint
+## test: lint, types, the docs site and the whole test suite
+test: $(STAMP) lint docs
+	$(BIN)/python -m tests.schemas.asyncapi  # the pinned AsyncAPI 3.0 schema, into .cache/
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src examples tests bench
-	$(BIN)/ruff check src examples tests bench
+	$(BIN)/ruff format --check src examples tests bench docs/_hooks.py
+	$(BIN)/ruff check src examples tests bench docs/_hooks.py
 	$(BIN)/mypy
 
+## docs: the documentation site in site/ (strict: a broken link or reference fails)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: $(STAMP)
-	$(BIN)/ruff format src examples tests bench
-	$(BIN)/ruff check --fix src examples tests bench
+	$(BIN)/ruff format src examples tests bench docs/_hooks.py
+	$(BIN)/ruff check --fix src examples tests bench docs/_hooks.py
 
 ## bench: every hot path beside its baseline (needs wrk; installed from Debian when missing)
 bench: $(STAMP)
@@ -44,4 +49,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .cache site

@@ -40,6 +40,13 @@ def test_reads_prefixed_variables() -> None:
     assert settings.unknown_events == "retry"
 
 
+def test_homing_app_names_the_service_for_the_commands_and_the_plugin() -> None:
+    assert Settings.from_env({}).app is None
+    assert Settings.from_env({"HOMING_APP": "shop:create_app"}).app == "shop:create_app"
+    with pytest.raises(ConfigurationError, match=r"HOMING_APPS\b.*known: .*HOMING_APP\b"):
+        Settings.from_env({"HOMING_APPS": "shop:app"})
+
+
 def test_unknown_homing_variables_are_an_error() -> None:
     with pytest.raises(
         ConfigurationError, match=r"HOMING_SIGNING_KEY\b.*known: HOMING_SIGNING_KEYS"

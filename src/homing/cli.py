@@ -10,14 +10,16 @@ import os
 import sys
 import uuid
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from homing import provisioning
+from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
-from homing.loading import load
+from homing.loading import homing_of, load, resolve, service_spec
 from homing.settings import Settings
 from homing.signing import Signer, new_key
 
@@ -136,7 +138,7 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 async def _quarantine_list(args: argparse.Namespace) -> int:
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         entries = await loaded.homing.quarantine.list(limit=args.limit)
     if not entries:
         sys.stdout.write("the quarantine is empty\n")
@@ -148,7 +150,7 @@ async def _quarantine_list(args: argparse.Namespace) -> int:
 
 
 async def _quarantine_show(args: argparse.Namespace) -> int:
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         entry = await loaded.homing.quarantine.get(args.id)
     if entry is None:
         raise HomingError(f"no quarantined message {args.id!r}")
@@ -170,7 +172,7 @@ async def _quarantine_show(args: argparse.Namespace) -> int:
 
 async def _quarantine_replay(args: argparse.Namespace) -> int:
     failed = 0
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         for entry_id in args.ids:
             result = await loaded.homing.replay(entry_id)
             if result.outcome == "done":
@@ -186,7 +188,7 @@ async def _quarantine_replay(args: argparse.Namespace) -> int:
 async def _quarantine_purge(args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise HomingError("name the entries to purge, or pass --all")
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         store = loaded.homing.quarantine
         ids = args.ids or [entry.id for entry in await store.list(limit=1_000_000)]
         purged = [entry_id for entry_id in ids if await store.delete(entry_id)]
@@ -195,9 +197,9 @@ async def _quarantine_purge(args: argparse.Namespace) -> int:
 
 
 async def _outbox_flush(args: argparse.Namespace) -> int:
-    async with load(args.app) as loaded:
+    async with load(_service(args)) as loaded:
         if loaded.outbox is None:
-            raise HomingError(f"--app {args.app!r} has no outbox (app.state.outbox)")
+            raise HomingError("the service has no outbox (app.state.outbox)")
         report = await loaded.outbox.flush(limit=args.limit)
         waiting = await loaded.outbox.count()
     sys.stdout.write(
@@ -208,15 +210,94 @@ async def _outbox_flush(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _operator_commands(commands: Any) -> None:
+def _service(args: argparse.Namespace) -> str:
+    spec, note = service_spec(args.app, Settings.from_env().app)
+    if note:
+        sys.stderr.write(f"homing: {note}\n")
+    return spec
+
+
+def _app_flag() -> argparse.ArgumentParser:
     app = argparse.ArgumentParser(add_help=False)
     app.add_argument(
         "--app",
-        required=True,
         metavar="MODULE:ATTRIBUTE",
         help="the service: a Homing, an app whose state holds one, or a factory of either "
-        "(the reference service: users_api.app:create_app)",
+        "(default: HOMING_APP; inside a checkout of homing, the reference service "
+        "users_api.app:create_app)",
     )
+    return app
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    spec, note = service_spec(args.app, settings.app)
+    if note:
+        sys.stderr.write(f"homing: {note}\n")
+    target = resolve(spec)
+    homing = homing_of(target, spec)
+    title = args.title or str(getattr(target, "title", "") or "homing service")
+    version = args.version or str(getattr(target, "version", "") or "0.0.0")
+    catalog = Catalog.of(
+        homing,
+        title=title,
+        version=version,
+        topic=settings.topic,
+        project=settings.project,
+        push_endpoint=settings.push_endpoint,
+    )
+    document = render_asyncapi(catalog)
+    if args.check:
+        try:
+            saved = orjson.loads(Path(args.check).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise HomingError(f"cannot read the saved catalogue {args.check}: {exc}") from None
+        if not isinstance(saved, dict) or "asyncapi" not in saved:
+            raise HomingError(
+                f"{args.check} is not an AsyncAPI document (save one with --format asyncapi)"
+            )
+        changes = incompatible_changes(saved, document)
+        for change in changes:
+            sys.stdout.write(f"incompatible: {change}\n")
+        if changes:
+            return 1
+        sys.stdout.write(f"compatible with {args.check} ({len(catalog.events)} event types)\n")
+        return 0
+    if args.format == "asyncapi":
+        text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+    else:
+        text = render_markdown(catalog)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _operator_commands(commands: Any) -> None:
+    app = _app_flag()
+
+    catalog = commands.add_parser(
+        "catalog",
+        parents=[app],
+        help="list every event type with its JSON Schema (Markdown or AsyncAPI 3.0)",
+        description="Print the service's event catalogue: Markdown by default, or an "
+        "AsyncAPI 3.0 document. With --check SAVED, compare with a saved AsyncAPI catalogue "
+        "and exit 1 naming each incompatible change.",
+    )
+    catalog.add_argument(
+        "--format", choices=("markdown", "asyncapi"), default="markdown", help="output format"
+    )
+    catalog.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+    catalog.add_argument(
+        "--check",
+        metavar="SAVED",
+        help="a saved `--format asyncapi` catalogue: name each incompatible change (a field "
+        "removed, its type changed, a field newly required), exit 1 if any",
+    )
+    catalog.add_argument("--title", help="the document's title (default: the app's)")
+    catalog.add_argument("--version", help="the document's version (default: the app's)")
+    catalog.set_defaults(run=_catalog)
 
     quarantine = commands.add_parser("quarantine", help="inspect and replay dropped messages")
     q = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="COMMAND")

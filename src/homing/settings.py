@@ -88,6 +88,8 @@ class Settings:
         flush_token: a bearer token that may call the outbox flush route.
         scheduler_service_accounts: Cloud Scheduler accounts whose OIDC token may call it.
         scheduler_audience: the audience of their tokens (default: the flush route's URL).
+        app: the service the ``homing`` command and the pytest plugin load when not told,
+            as ``MODULE:ATTRIBUTE`` (like ``FLASK_APP``).
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -114,6 +116,7 @@ class Settings:
     flush_token: str | None = _setting(None, secret=True)
     scheduler_service_accounts: tuple[str, ...] = _setting((), _names)
     scheduler_audience: str | None = _setting(None)
+    app: str | None = _setting(None)
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:

@@ -9,10 +9,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from homing import Homing, KeyRing, MemoryPublisher, Settings
+from homing import KeyRing, Settings
+from homing.testing import RecordingPublisher, assert_handled, push
 from tests.conftest import POSTGRES_URL, SQL_BACKENDS, open_sql_engine
 from tests.test_outbox import Switchable
 from users_api import ServiceConfig, create_app
+from users_api.app import UserNameChanged
 from users_api.db import Base
 
 
@@ -24,11 +26,10 @@ async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         url = POSTGRES_URL
         async with open_sql_engine("postgresql", tmp_path) as engine, engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
-    config = ServiceConfig(
-        database_url=url,
-        homing=Settings(publisher="memory", signing_keys=KeyRing.generate()),
-    )
-    app = create_app(config)
+    config = ServiceConfig(database_url=url, homing=Settings(signing_keys=KeyRing.generate()))
+    recorder = RecordingPublisher()
+    app = create_app(config, publisher=recorder)  # the service's publisher and its outbox's
+    recorder.homing = app.state.homing
     async with app.router.lifespan_context(app):
         yield app
 
@@ -40,10 +41,10 @@ async def client(service: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def _publisher(app: FastAPI) -> MemoryPublisher:
-    homing: Homing = app.state.homing
-    assert isinstance(homing.publisher, MemoryPublisher)
-    return homing.publisher
+def _recorder(app: FastAPI) -> RecordingPublisher:
+    recorder = app.state.homing.publisher
+    assert isinstance(recorder, RecordingPublisher)
+    return recorder
 
 
 async def test_users_can_be_created_and_read(client: httpx.AsyncClient) -> None:
@@ -66,16 +67,19 @@ async def test_change_name_publishes_and_the_handler_notifies_once(
     assert response.headers["x-event-status"] == "published"
     assert await service.state.outbox.count() == 0
 
-    publisher = _publisher(service)
-    [(message_id, message)] = publisher.messages
+    recorder = _recorder(service)
+    recorder.assert_published(UserNameChanged(user_id=user["id"], old_name="Ann", new_name="Bea"))
+    [message] = recorder.published
     assert message.event_type == "user.name.changed"
     assert message.data == (b'{"user_id":%d,"old_name":"Ann","new_name":"Bea"}' % user["id"])
     assert (await client.get(f"/users/{user['id']}/notifications")).json() == []
 
-    body = publisher.envelope(message_id, message)
-    publisher.messages.clear()
-    for _ in range(3):  # delivered, then redelivered twice
-        assert (await client.post("/events", content=body)).status_code == 204
+    [(message_id, _)] = recorder.messages
+    body = recorder.envelope(message_id, message)
+    [delivered] = await recorder.run_handlers(service)  # POST /events through the app
+    assert_handled(delivered, status=204)
+    for _ in range(2):  # redelivered twice: acknowledged, nothing runs again
+        assert_handled(await push(service, body), status=204)
     notes = (await client.get(f"/users/{user['id']}/notifications")).json()
     assert notes == [
         {"event_id": message.event_id, "text": "Your name was changed from 'Ann' to 'Bea'."}
@@ -90,14 +94,28 @@ async def test_change_name_errors(client: httpx.AsyncClient, service: FastAPI) -
         assert (await client.post("/change-name", json=bad)).status_code == 422
     assert (await client.post("/change-name", content=b"not json")).status_code == 422
     assert (await client.get("/users/424242/notifications")).status_code == 404
-    assert _publisher(service).messages == []
+    _recorder(service).assert_published()
 
 
-async def test_bad_pushes_never_reach_the_handler(client: httpx.AsyncClient) -> None:
-    response = await client.post("/events", content=b'{"message": {"messageId": "1"}}')
-    assert response.status_code == 401
-    response = await client.post("/events", content=b"\xff")
-    assert response.status_code == 400
+@pytest.mark.parametrize(
+    ("defect", "status", "outcome"),
+    [
+        ("unsigned", 401, "unauthenticated"),
+        ("wrong_key", 401, "unauthenticated"),
+        ("tampered", 401, "unauthenticated"),
+        ("expired", 401, "unauthenticated"),
+        ("malformed", 400, "malformed"),
+    ],
+)
+async def test_bad_pushes_never_reach_the_handler(
+    client: httpx.AsyncClient, service: FastAPI, defect: str, status: int, outcome: str
+) -> None:
+    user = (await client.post("/users", json={"name": "Ann", "email": "a@example.com"})).json()
+    event = UserNameChanged(user_id=user["id"], old_name="Ann", new_name="Eve")
+    result = await push(service, event, defect=defect)  # type: ignore[arg-type]
+    assert_handled(result, outcome, status=status)
+    assert (await client.get(f"/users/{user['id']}/notifications")).json() == []
+    assert await service.state.homing.quarantine.list() == []
 
 
 def test_config_from_env() -> None:

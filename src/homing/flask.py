@@ -1,0 +1,238 @@
+"""Flask: the push endpoint as a blueprint, and a synchronous ``publish`` (``homing[flask]``).
+
+homing is async; a Flask view is not. :class:`FlaskHoming` runs homing's coroutines on one
+event loop in a background thread per process — started lazily, on first use, and started
+anew in a process forked after it (gunicorn's workers) — so every request thread of a threaded
+server shares it safely, and every async client homing holds (HTTP, Pub/Sub, the database)
+lives on that one loop.
+
+Example::
+
+    homing = Homing(signer=Signer(KeyRing.from_string(os.environ["HOMING_SIGNING_KEYS"])),
+                    publisher=LoopbackPublisher("http://127.0.0.1:8000/events"))
+    app = Flask(__name__)
+    events = FlaskHoming(homing, app)          # POST /events
+
+    @app.post("/change-name")
+    def change_name():
+        event_id = events.publish(UserNameChanged(user_id=7, new_name="Zoe"))  # before answering
+        return {"event_id": event_id}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import weakref
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from flask import Blueprint, Flask, Response, request
+from pydantic import BaseModel
+
+from homing.app import Homing, PushResult
+
+__all__ = ["FlaskHoming", "LoopThread"]
+
+T = TypeVar("T")
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class LoopThread:
+    """One asyncio event loop in a daemon thread, for the calling process.
+
+    The thread starts on the first :meth:`run`; a process forked afterwards (a gunicorn
+    worker) gets a loop of its own on its first :meth:`run`, since threads do not survive a
+    fork.
+    """
+
+    def __init__(self, *, name: str = "homing-loop") -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        _forget_after_fork.add(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # it may have been held by a thread the fork left behind
+        self._loop = self._thread = self._pid = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """This process's loop, started when first asked for."""
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._start()
+            assert self._loop is not None
+            return self._loop
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, name=self.name, daemon=True)
+        thread.start()
+        ready.wait()
+        self._loop, self._thread, self._pid = loop, thread, os.getpid()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
+        """Run ``coroutine`` on the loop and wait for its result (or its exception).
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds (the coroutine is cancelled).
+        """
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("LoopThread.run() called from its own loop: await it instead")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Stop the loop and its thread (this process's), if started."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            if loop is None or thread is None or self._pid != os.getpid():
+                return
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            if not thread.is_alive():
+                loop.close()
+            self._loop = self._thread = self._pid = None
+
+
+_forget_after_fork: weakref.WeakSet[LoopThread] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for loop_thread in list(_forget_after_fork):
+        loop_thread._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class FlaskHoming:
+    """homing in a Flask app: the push endpoint and a synchronous :meth:`publish`.
+
+    Args:
+        homing: the service's events, handlers, publisher and stores.
+        app: the Flask app; or call :meth:`init_app` later.
+        path: where the push endpoint is served.
+        timeout: seconds :meth:`publish` waits before raising :class:`TimeoutError`
+            (default: no limit of its own; the publisher's timeouts apply).
+        loop: the loop thread to run on (default: one of its own).
+    """
+
+    def __init__(
+        self,
+        homing: Homing,
+        app: Flask | None = None,
+        *,
+        path: str = "/events",
+        timeout: float | None = None,
+        loop: LoopThread | None = None,
+    ) -> None:
+        self.homing = homing
+        self.path = path
+        self.timeout = timeout
+        self.loop = loop or LoopThread()
+        self._closed = False
+        atexit.register(self.close)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the push endpoint on ``app`` and keep this object in its ``extensions``."""
+        app.register_blueprint(self.blueprint())
+        app.extensions["homing"] = self
+
+    def blueprint(self, name: str = "homing") -> Blueprint:
+        """A blueprint serving the push endpoint at :attr:`path` (``POST``; others get 405)."""
+        blueprint = Blueprint(name, __name__)
+        blueprint.add_url_rule(
+            self.path, "push", self._push_view, methods=_METHODS, provide_automatic_options=False
+        )
+        return blueprint
+
+    def _push_view(self) -> Response:
+        if request.method != "POST":
+            response = _json(405, {"outcome": "method_not_allowed"})
+            response.headers["Allow"] = "POST"
+            return response
+        limit = self.homing.max_body_size
+        too_large = {"outcome": "too_large", "detail": f"the body is larger than {limit} bytes"}
+        if request.content_length is not None and request.content_length > limit:
+            return _json(413, too_large)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := request.stream.read(min(65536, limit + 1 - size)):  # a read may be short
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return _json(413, too_large)
+        body = b"".join(chunks)
+        authorization = request.headers.get("Authorization")
+        result = self.run(self.homing.handle_push(body, authorization=authorization))
+        return _answer(result)
+
+    def publish(
+        self,
+        event: BaseModel,
+        *,
+        event_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+    ) -> str:
+        """Sign and publish ``event``; return its event id once the broker has it.
+
+        Safe from any thread. Raises :class:`~homing.errors.PublishFailed` as
+        :meth:`homing.Homing.publish` does.
+        """
+        return self.run(
+            self.homing.publish(
+                event, event_id=event_id, attributes=attributes, ordering_key=ordering_key
+            )
+        )
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run any of homing's coroutines (an outbox flush, a replay) and wait for it."""
+        return self.loop.run(coroutine, timeout=self.timeout)
+
+    def close(self) -> None:
+        """Close the publisher and stores on the loop, then stop the loop (once)."""
+        if self._closed or self.loop._pid != os.getpid():
+            return
+        self._closed = True
+        try:
+            self.loop.run(self.homing.aclose(), timeout=30)
+        finally:
+            self.loop.close()
+
+
+def _answer(result: PushResult) -> Response:
+    if result.status == 204:
+        return Response(status=204)
+    payload = {"outcome": result.outcome}
+    if result.detail:
+        payload["detail"] = result.detail
+    return _json(result.status, payload)
+
+
+def _json(status: int, payload: Mapping[str, str]) -> Response:
+    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
