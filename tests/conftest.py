@@ -87,9 +87,14 @@ SQL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)
 
 @asynccontextmanager
 async def open_sql_engine(kind: str, directory: Path) -> AsyncIterator[AsyncEngine]:
-    """A fresh engine with homing's tables, on SQLite in ``directory`` or on PostgreSQL."""
-    if kind == "sqlite":
-        engine = create_engine(f"sqlite+aiosqlite:///{directory}/homing.db")
+    """A fresh engine with homing's tables, on SQLite in ``directory`` or on PostgreSQL.
+
+    ``sqlite-thread``: SQLite through aiosqlite's thread rather than inline in the event loop.
+    """
+    if kind.startswith("sqlite"):
+        engine = create_engine(
+            f"sqlite+aiosqlite:///{directory}/homing.db", inline_sqlite=kind == "sqlite"
+        )
     else:
         engine = create_engine(POSTGRES_URL)
         try:

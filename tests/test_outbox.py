@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -160,3 +161,100 @@ async def test_a_database_failure_in_send_is_an_answer_not_an_exception(
         await connection.run_sync(table.drop)  # the database loses the table under us
     assert await outbox.send(staged) is False
     assert broker.sent == []
+
+
+async def _rows(engine: AsyncEngine) -> set[str]:
+    """The outbox's rows as they are, without the sweep that ``count()`` does first."""
+    from sqlalchemy import select
+
+    from homing.stores.sql import outbox as table
+
+    async with engine.connect() as connection:
+        return set((await connection.scalars(select(table.c.event_id))).all())
+
+
+async def test_a_published_row_is_deleted_by_the_next_stage_without_a_commit_of_its_own(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    outbox = SQLOutbox(engine, broker, sweep_delay=60)  # no timed sweep in this test
+    async with engine.begin() as connection:
+        first = await outbox.stage(connection, _message(homing, 1))
+    assert await outbox.send(first) is True
+    assert await _rows(engine) == {first.event_id}  # published; its row waits for a ride
+    async with engine.begin() as connection:
+        second = await outbox.stage(connection, _message(homing, 2))
+    assert await _rows(engine) == {second.event_id}
+    assert await outbox.send(second) is True
+    assert [m.event_id for m in broker.sent] == [first.event_id, second.event_id]
+    await outbox.aclose()
+    assert await _rows(engine) == set()
+
+
+async def test_a_rolled_back_stage_does_not_lose_the_deletes_it_carried(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    outbox = SQLOutbox(engine, broker, sweep_delay=0.05)
+    async with engine.begin() as connection:
+        first = await outbox.stage(connection, _message(homing, 1))
+    assert await outbox.send(first) is True
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        await outbox.stage(connection, _message(homing, 2))
+        await transaction.rollback()
+    assert await _rows(engine) == {first.event_id}
+    for _ in range(100):  # the timed sweep deletes it instead
+        if not await _rows(engine):
+            break
+        await asyncio.sleep(0.02)
+    assert await _rows(engine) == set()
+    assert [m.event_id for m in broker.sent] == [first.event_id]
+    await outbox.aclose()
+
+
+async def test_start_publishes_what_a_killed_process_left_once_it_is_old_enough(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    killed = SQLOutbox(engine, broker)
+    async with engine.begin() as connection:
+        left = await killed.stage(connection, _message(homing, 1))  # committed, never sent
+    successor = SQLOutbox(engine, broker, drain_age=0.3)
+    await successor.start()
+    await asyncio.sleep(0.1)
+    assert broker.sent == []  # too young: its own request may still be sending it
+    for _ in range(100):
+        if broker.sent:
+            break
+        await asyncio.sleep(0.02)
+    assert [m.event_id for m in broker.sent] == [left.event_id]
+    await successor.aclose()
+    assert await _rows(engine) == set()
+
+
+async def test_a_send_drains_rows_another_instance_left_once_per_interval(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    other = SQLOutbox(engine, broker)
+    async with engine.begin() as connection:
+        orphan = await other.stage(connection, _message(homing, 1))
+    outbox = SQLOutbox(engine, broker, drain_age=0, drain_interval=0)
+    async with engine.begin() as connection:
+        mine = await outbox.stage(connection, _message(homing, 2))
+    assert await outbox.send(mine) is True
+    assert sorted(m.event_id for m in broker.sent) == sorted([orphan.event_id, mine.event_id])
+    await outbox.aclose()
+
+
+async def test_the_flush_route_answers_503_when_the_database_fails(
+    engine: AsyncEngine, broker: Switchable
+) -> None:
+    from homing.stores.sql import outbox as table
+
+    async with engine.begin() as connection:
+        await connection.run_sync(table.drop)
+    route = FlushEndpoint(SQLOutbox(engine, broker), token="a-flush-token-for-tests")
+    transport = httpx.ASGITransport(app=route)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        right = {"authorization": "Bearer a-flush-token-for-tests"}
+        response = await client.post("/", headers=right)
+    assert response.status_code == 503
+    assert response.json() == {"outcome": "store_unavailable"}

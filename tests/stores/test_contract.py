@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from homing.errors import StoreError
+from homing.errors import ConfigurationError, StoreError
 from homing.stores import (
     Claim,
     DedupeStore,
@@ -20,10 +20,12 @@ from homing.stores import (
     QuarantinedMessage,
     QuarantineStore,
 )
-from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, handled_events
+from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, handled_events
 from tests.conftest import SQL_BACKENDS, open_sql_engine
 
-BACKENDS = ["memory", *SQL_BACKENDS]
+# SQLite twice: inline in the event loop (the default), and through aiosqlite's thread.
+BACKENDS = ["memory", "sqlite-thread", *SQL_BACKENDS]
+SQL_ONLY = ["sqlite-thread", *SQL_BACKENDS]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -75,6 +77,28 @@ async def test_release_does_not_undo_done(dedupe: DedupeStore) -> None:
     await dedupe.claim("e1", lease=60)
     await dedupe.done("e1")
     await dedupe.release("e1")
+    assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
+
+
+async def test_renew_keeps_a_claim_past_its_first_lease(dedupe: DedupeStore) -> None:
+    assert await dedupe.claim("e1", lease=0.05) is Claim.CLAIMED
+    assert await dedupe.renew("e1", lease=60) is True
+    await asyncio.sleep(0.1)  # past the first lease
+    assert await dedupe.claim("e1", lease=60) is Claim.IN_PROGRESS
+
+
+async def test_renew_finds_nothing_to_renew_once_done_or_never_claimed(
+    dedupe: DedupeStore,
+) -> None:
+    assert await dedupe.renew("never", lease=60) is False
+    await dedupe.claim("e1", lease=60)
+    await dedupe.done("e1")
+    assert await dedupe.renew("e1", lease=60) is False
+    assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
+
+
+async def test_done_without_a_claim_still_marks_the_event(dedupe: DedupeStore) -> None:
+    await dedupe.done("e1")  # e.g. a message dropped for bad data before any claim
     assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
 
 
@@ -143,7 +167,7 @@ async def test_memory_dedupe_forgets_the_oldest_beyond_its_bound() -> None:
     assert await store.claim("a", lease=60) is Claim.CLAIMED  # forgotten
 
 
-@pytest.fixture(params=SQL_BACKENDS)
+@pytest.fixture(params=SQL_ONLY)
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     async with open_sql_engine(request.param, tmp_path) as engine:
         yield engine
@@ -187,3 +211,110 @@ async def test_postgres_connections_are_kept_under_concurrent_load(tmp_path: Pat
             assert set(claims) == {Claim.CLAIMED}
         # SQLAlchemy's default pool would have opened and closed 10 extra ones per wave.
         assert len(opened) <= 15
+
+
+# -- one transaction for the effect and the done mark (SQL stores) -----------------------------
+
+
+@pytest.fixture(params=SQL_ONLY)
+async def sql_dedupe(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SQLDedupeStore]:
+    async with open_sql_engine(request.param, tmp_path) as engine:
+        yield SQLDedupeStore(engine)
+
+
+async def test_a_committed_transaction_marks_the_event_done(sql_dedupe: SQLDedupeStore) -> None:
+    async with sql_dedupe.transaction("e1") as transaction:
+        assert transaction.claim is Claim.CLAIMED
+    assert sql_dedupe.known_done("e1")
+    async with sql_dedupe.transaction("e1") as again:
+        assert again.claim is Claim.DUPLICATE
+        assert again.connection is None
+    fresh = SQLDedupeStore(sql_dedupe.engine)  # no in-process memory: asks the database
+    assert await fresh.claim("e1", lease=60) is Claim.DUPLICATE
+
+
+async def test_an_exception_in_the_transaction_leaves_the_event_unmarked(
+    sql_dedupe: SQLDedupeStore,
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with sql_dedupe.transaction("e1"):
+            raise RuntimeError("the handler failed")
+    assert not sql_dedupe.known_done("e1")
+    async with sql_dedupe.transaction("e1") as transaction:
+        assert transaction.claim is Claim.CLAIMED
+
+
+async def test_a_live_claim_keeps_the_transaction_out_and_an_expired_one_does_not(
+    sql_dedupe: SQLDedupeStore,
+) -> None:
+    assert await sql_dedupe.claim("live", lease=60) is Claim.CLAIMED
+    async with sql_dedupe.transaction("live") as transaction:
+        assert transaction.claim is Claim.IN_PROGRESS
+    assert await sql_dedupe.claim("old", lease=0.05) is Claim.CLAIMED
+    await asyncio.sleep(0.1)
+    async with sql_dedupe.transaction("old") as taken:
+        assert taken.claim is Claim.CLAIMED
+
+
+async def test_a_forced_transaction_runs_an_event_marked_done(sql_dedupe: SQLDedupeStore) -> None:
+    await sql_dedupe.done("e1")
+    async with sql_dedupe.transaction("e1", force=True) as transaction:
+        assert transaction.claim is Claim.CLAIMED
+
+
+async def test_the_memory_store_has_no_transactions() -> None:
+    with pytest.raises(ConfigurationError, match="SQLDedupeStore"):
+        async with MemoryDedupeStore().transaction("e1"):
+            pass
+
+
+# -- a database that is not there: one error, with the reason and without the password --------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://homing:a-db-password@127.0.0.1:9/nowhere",
+        "sqlite+aiosqlite:////nonexistent-dir/a-db-password/homing.db",
+    ],
+)
+async def test_every_store_operation_reports_a_dead_database_as_store_error(url: str) -> None:
+    engine = create_engine(url)
+    dedupe, quarantine = SQLDedupeStore(engine), SQLQuarantineStore(engine)
+    entry = QuarantinedMessage(id="q", reason="r", body=b"{}", received_at=datetime.now(UTC))
+    operations = {
+        "claim": dedupe.claim("e", lease=1),
+        "renew": dedupe.renew("e", lease=1),
+        "done": dedupe.done("e"),
+        "release": dedupe.release("e"),
+        "quarantine add": quarantine.add(entry),
+        "quarantine get": quarantine.get("q"),
+        "quarantine list": quarantine.list(),
+        "quarantine delete": quarantine.delete("q"),
+    }
+    try:
+        for name, operation in operations.items():
+            with pytest.raises(StoreError) as raised:
+                await operation
+            assert "the database failed" in str(raised.value), name
+            assert "a-db-password" not in str(raised.value).replace("/a-db-password/", ""), name
+        with pytest.raises(StoreError):
+            async with dedupe.transaction("e"):
+                pass
+    finally:
+        await engine.dispose()
+
+
+async def test_a_refused_connection_is_sqlalchemys_operational_error() -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+    try:
+        with pytest.raises(OperationalError, match="could not connect"):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()

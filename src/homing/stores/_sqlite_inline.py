@@ -76,6 +76,8 @@ class InlineCursor:
             if not _locked(exc):
                 raise
             self._connection.wait_for_lock(self._cursor.executemany, sql, rows)
+        else:
+            _await_nothing()
         return self
 
     def fetchone(self) -> Any:

@@ -1,0 +1,95 @@
+"""SQLite inline in the event loop: another process's lock is waited for off the loop, WAL
+checkpoints run on a thread of their own, and SQLAlchemy works on it as on aiosqlite."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from homing.stores import Claim
+from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
+
+
+def _checkpointers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "homing-sqlite-checkpoint"]
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_without_stopping_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    await create_tables(engine)
+    store = SQLDedupeStore(engine)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # as another process would: the write lock, held
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    running = asyncio.create_task(ticker())
+    asyncio.get_running_loop().call_later(0.5, other.execute, "ROLLBACK")
+    started = time.monotonic()
+    try:
+        assert await store.claim("e1", lease=60) is Claim.CLAIMED
+    finally:
+        running.cancel()
+        other.close()
+        await engine.dispose()
+    assert time.monotonic() - started >= 0.4  # it did wait for the lock
+    assert ticks >= 20  # and the event loop went on meanwhile
+
+
+async def test_sqlalchemy_features_work_inline(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/features.db")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+            inserted = await connection.execute(text("INSERT INTO t (v) VALUES ('a')"))
+            assert inserted.lastrowid == 1
+            await connection.execute(
+                text("INSERT INTO t (v) VALUES (:v)"), [{"v": "b"}, {"v": "c"}]
+            )
+        async with engine.connect() as connection:
+            auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text("INSERT INTO t (v) VALUES ('d')"))  # committed by itself
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text("SELECT v FROM t ORDER BY id"))).all()
+            mode = (await connection.execute(text("PRAGMA journal_mode"))).scalar()
+            synchronous = (await connection.execute(text("PRAGMA synchronous"))).scalar()
+            streamed = [row.v async for row in await connection.stream(text("SELECT v FROM t"))]
+    finally:
+        await engine.dispose()
+    assert [row.v for row in rows] == ["a", "b", "c", "d"]
+    assert streamed == ["a", "b", "c", "d"]
+    assert (mode, synchronous) == ("wal", 1)  # WAL, synchronous=NORMAL
+
+
+async def test_checkpoints_run_on_a_thread_while_the_database_is_open(tmp_path: Path) -> None:
+    before = len(_checkpointers())
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/wal.db")
+    await create_tables(engine)
+    store = SQLDedupeStore(engine)
+    for n in range(300):
+        await store.done(f"e{n}")
+    assert len(_checkpointers()) == before + 1
+    await asyncio.sleep(1.2)  # a couple of the thread's rounds
+    with sqlite3.connect(tmp_path / "wal.db") as probe:
+        busy, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0
+    assert frames == copied  # nothing was left for this checkpoint to copy
+    await engine.dispose()
+    for _ in range(60):
+        if len(_checkpointers()) == before:
+            break
+        await asyncio.sleep(0.05)
+    assert len(_checkpointers()) == before
