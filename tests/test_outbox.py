@@ -258,3 +258,29 @@ async def test_the_flush_route_answers_503_when_the_database_fails(
         response = await client.post("/", headers=right)
     assert response.status_code == 503
     assert response.json() == {"outcome": "store_unavailable"}
+
+
+async def test_committed_tells_an_in_doubt_commit_from_a_rollback(
+    engine: AsyncEngine, outbox: SQLOutbox, homing: Homing
+) -> None:
+    async with engine.begin() as connection:
+        kept = await outbox.stage(connection, _message(homing, 1))
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        undone = await outbox.stage(connection, _message(homing, 2))
+        await transaction.rollback()
+    assert await outbox.committed(kept) is True
+    assert await outbox.committed(undone) is False
+
+
+async def test_committed_gives_up_after_its_time_while_the_database_is_away(
+    broker: Switchable, homing: Homing
+) -> None:
+    from homing.stores.sql import create_engine
+
+    engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+    try:
+        outbox = SQLOutbox(engine, broker)
+        assert await outbox.committed(_message(homing), within=0.3) is False
+    finally:
+        await engine.dispose()

@@ -210,7 +210,7 @@ def api_router(
 
     @router.post("/change-name", response_model=UserOut)
     async def change_name(body: NameChange, response: Response) -> UserOut:
-        async with sessions.begin() as session:
+        async with sessions() as session:
             user = await session.get(User, body.user_id, with_for_update=True)
             if user is None:
                 raise HTTPException(404, f"user {body.user_id} not found")
@@ -219,6 +219,13 @@ def api_router(
             # Written in the same transaction as the rename: the event cannot be lost.
             event = UserNameChanged(user_id=out.id, old_name=old_name, new_name=out.name)
             staged = await outbox.stage(session, homing.sign(event))
+            try:
+                await session.commit()
+            except SQLAlchemyError:
+                # The connection failed during COMMIT: it may have committed all the same.
+                # Answer what happened, not a guess: look for the staged event.
+                if not await outbox.committed(staged):
+                    raise
         # Committed. Published before the response: on Cloud Run the CPU is gone once we
         # answer. If the broker does not take it, the event waits in the outbox (the outbox
         # drains itself) and the answer is still a success: the rename happened.

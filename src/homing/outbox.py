@@ -161,6 +161,32 @@ class SQLOutbox:
             await self._drain_quietly(older_than=0.0 if self._backlog else self.drain_age)
         return True
 
+    async def committed(self, message: OutgoingMessage, *, within: float = 10.0) -> bool:
+        """Whether the transaction that staged ``message`` committed, when its COMMIT failed.
+
+        A connection that breaks during COMMIT leaves it in doubt: the server may have
+        committed before the answer was lost. The staged row says which. While the database
+        cannot be reached, it is asked again for up to ``within`` seconds; ``False`` then, or
+        when the row is not there (rolled back). Never raises for database errors.
+        """
+        deadline = time.monotonic() + within
+        delay = 0.05
+        while True:
+            try:
+                async with (
+                    translate_errors(f"looking up event {message.event_id!r}"),
+                    self.engine.connect() as connection,
+                ):
+                    found = await connection.scalar(self._exists, {"event_id": message.event_id})
+            except StoreError as exc:
+                if time.monotonic() + delay > deadline:
+                    logger.warning("event %s: commit still in doubt: %s", message.event_id, exc)
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            return found is not None or message.event_id in self._published
+
     def _mark_published(self, event_id: str) -> None:
         self._published[event_id] = None
         if self._sweeper is None:

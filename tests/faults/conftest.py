@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -330,3 +332,82 @@ class Tally:
             f"events sent={self.sent} effects seen={self.seen} "
             f"lost={self.lost} doubled={self.doubled}"
         )
+
+
+# -- renames under load, every answer kept -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rename:
+    """One ``POST /change-name``: the unique name asked for and what came back."""
+
+    name: str
+    status: int | None  # None: no answer at all (connection refused or reset, a timeout)
+    event_id: str | None
+    seconds: float
+
+
+@dataclass
+class RenameLoad:
+    """Threads renaming users, each rename a name never used before, until stopped."""
+
+    url: str
+    users: list[int]
+    workers: int = 4
+    results: list[Rename] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> RenameLoad:
+        for worker in range(self.workers):
+            thread = threading.Thread(target=self._run, args=(worker,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _run(self, worker: int) -> None:
+        n = 0
+        with httpx.Client(base_url=self.url, timeout=15) as client:
+            while not self._stop.is_set():
+                n += 1
+                name = f"w{worker}-{n}"
+                user_id = self.users[(worker + n * self.workers) % len(self.users)]
+                started = time.monotonic()
+                try:
+                    answer = client.post("/change-name", json={"user_id": user_id, "name": name})
+                except httpx.TransportError:
+                    result = Rename(name, None, None, time.monotonic() - started)
+                    time.sleep(0.05)  # a dead or restarting service: don't spin
+                else:
+                    result = Rename(
+                        name,
+                        answer.status_code,
+                        answer.headers.get("x-event-id"),
+                        time.monotonic() - started,
+                    )
+                with self._lock:
+                    self.results.append(result)
+
+    def count(self, status: int | None) -> int:
+        with self._lock:
+            return sum(1 for r in self.results if r.status == status)
+
+    def stop(self) -> list[Rename]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        return self.results
+
+
+_NEW_NAME = re.compile(r" to '([^']*)'\.$")
+
+
+def renamed_to(database: Database) -> set[str]:
+    """The new names of every rename whose event was handled (its notification's text)."""
+    rows = database.rows("SELECT text FROM notifications")
+    return {found.group(1) for (text,) in rows if (found := _NEW_NAME.search(str(text)))}
+
+
+def outbox_rows(database: Database) -> int:
+    return int(database.rows("SELECT count(*) FROM homing_outbox")[0][0])

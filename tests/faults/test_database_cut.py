@@ -1,0 +1,86 @@
+"""The service's database connections cut and refused for 5 s mid-load (through a proxy; the
+PostgreSQL server stays up): nothing lost or doubled, no committed rename answered with an
+error, and the outbox empty soon after the load without anyone flushing it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import free_port, poll
+from tests.faults.conftest import (
+    Database,
+    PushSetup,
+    RenameLoad,
+    Services,
+    Tally,
+    create_users,
+    outbox_rows,
+    pubsub_env,
+    renamed_to,
+    service_env,
+)
+from tests.faults.proxy import cuttable_proxy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+USERS = 10
+CUT = 5.0
+
+
+@pytest.mark.timeout(180)
+def test_database_connections_cut_and_refused_mid_load(
+    pubsub_emulator: str,
+    postgres_database: Database,
+    services: Services,
+    pubsub: PushSetup,
+) -> None:
+    db = postgres_database
+    with cuttable_proxy(("127.0.0.1", 5432)) as proxy:
+        port = free_port()
+        topic = pubsub.subscribe(pubsub_emulator, f"http://127.0.0.1:{port}/events")
+        env = service_env(db, **pubsub_env(pubsub_emulator, topic))
+        env["DATABASE_URL"] = db.url.replace(":5432/", f":{proxy.port}/")
+        service = services.start(env, port=port)
+        users = create_users(service, USERS)
+        load = RenameLoad(service.url, users).start()
+        try:
+            poll(lambda: load.count(200) >= 30, deadline=30, interval=0.05)
+            proxy.cut()
+            time.sleep(CUT)
+            proxy.restore()
+            answered_before = load.count(200)
+            poll(lambda: load.count(200) >= answered_before + 30, deadline=60, interval=0.05)
+        finally:
+            results = load.stop()
+        ended = time.monotonic()
+        poll(lambda: outbox_rows(db) == 0, deadline=30, interval=0.25)
+        drained = time.monotonic() - ended
+
+        ok = {r.event_id for r in results if r.status == 200 and r.event_id}
+        poll(
+            lambda: all(db.notifications_by_event().get(e, 0) == 1 for e in ok),
+            deadline=60,
+            interval=0.25,
+        )
+    refused = [r for r in results if r.status is not None and r.status != 200]
+    unanswered = [r for r in results if r.status is None]
+    committed = renamed_to(db)
+    committed_but_refused = [r for r in refused if r.name in committed]
+    tally = Tally.of(ok, db.notifications_by_event())
+    slowest = max((r.seconds for r in refused), default=0.0)
+    print(
+        f"\n[database cut {CUT:.0f}s] {tally.line()} renames={len(results)} "
+        f"answered 200={len(ok)} refused={len(refused)} "
+        f"(statuses {sorted({r.status for r in refused})}, slowest {slowest:.2f}s) "
+        f"unanswered={len(unanswered)} committed but refused={len(committed_but_refused)} "
+        f"outbox empty {drained:.1f}s after the load"
+    )
+    assert refused, "the cut should have refused some renames"
+    assert {r.status for r in refused} == {503}
+    assert committed_but_refused == []
+    assert unanswered == []
+    assert "Traceback" not in service.output()  # every failure was an answer, with its reason
+    assert tally.lost == 0
+    assert tally.doubled == 0
