@@ -73,7 +73,7 @@ def test_database_connections_cut_and_refused_mid_load(
     print(
         f"\n[database cut {CUT:.0f}s] {tally.line()} renames={len(results)} "
         f"answered 200={len(ok)} refused={len(refused)} "
-        f"(statuses {sorted({r.status for r in refused})}, slowest {slowest:.2f}s) "
+        f"(statuses {sorted({r.status or 0 for r in refused})}, slowest {slowest:.2f}s) "
         f"unanswered={len(unanswered)} committed but refused={len(committed_but_refused)} "
         f"outbox empty {drained:.1f}s after the load"
     )
