@@ -261,3 +261,69 @@ def handwritten_raw_asyncpg() -> Starlette:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# -- the request side: rename, then publish ----------------------------------------------------
+
+
+class _Rename(BaseModel):
+    user_id: int
+    name: str
+
+
+def handwritten_rename() -> FastAPI:
+    """``POST /change-name`` as a careful engineer writes it on the reference service's stack
+    (FastAPI, pydantic, SQLAlchemy async): the rename in one transaction, then the event
+    published with the tuned raw client (no batching wait) before the response. No outbox."""
+    import asyncio
+
+    from google.cloud import pubsub_v1
+
+    url = os.environ["BENCH_DATABASE_URL"]
+    sqlite_db = url.startswith("sqlite")
+    engine = create_async_engine(url, pool_size=1 if sqlite_db else 15, max_overflow=0)
+    topic = os.environ["BENCH_TOPIC"]
+    clients: list[pubsub_v1.PublisherClient] = []
+    rename = text("UPDATE users SET name = :name WHERE id = :id RETURNING name")
+    current = text("SELECT name, email FROM users WHERE id = :id")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if sqlite_db:
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                await connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        await _with_user(engine)
+        async with engine.begin() as connection:  # the users the load renames: ids 1-50
+            for n in range(2, 51):
+                await connection.execute(
+                    text(
+                        "INSERT INTO users (id, name, email) VALUES (:id, 'u', 'u@example.com') "
+                        "ON CONFLICT (id) DO NOTHING"
+                    ),
+                    {"id": n},
+                )
+        zero = pubsub_v1.types.BatchSettings(max_latency=0)
+        clients.append(pubsub_v1.PublisherClient(batch_settings=zero))
+        yield
+        clients[0].stop()
+        await engine.dispose()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/change-name")
+    async def change_name(body: _Rename) -> dict[str, object]:
+        async with engine.begin() as connection:
+            row = (await connection.execute(current, {"id": body.user_id})).one_or_none()
+            if row is None:
+                raise HTTPException(404)
+            await connection.execute(rename, {"name": body.name, "id": body.user_id})
+        data = orjson.dumps({"user_id": body.user_id, "old_name": row.name, "new_name": body.name})
+        signature = hmac.new(_SECRET, data, hashlib.sha256).hexdigest()
+        future = clients[0].publish(
+            topic, data, **{"event-type": "user.name.changed", "signature": signature}
+        )
+        await asyncio.wrap_future(future)
+        return {"id": body.user_id, "name": body.name, "email": row.email}
+
+    return app

@@ -47,6 +47,9 @@ HAND_SQLITE = "hand-written consumer, SQLAlchemy + aiosqlite"
 HAND_PG = "hand-written consumer, SQLAlchemy + asyncpg"
 RAW_SQLITE = "raw consumer, stdlib sqlite3 inline"
 RAW_PG = "raw consumer, asyncpg pool"
+HAND_RENAME = "hand-written rename, then publish (raw client)"
+RENAME_USERS = 50
+RENAME_TOPIC = "projects/bench/topics/rename"
 
 
 def fresh_envelopes(kind: str, count: int) -> bytes:
@@ -109,6 +112,7 @@ class HttpCase:
     env: Mapping[str, str] = field(default_factory=dict)
     prepare: Callable[[str], None] | None = None  # called with the base URL before the load
     fresh: bool = False  # every request a new event (else one envelope replayed: duplicates)
+    renames: bool = False  # POST /change-name, a new name each time (needs the emulator)
 
 
 def _uvicorn(app: str) -> list[str]:
@@ -126,6 +130,12 @@ def _uvicorn(app: str) -> list[str]:
 
 def _create_user(url: str) -> None:
     httpx.post(f"{url}/users", json={"name": "a", "email": "a@example.com"}).raise_for_status()
+
+
+def _create_users(url: str) -> None:
+    for n in range(RENAME_USERS):
+        user = {"name": f"u{n}", "email": f"u{n}@example.com"}
+        httpx.post(f"{url}/users", json=user).raise_for_status()
 
 
 def _bench_database(name: str = "homing_bench") -> str:
@@ -250,6 +260,28 @@ def cases(workdir: Path) -> list[HttpCase]:
             baselines=(RAW_SQLITE,),
             fresh=True,
         ),
+        # The request side: rename + publish to the official emulator, before the response.
+        HttpCase(
+            HAND_RENAME,
+            _uvicorn("handwritten_rename"),
+            env={"BENCH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/rename-hand.db"},
+            baselines=(),
+            renames=True,
+        ),
+        HttpCase(
+            "reference service, /change-name",
+            [sys.executable, "-m", "users_api"],
+            env={
+                **service_env,
+                "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/rename.db",
+                "HOMING_PUBLISHER": "pubsub",
+                "GOOGLE_CLOUD_PROJECT": "bench",
+                "HOMING_TOPIC": "rename",
+            },
+            baselines=(HAND_RENAME,),
+            prepare=_create_users,
+            renames=True,
+        ),
         HttpCase(
             "homing, no-op transactional handler, postgres",
             _uvicorn("homing_sql_transactional"),
@@ -300,11 +332,19 @@ def wrk(
     seconds: int,
     *,
     fresh: bool = False,
+    renames: bool = False,
     cpus: set[int] | None = None,
 ) -> tuple[float, int, float, float]:
     """Requests/s, failed requests, p50 and p99 latency (ms); ``fresh``: one envelope a line."""
     script = body_file.with_suffix(".lua")
-    if fresh:
+    if renames:
+        load = (
+            f'local n = 0; local run = "{uuid.uuid4().hex[:8]}"\n'
+            'request = function() n = n + 1; return wrk.format("POST", "/change-name", '
+            '{["Content-Type"] = "application/json"}, string.format('
+            f'\'{{"user_id":%d,"name":"%s-%d"}}\', n % {RENAME_USERS} + 1, run, n)) end\n'
+        )
+    elif fresh:
         load = (
             f'local bodies = {{}}; for line in io.lines("{body_file}") do '
             "bodies[#bodies + 1] = line end\nlocal i = 0\n"
@@ -333,6 +373,28 @@ def wrk(
     if failures:
         print(f"bench: wrk reported failures:\n{out}", file=sys.stderr)
     return rate, failures, _latency_ms(out, "50%"), _latency_ms(out, "99%")
+
+
+@contextlib.contextmanager
+def _emulator_for(selected: list[HttpCase], workdir: Path) -> Iterator[None]:
+    """The official emulator, with the renames' topic, while cases that publish to it run."""
+    if not any(case.renames for case in selected):
+        yield
+        return
+    from google.cloud import pubsub_v1
+    from tests.emulator import find_emulator, running_emulator
+
+    script = find_emulator()
+    if script is None:
+        raise SystemExit("bench: the /change-name cases need the official Pub/Sub emulator")
+    with running_emulator(script, workdir / "emulator.log") as host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+        os.environ["BENCH_TOPIC"] = RENAME_TOPIC
+        pubsub_v1.PublisherClient().create_topic(name=RENAME_TOPIC)
+        try:
+            yield
+        finally:
+            del os.environ["PUBSUB_EMULATOR_HOST"], os.environ["BENCH_TOPIC"]
 
 
 def _latency_ms(wrk_output: str, percentile: str) -> float:
@@ -379,10 +441,15 @@ def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Se
             case.prepare(url)
         body = workdir / f"{port}.json"
         body.write_bytes(envelope(case.envelope))
-        first = httpx.post(
-            f"{url}/events", content=body.read_bytes(), headers={"content-type": "application/json"}
-        )
-        if first.status_code != 204:
+        if case.renames:
+            first = httpx.post(f"{url}/change-name", json={"user_id": 1, "name": "first"})
+        else:
+            first = httpx.post(
+                f"{url}/events",
+                content=body.read_bytes(),
+                headers={"content-type": "application/json"},
+            )
+        if first.status_code != (200 if case.renames else 204):
             raise SystemExit(
                 f"bench: {case.name}: first delivery answered {first.status_code}: {first.text}"
             )
@@ -405,7 +472,13 @@ def load(
     if case.fresh:
         server.body.write_bytes(fresh_envelopes(case.envelope, server.batch))
     rate, failures, p50, p99 = wrk(
-        f"{server.url}/events", server.body, concurrency, seconds, fresh=case.fresh, cpus=cpus
+        f"{server.url}/events",
+        server.body,
+        concurrency,
+        seconds,
+        fresh=case.fresh,
+        renames=case.renames,
+        cpus=cpus,
     )
     if failures:
         raise SystemExit(f"bench: {case.name}: {failures} failed requests")
@@ -800,9 +873,10 @@ def main() -> int:
             for case in cases(workdir)
             if not args.only or any(part in case.name for part in args.only)
         ]
-        http = run_http(
-            selected, workdir, args.concurrency, args.runs, args.seconds, pin=not args.no_pin
-        )
+        with _emulator_for(selected, workdir):
+            http = run_http(
+                selected, workdir, args.concurrency, args.runs, args.seconds, pin=not args.no_pin
+            )
     ops = run_signing()
     latency = {} if args.only else run_publish_latency(args.runs)
     results["http"], results["ops"], results["publish_latency_ms"] = http, ops, latency

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr, Field
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import Route
@@ -184,7 +184,10 @@ def build_homing(
 
 
 def api_router(
-    homing: Homing, outbox: SQLOutbox, sessions: async_sessionmaker[AsyncSession]
+    homing: Homing,
+    outbox: SQLOutbox,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> APIRouter:
     router = APIRouter()
 
@@ -208,19 +211,22 @@ def api_router(
             raise HTTPException(404, f"user {user_id} not found")
         return UserOut(id=user.id, name=user.name, email=user.email)
 
+    lock_user = select(User.name, User.email).where(User.id == bindparam("user")).with_for_update()
+    rename = update(User).where(User.id == bindparam("user")).values(name=bindparam("new"))
+
     @router.post("/change-name", response_model=UserOut)
     async def change_name(body: NameChange, response: Response) -> UserOut:
-        async with sessions() as session:
-            user = await session.get(User, body.user_id, with_for_update=True)
-            if user is None:
+        async with engine.connect() as connection:
+            row = (await connection.execute(lock_user, {"user": body.user_id})).one_or_none()
+            if row is None:
                 raise HTTPException(404, f"user {body.user_id} not found")
-            old_name, user.name = user.name, body.name
-            out = UserOut(id=user.id, name=user.name, email=user.email)
+            await connection.execute(rename, {"user": body.user_id, "new": body.name})
+            out = UserOut(id=body.user_id, name=body.name, email=row.email)
             # Written in the same transaction as the rename: the event cannot be lost.
-            event = UserNameChanged(user_id=out.id, old_name=old_name, new_name=out.name)
-            staged = await outbox.stage(session, homing.sign(event))
+            event = UserNameChanged(user_id=out.id, old_name=row.name, new_name=out.name)
+            staged = await outbox.stage(connection, homing.sign(event))
             try:
-                await session.commit()
+                await connection.commit()
             except SQLAlchemyError:
                 # The connection failed during COMMIT: it may have committed all the same.
                 # Answer what happened, not a guess: look for the staged event.
@@ -284,7 +290,7 @@ def create_app(
     app.add_exception_handler(StoreError, _database_unavailable)
     app.state.homing = homing
     app.state.outbox = outbox
-    app.include_router(api_router(homing, outbox, sessions))
+    app.include_router(api_router(homing, outbox, engine, sessions))
     app.include_router(homing.router("/events"))
     flush = _flush_route(config.homing, outbox)
     if flush is not None:

@@ -187,7 +187,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}"
 
 
-class _Statement:
+class CompiledStatement:
     """A statement compiled once for its engine's dialect and run on a DBAPI cursor.
 
     Homing's own hot-path statements never change, so they skip SQLAlchemy's per-call
@@ -265,13 +265,13 @@ class SQLDedupeStore(DedupeStore):
         self.engine = engine
         row = handled_events.c
         claimed = {"event_id": bindparam("event_id"), "state": _CLAIMED, "lease_until": 0.0}
-        self._claim_new = _Statement(
+        self._claim_new = CompiledStatement(
             engine,
             _insert_ignoring_conflicts(engine, handled_events).values(
                 claimed | {"lease_until": bindparam("until")}
             ),
         )
-        self._take_expired = _Statement(
+        self._take_expired = CompiledStatement(
             engine,
             update(handled_events)
             .where(
@@ -281,23 +281,23 @@ class SQLDedupeStore(DedupeStore):
             )
             .values(lease_until=bindparam("until")),
         )
-        self._state = _Statement(
+        self._state = CompiledStatement(
             engine, select(row.state).where(row.event_id == bindparam("event_id"))
         )
-        self._done = _Statement(engine, _mark_done(engine, unless_claimed=False))
-        self._renew = _Statement(
+        self._done = CompiledStatement(engine, _mark_done(engine, unless_claimed=False))
+        self._renew = CompiledStatement(
             engine,
             update(handled_events)
             .where(row.event_id == bindparam("event_id"), row.state == _CLAIMED)
             .values(lease_until=bindparam("until")),
         )
-        self._release = _Statement(
+        self._release = CompiledStatement(
             engine,
             delete(handled_events).where(
                 row.event_id == bindparam("event_id"), row.state == _CLAIMED
             ),
         )
-        self._done_first = _Statement(engine, _mark_done(engine, unless_claimed=True))
+        self._done_first = CompiledStatement(engine, _mark_done(engine, unless_claimed=True))
         self._done_cache: dict[str, None] = {}
         self._done_cache_size = done_cache_size
 
@@ -414,7 +414,7 @@ class SQLDedupeStore(DedupeStore):
                 await greenlet_spawn(_discard, connection, transaction._session)
         self._remember_done(event_id)
 
-    def _open(self, mark: _Statement, event_id: str) -> tuple[Claim, Connection | None]:
+    def _open(self, mark: CompiledStatement, event_id: str) -> tuple[Claim, Connection | None]:
         connection = self.engine.sync_engine.connect()
         try:
             connection.begin()
