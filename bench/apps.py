@@ -27,6 +27,7 @@ from users_api.app import UserNameChanged
 from users_api.db import Base
 
 KEYS = "bench:a-benchmark-secret-long-enough"
+RENAME_USERS = 50  # users 1-50, renamed by the /change-name load
 
 
 class Noop(BaseModel):
@@ -168,14 +169,20 @@ def _consumer(handle: object, lifespan: object) -> Starlette:
     )
 
 
-async def _with_user(engine: AsyncEngine) -> None:
+async def _with_users(engine: AsyncEngine, count: int = 1) -> None:
+    """The reference service's tables, with users 1 to ``count``; WAL settings on SQLite."""
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            await connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
     async with engine.begin() as connection:
         await connection.run_sync(Base.metadata.create_all)
         await connection.execute(
             text(
-                "INSERT INTO users (id, name, email) VALUES (1, 'a', 'a@example.com') "
+                "INSERT INTO users (id, name, email) VALUES (:id, 'u', 'u@example.com') "
                 "ON CONFLICT (id) DO NOTHING"
-            )
+            ),
+            [{"id": n} for n in range(1, count + 1)],
         )
 
 
@@ -198,11 +205,7 @@ def handwritten_sqlalchemy() -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if sqlite_db:
-            async with engine.connect() as connection:
-                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-                await connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
-        await _with_user(engine)
+        await _with_users(engine)
         yield
         await engine.dispose()
 
@@ -227,7 +230,7 @@ def handwritten_raw_sqlite() -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         engine = create_async_engine(os.environ["BENCH_DATABASE_URL"])
-        await _with_user(engine)
+        await _with_users(engine)
         await engine.dispose()
         yield
         connection.close()
@@ -249,7 +252,7 @@ def handwritten_raw_asyncpg() -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         engine = create_async_engine(url)
-        await _with_user(engine)
+        await _with_users(engine)
         await engine.dispose()
         dsn = url.replace("postgresql+asyncpg", "postgresql")
         pools.append(await asyncpg.create_pool(dsn, min_size=15, max_size=15))
@@ -284,25 +287,12 @@ def handwritten_rename() -> FastAPI:
     engine = create_async_engine(url, pool_size=1 if sqlite_db else 15, max_overflow=0)
     topic = os.environ["BENCH_TOPIC"]
     clients: list[pubsub_v1.PublisherClient] = []
-    rename = text("UPDATE users SET name = :name WHERE id = :id RETURNING name")
+    rename = text("UPDATE users SET name = :name WHERE id = :id")
     current = text("SELECT name, email FROM users WHERE id = :id")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if sqlite_db:
-            async with engine.connect() as connection:
-                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-                await connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
-        await _with_user(engine)
-        async with engine.begin() as connection:  # the users the load renames: ids 1-50
-            for n in range(2, 51):
-                await connection.execute(
-                    text(
-                        "INSERT INTO users (id, name, email) VALUES (:id, 'u', 'u@example.com') "
-                        "ON CONFLICT (id) DO NOTHING"
-                    ),
-                    {"id": n},
-                )
+        await _with_users(engine, RENAME_USERS)
         zero = pubsub_v1.types.BatchSettings(max_latency=0)
         clients.append(pubsub_v1.PublisherClient(batch_settings=zero))
         yield

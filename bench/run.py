@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.apps import KEYS
+from bench.apps import KEYS, RENAME_USERS
 from homing import KeyRing, Signer, build_push
 from homing.signing import legacy_signature
 
@@ -48,7 +48,7 @@ HAND_PG = "hand-written consumer, SQLAlchemy + asyncpg"
 RAW_SQLITE = "raw consumer, stdlib sqlite3 inline"
 RAW_PG = "raw consumer, asyncpg pool"
 HAND_RENAME = "hand-written rename, then publish (raw client)"
-RENAME_USERS = 50
+
 RENAME_TOPIC = "projects/bench/topics/rename"
 
 
@@ -159,6 +159,18 @@ def _bench_database(name: str = "homing_bench") -> str:
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
+def _consumer(name: str, app: str, database_url: str) -> HttpCase:
+    """A hand-written consumer of new events: a baseline for homing's new-event cases."""
+    return HttpCase(
+        name,
+        _uvicorn(app),
+        envelope="users_api_legacy",
+        env={"BENCH_DATABASE_URL": database_url},
+        baselines=(),
+        fresh=True,
+    )
+
+
 def cases(workdir: Path) -> list[HttpCase]:
     sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
     postgres = _bench_database()
@@ -202,38 +214,10 @@ def cases(workdir: Path) -> list[HttpCase]:
         ),
         # New events, against what a careful engineer writes by hand on the same stack (one
         # transaction per event) and on the raw drivers.
-        HttpCase(
-            HAND_SQLITE,
-            _uvicorn("handwritten_sqlalchemy"),
-            envelope="users_api_legacy",
-            env={"BENCH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/hand.db"},
-            baselines=(),
-            fresh=True,
-        ),
-        HttpCase(
-            HAND_PG,
-            _uvicorn("handwritten_sqlalchemy"),
-            envelope="users_api_legacy",
-            env={"BENCH_DATABASE_URL": hand_postgres},
-            baselines=(),
-            fresh=True,
-        ),
-        HttpCase(
-            RAW_SQLITE,
-            _uvicorn("handwritten_raw_sqlite"),
-            envelope="users_api_legacy",
-            env={"BENCH_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/raw.db"},
-            baselines=(),
-            fresh=True,
-        ),
-        HttpCase(
-            RAW_PG,
-            _uvicorn("handwritten_raw_asyncpg"),
-            envelope="users_api_legacy",
-            env={"BENCH_DATABASE_URL": hand_postgres},
-            baselines=(),
-            fresh=True,
-        ),
+        _consumer(HAND_SQLITE, "handwritten_sqlalchemy", f"sqlite+aiosqlite:///{workdir}/h.db"),
+        _consumer(HAND_PG, "handwritten_sqlalchemy", hand_postgres),
+        _consumer(RAW_SQLITE, "handwritten_raw_sqlite", f"sqlite+aiosqlite:///{workdir}/r.db"),
+        _consumer(RAW_PG, "handwritten_raw_asyncpg", hand_postgres),
         HttpCase(
             "reference service, new events",
             [sys.executable, "-m", "users_api"],
