@@ -176,7 +176,8 @@ async def _rows(engine: AsyncEngine) -> set[str]:
 async def test_a_published_row_is_deleted_by_the_next_stage_without_a_commit_of_its_own(
     engine: AsyncEngine, broker: Switchable, homing: Homing
 ) -> None:
-    outbox = SQLOutbox(engine, broker, sweep_delay=60)  # no timed sweep in this test
+    # No timed sweep in this test, and no time kept for committed() to look.
+    outbox = SQLOutbox(engine, broker, sweep_delay=60, keep_published=0)
     async with engine.begin() as connection:
         first = await outbox.stage(connection, _message(homing, 1))
     assert await outbox.send(first) is True
@@ -193,7 +194,7 @@ async def test_a_published_row_is_deleted_by_the_next_stage_without_a_commit_of_
 async def test_a_rolled_back_stage_does_not_lose_the_deletes_it_carried(
     engine: AsyncEngine, broker: Switchable, homing: Homing
 ) -> None:
-    outbox = SQLOutbox(engine, broker, sweep_delay=0.05)
+    outbox = SQLOutbox(engine, broker, sweep_delay=0.05, keep_published=0)
     async with engine.begin() as connection:
         first = await outbox.stage(connection, _message(homing, 1))
     assert await outbox.send(first) is True
@@ -284,3 +285,22 @@ async def test_committed_gives_up_after_its_time_while_the_database_is_away(
         assert await outbox.committed(_message(homing), within=0.3) is False
     finally:
         await engine.dispose()
+
+
+async def test_a_row_another_instance_published_is_kept_for_an_in_doubt_commit(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    in_doubt = SQLOutbox(engine, broker)
+    async with engine.begin() as connection:
+        staged = await in_doubt.stage(connection, _message(homing, 1))
+    # Meanwhile another instance drains it (its connection works; this one's COMMIT answer
+    # was lost) and sweeps what it published.
+    other = SQLOutbox(engine, broker, drain_age=0, drain_interval=0, sweep_delay=0.01)
+    async with engine.begin() as connection:
+        mine = await other.stage(connection, _message(homing, 2))
+    assert await other.send(mine) is True
+    assert staged.event_id in {m.event_id for m in broker.sent}
+    await other.sweep()
+    assert await in_doubt.committed(staged) is True
+    await other.aclose()
+    await in_doubt.aclose()

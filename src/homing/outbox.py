@@ -86,6 +86,7 @@ class SQLOutbox:
         drain_age: float = 10.0,
         drain_interval: float = 30.0,
         sweep_delay: float = 1.0,
+        keep_published: float = 12.0,
     ):
         self.engine = engine
         self.publisher = publisher
@@ -93,9 +94,10 @@ class SQLOutbox:
         self.drain_age = drain_age
         self.drain_interval = drain_interval
         self.sweep_delay = sweep_delay
+        self.keep_published = keep_published
         self._backlog = False
         self._last_drain = time.monotonic()
-        self._published: dict[str, None] = {}  # published here, row not yet deleted
+        self._published: dict[str, float] = {}  # published here (when), row not yet deleted
         self._riding: dict[str, list[str]] = {}  # staged event id -> ids its transaction deletes
         self._sweeper: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -122,8 +124,12 @@ class SQLOutbox:
     async def stage(
         self, transaction: AsyncSession | AsyncConnection, message: OutgoingMessage
     ) -> OutgoingMessage:
-        """Write ``message`` to the outbox inside the caller's open transaction."""
-        swept = list(itertools.islice(self._published, _SWEEP_BATCH))
+        """Write ``message`` to the outbox inside the caller's open transaction.
+
+        Raises :class:`~homing.errors.StoreError` when the database fails (nothing is
+        committed then: the caller's transaction is lost with its connection).
+        """
+        swept = self._sweepable()
         row = self._insert_row.parameters(
             event_id=message.event_id,
             event_type=message.event_type,
@@ -134,10 +140,13 @@ class SQLOutbox:
             attempts=0,
             last_error=None,
         )
-        connection = (
-            await transaction.connection() if isinstance(transaction, AsyncSession) else transaction
-        )
-        await connection.run_sync(self._stage_rows, row, swept)
+        async with translate_errors(f"staging event {message.event_id!r}", self.engine):
+            connection = (
+                await transaction.connection()
+                if isinstance(transaction, AsyncSession)
+                else transaction
+            )
+            await connection.run_sync(self._stage_rows, row, swept)
         if swept:
             self._riding[message.event_id] = swept
         return message
@@ -222,23 +231,45 @@ class SQLOutbox:
                 continue
             return found is not None or message.event_id in self._published
 
+    def _sweepable(self, *, everything: bool = False) -> list[str]:
+        """Published ids whose rows may go: kept ``keep_published`` s, for :meth:`committed`."""
+        if everything:
+            return list(itertools.islice(self._published, _SWEEP_BATCH))
+        old_enough = time.monotonic() - self.keep_published
+        ids: list[str] = []
+        for event_id, published_at in self._published.items():  # oldest first
+            if published_at > old_enough or len(ids) == _SWEEP_BATCH:
+                break
+            ids.append(event_id)
+        return ids
+
     def _mark_published(self, event_id: str) -> None:
-        self._published[event_id] = None
-        if self._sweeper is None:
-            loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(self.sweep_delay, self._spawn, self.sweep)
+        self._published[event_id] = time.monotonic()
+        self._schedule_sweep()
+
+    def _schedule_sweep(self) -> None:
+        if self._sweeper is not None or not self._published:
+            return
+        oldest = next(iter(self._published.values()))
+        due = max(self.sweep_delay, oldest + self.keep_published - time.monotonic())
+        self._sweeper = asyncio.get_running_loop().call_later(due, self._spawn, self.sweep)
 
     def _spawn(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = asyncio.get_running_loop().create_task(function())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def sweep(self) -> None:
-        """Delete the rows of events this process published; a failure is logged and retried."""
+    async def sweep(self, *, everything: bool = False) -> None:
+        """Delete the rows of events this process published; a failure is logged and retried.
+
+        A row stays ``keep_published`` seconds after its publish (``everything``: not even
+        that), so that :meth:`committed` still finds it.
+        """
         self._sweeper = None
         self._riding.clear()  # their ids stay in _published until this delete commits
-        swept = list(itertools.islice(self._published, _SWEEP_BATCH))
+        swept = self._sweepable(everything=everything)
         if not swept:
+            self._schedule_sweep()
             return
         try:
             async with (
@@ -251,10 +282,7 @@ class SQLOutbox:
         else:
             for event_id in swept:
                 self._published.pop(event_id, None)
-        if self._published and self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(
-                self.sweep_delay, self._spawn, self.sweep
-            )
+        self._schedule_sweep()
 
     async def pending(self, *, limit: int = 100, older_than: float = 0.0) -> list[OutgoingMessage]:
         """The oldest events waiting to be published (staged ``older_than`` seconds ago or more).
@@ -338,12 +366,19 @@ class SQLOutbox:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.sweep()
+        while self._published:  # nothing will look for them in this process any more
+            left = len(self._published)
+            await self.sweep(everything=True)
+            if len(self._published) == left:
+                break  # the database failed: a later process publishes them again
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     async def count(self) -> int:
-        """How many events wait (rows of events this process published are deleted first)."""
-        await self.sweep()
+        """How many events wait (not counting the rows of events this process published)."""
         query = select(func.count()).select_from(outbox_table)
+        if self._published:
+            query = query.where(outbox_table.c.event_id.not_in(list(self._published)))
         async with translate_errors("counting the outbox"), self.engine.connect() as connection:
             return int(await connection.scalar(query) or 0)
 

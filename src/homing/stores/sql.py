@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 
@@ -48,9 +48,16 @@ from homing.stores.base import (
     Transaction,
 )
 
-# A handler's own statements failing for these reasons is the database's failure, not the
-# handler's: answered 503 (store unavailable) like any other store error.
-_CONNECTION_ERRORS = (OperationalError, InterfaceError, OSError, TimeoutError)
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether a handler's statement failed because the database went away, not the handler.
+
+    Then it is answered 503 (store unavailable) like any other store error.
+    """
+    if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
 
 logger = logging.getLogger("homing.stores")
 
@@ -401,7 +408,9 @@ class SQLDedupeStore(DedupeStore):
         try:
             try:
                 yield transaction
-            except _CONNECTION_ERRORS as exc:
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                if not _lost_connection(exc):
+                    raise  # the handler's own mistake (a constraint, bad SQL): its failure
                 raise StoreError(
                     f"the database failed during the handler of event {event_id!r}: "
                     f"{_describe(exc)}"
