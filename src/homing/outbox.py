@@ -232,26 +232,32 @@ class SQLOutbox:
             return found is not None or message.event_id in self._published
 
     def _sweepable(self, *, everything: bool = False) -> list[str]:
-        """Published ids whose rows may go: kept ``keep_published`` s, for :meth:`committed`."""
+        """Published ids whose rows may go: each is kept until ``keep_published`` seconds after
+        it was staged, so that :meth:`committed` still finds it."""
         if everything:
             return list(itertools.islice(self._published, _SWEEP_BATCH))
-        old_enough = time.monotonic() - self.keep_published
+        now = time.monotonic()
         ids: list[str] = []
-        for event_id, published_at in self._published.items():  # oldest first
-            if published_at > old_enough or len(ids) == _SWEEP_BATCH:
+        for event_id, sweepable_at in self._published.items():  # in the order published
+            if sweepable_at > now or len(ids) == _SWEEP_BATCH:
                 break
             ids.append(event_id)
         return ids
 
-    def _mark_published(self, event_id: str) -> None:
-        self._published[event_id] = time.monotonic()
+    def _mark_published(self, event_id: str, staged_at: datetime | None = None) -> None:
+        keep = self.keep_published
+        if staged_at is not None:  # a drained row: its commit is long settled
+            if staged_at.tzinfo is None:  # SQLite keeps no zone; homing writes UTC
+                staged_at = staged_at.replace(tzinfo=UTC)
+            keep -= (datetime.now(UTC) - staged_at).total_seconds()
+        self._published[event_id] = time.monotonic() + max(0.0, keep)
         self._schedule_sweep()
 
     def _schedule_sweep(self) -> None:
         if self._sweeper is not None or not self._published:
             return
-        oldest = next(iter(self._published.values()))
-        due = max(self.sweep_delay, oldest + self.keep_published - time.monotonic())
+        first = next(iter(self._published.values()))
+        due = max(self.sweep_delay, first - time.monotonic())
         self._sweeper = asyncio.get_running_loop().call_later(due, self._spawn, self.sweep)
 
     def _spawn(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -289,6 +295,11 @@ class SQLOutbox:
 
         Raises :class:`~homing.errors.StoreError` when the database fails.
         """
+        return [message for message, _ in await self._waiting(limit, older_than)]
+
+    async def _waiting(
+        self, limit: int, older_than: float
+    ) -> list[tuple[OutgoingMessage, datetime]]:
         table = outbox_table.c
         query = select(outbox_table).order_by(table.created_at)
         if older_than > 0:
@@ -300,12 +311,15 @@ class SQLOutbox:
         async with translate_errors("reading the outbox"), self.engine.connect() as connection:
             rows = (await connection.execute(query.limit(limit))).mappings().all()
         return [
-            OutgoingMessage(
-                data=bytes(row["data"]),
-                attributes=orjson.loads(row["attributes"]),
-                event_type=row["event_type"],
-                event_id=row["event_id"],
-                ordering_key=row["ordering_key"],
+            (
+                OutgoingMessage(
+                    data=bytes(row["data"]),
+                    attributes=orjson.loads(row["attributes"]),
+                    event_type=row["event_type"],
+                    event_id=row["event_id"],
+                    ordering_key=row["ordering_key"],
+                ),
+                row["created_at"],
             )
             for row in rows
         ]
@@ -320,7 +334,7 @@ class SQLOutbox:
         self._last_drain = time.monotonic()
         published = failed = 0
         errors: list[str] = []
-        for message in await self.pending(limit=limit, older_than=older_than):
+        for message, staged_at in await self._waiting(limit, older_than):
             if message.event_id in self._published:
                 continue  # published by a send meanwhile
             try:
@@ -330,7 +344,7 @@ class SQLOutbox:
                 errors.append(str(exc))
                 await self._record_failure(message.event_id, str(exc))
                 break
-            self._mark_published(message.event_id)
+            self._mark_published(message.event_id, staged_at)
             published += 1
         self._backlog = failed > 0
         if published or failed:
