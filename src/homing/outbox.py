@@ -41,7 +41,7 @@ from homing.errors import (
     StoreError,
 )
 from homing.publishers.base import OutgoingMessage, Publisher
-from homing.stores.sql import CompiledStatement, translate_errors
+from homing.stores.sql import CompiledStatement, driver_cursor, translate_errors
 from homing.stores.sql import outbox as outbox_table
 
 logger = logging.getLogger("homing.outbox")
@@ -152,13 +152,10 @@ class SQLOutbox:
         return message
 
     def _stage_rows(self, connection: Connection, row: tuple[Any, ...], swept: list[str]) -> None:
-        cursor = connection.connection.cursor()  # in the caller's transaction
-        try:
+        with driver_cursor(connection) as cursor:  # in the caller's transaction
             if swept:
                 cursor.executemany(self._delete_row.sql, [(event_id,) for event_id in swept])
             cursor.execute(self._insert_row.sql, row)
-        finally:
-            cursor.close()
 
     async def send(self, message: OutgoingMessage) -> bool:
         """Publish a staged message whose transaction has committed; ``True`` once published.
@@ -198,12 +195,8 @@ class SQLOutbox:
         return True
 
     def _staged(self, event_id: str) -> bool:
-        with self.engine.sync_engine.connect() as connection:
-            cursor = connection.connection.cursor()
-            try:
-                return self._find_row(cursor, event_id=event_id).fetchone() is not None
-            finally:
-                cursor.close()
+        with self.engine.sync_engine.connect() as connection, driver_cursor(connection) as cursor:
+            return self._find_row(cursor, event_id=event_id).fetchone() is not None
 
     async def committed(self, message: OutgoingMessage, *, within: float = 10.0) -> bool:
         """Whether the transaction that staged ``message`` committed, when its COMMIT failed.

@@ -318,3 +318,35 @@ async def test_a_refused_connection_is_sqlalchemys_operational_error() -> None:
                 await connection.execute(text("SELECT 1"))
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_connections_the_server_killed_are_replaced_not_lent_again(tmp_path: Path) -> None:
+    import asyncpg
+
+    from homing.outbox import SQLOutbox
+    from homing.publishers import MemoryPublisher
+    from tests.conftest import POSTGRES_URL
+
+    async with open_sql_engine("postgresql", tmp_path) as engine:
+        store, outbox = SQLDedupeStore(engine), SQLOutbox(engine, MemoryPublisher())
+        await asyncio.gather(*(store.claim(f"warm-{n}", lease=60) for n in range(5)))
+        admin = await asyncpg.connect(POSTGRES_URL.replace("+asyncpg", ""))
+        try:  # as a restarted server does: every connection of this database, gone
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        failures = 0
+        for n in range(8):  # each pooled connection may fail once, then is replaced
+            try:
+                await store.claim(f"after-{n}", lease=60)
+            except StoreError:
+                failures += 1
+        assert failures <= 5
+        assert await store.claim("then", lease=60) is Claim.CLAIMED
+        async with store.transaction("then-tx") as transaction:
+            assert transaction.claim is Claim.CLAIMED
+        assert await outbox.count() == 0

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -219,6 +219,26 @@ class CompiledStatement:
         return cursor
 
 
+@contextlib.contextmanager
+def driver_cursor(connection: Connection) -> Iterator[Any]:
+    """The driver's own cursor on ``connection``, inside its SQLAlchemy transaction.
+
+    SQLAlchemy does not see what fails on it, so a failure other than a constraint's
+    invalidates the connection here, as SQLAlchemy would after a lost connection: the pool then
+    opens a new one instead of lending the dead one out again (a restarted server).
+    """
+    cursor = connection.connection.cursor()
+    try:
+        yield cursor
+    except Exception as exc:
+        if not isinstance(exc, connection.dialect.loaded_dbapi.IntegrityError):
+            connection.invalidate(exc)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()
+
+
 def _insert_ignoring_conflicts(engine: AsyncEngine, table: Table) -> Insert:
     name = engine.dialect.name
     if name == "sqlite":
@@ -322,12 +342,8 @@ class SQLDedupeStore(DedupeStore):
         """``work(cursor)`` in a transaction of its own, committed; all in one greenlet."""
 
         def run() -> _T:
-            with self.engine.sync_engine.begin() as connection:
-                cursor = connection.connection.cursor()
-                try:
-                    return work(cursor)
-                finally:
-                    cursor.close()
+            with self.engine.sync_engine.begin() as connection, driver_cursor(connection) as cursor:
+                return work(cursor)
 
         async with translate_errors(doing, self.engine):
             return await greenlet_spawn(run)
@@ -427,13 +443,10 @@ class SQLDedupeStore(DedupeStore):
         connection = self.engine.sync_engine.connect()
         try:
             connection.begin()
-            cursor = connection.connection.cursor()
-            try:
+            with driver_cursor(connection) as cursor:
                 if mark(cursor, event_id=event_id, now=time.time()).rowcount == 1:
                     return Claim.CLAIMED, connection
                 row = self._state(cursor, event_id=event_id).fetchone()
-            finally:
-                cursor.close()
         except BaseException:
             connection.close()
             raise
