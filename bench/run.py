@@ -453,19 +453,30 @@ def load(
     """One wrk run against ``server``: requests/s, p50 and p99 in ms (fresh cases get
     never-seen events)."""
     case = server.case
-    if case.fresh:
-        server.body.write_bytes(fresh_envelopes(case.envelope, server.batch))
-    rate, failures, p50, p99 = wrk(
-        f"{server.url}/events",
-        server.body,
-        concurrency,
-        seconds,
-        fresh=case.fresh,
-        renames=case.renames,
-        cpus=cpus,
-    )
-    if failures:
-        raise SystemExit(f"bench: {case.name}: {failures} failed requests")
+    for attempt in (1, 2):
+        if case.fresh:
+            server.body.write_bytes(fresh_envelopes(case.envelope, server.batch))
+        rate, failures, p50, p99 = wrk(
+            f"{server.url}/events",
+            server.body,
+            concurrency,
+            seconds,
+            fresh=case.fresh,
+            renames=case.renames,
+            cpus=cpus,
+        )
+        if not failures:
+            break
+        # Once, a run with failures is measured again (and said so): on a shared machine a
+        # database restarted by someone else fails a few requests. Twice is a finding.
+        log = server.body.with_suffix(".log").read_text(errors="replace")[-2000:]
+        print(
+            f"bench: {case.name}: {failures} failed requests (attempt {attempt}); the "
+            f"server's log ends with:\n{log}",
+            file=sys.stderr,
+        )
+        if attempt == 2:
+            raise SystemExit(f"bench: {case.name}: {failures} failed requests, twice")
     server.batch = min(150_000, int(rate * seconds * 1.5) + 1_000)
     return rate, p50, p99
 
