@@ -31,6 +31,7 @@ from homing.errors import (
     StoreError,
 )
 from homing.events import EventRegistry
+from homing.hooks import Hook
 from homing.publishers import LoopbackPublisher, MemoryPublisher, OutgoingMessage, Publisher
 from homing.settings import Settings
 from homing.signing import KeyRing, Signer, VerifiedMessage
@@ -55,6 +56,7 @@ __all__ = [
     "EventRegistrationError",
     "EventRegistry",
     "Homing",
+    "Hook",
     "HomingError",
     "KeyRing",
     "LoopbackPublisher",

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -19,6 +19,7 @@ from homing.dispatch import Delivery, Drop, Effects, Handler, HandlerTable, Retr
 from homing.envelope import PushMessage, parse_push
 from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
 from homing.events import EventRegistry, decode_event, encode_event
+from homing.hooks import Hook
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
 from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
@@ -121,6 +122,8 @@ class Homing:
         max_delivery_attempts: the subscription's dead-letter limit; when a push says it is the
             last attempt (``deliveryAttempt``) and the handler fails, the envelope is
             quarantined and acknowledged rather than left to Pub/Sub's dead-letter topic.
+        hooks: called at the named points of publishing and of every push (see
+            :mod:`homing.hooks`); telemetry attaches here.
 
     Example::
 
@@ -147,6 +150,7 @@ class Homing:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         lease: float = 15.0,
         max_delivery_attempts: int | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         if auth not in ("hmac", "oidc", "both", "none"):
             raise ConfigurationError(f"auth must be 'hmac', 'oidc', 'both' or 'none', not {auth!r}")
@@ -177,6 +181,7 @@ class Homing:
         self.max_delivery_attempts = max_delivery_attempts
         self.events = EventRegistry()
         self.handlers = HandlerTable()
+        self.hooks: list[Hook] = list(hooks)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -220,7 +225,10 @@ class Homing:
             raise ConfigurationError("signing needs a signer (signing keys)")
         type_name = self.events.type_name(event)
         data = encode_event(event)
-        signed = self.signer.sign(data, type_name, event_id=event_id, attributes=attributes)
+        context = self._hook_context(type_name) if self.hooks else None
+        signed = self.signer.sign(
+            data, type_name, event_id=event_id, attributes=attributes, context=context
+        )
         return OutgoingMessage(
             data=data,
             attributes=signed,
@@ -246,7 +254,16 @@ class Homing:
         message = self.sign(
             event, event_id=event_id, attributes=attributes, ordering_key=ordering_key
         )
-        await self.publisher.publish(message)
+        if not self.hooks:
+            await self.publisher.publish(message)
+            return message.event_id
+        started = time.perf_counter()
+        try:
+            await self.publisher.publish(message)
+        except BaseException as exc:
+            self.published(message, time.perf_counter() - started, exc)
+            raise
+        self.published(message, time.perf_counter() - started, None)
         return message.event_id
 
     # -- the push endpoint --------------------------------------------------------------------
@@ -256,6 +273,9 @@ class Homing:
 
         ``authorization`` is the request's ``Authorization`` header (Pub/Sub's OIDC token).
         """
+        hooks = self.hooks
+        if hooks:
+            self._hook("on_push_received")
         try:
             if self.oidc is not None and self.auth in ("oidc", "both"):
                 await self.oidc.verify(authorization)
@@ -263,8 +283,14 @@ class Homing:
             verified = self._authenticate(push)
         except PushRejected as exc:
             logger.warning("push refused (%s): %s", exc.code, exc.detail)
-            return PushResult(exc.status_code, exc.code, exc.detail)
-        return await self._dispatch(body, push, verified, replay=False)
+            result = PushResult(exc.status_code, exc.code, exc.detail)
+        else:
+            if hooks:
+                self._hook("on_authenticated", push, verified)
+            result = await self._dispatch(body, push, verified, replay=False)
+        if hooks:
+            self._hook("on_push_handled", result)
+        return result
 
     async def replay(self, entry_id: str) -> PushResult:
         """Run a quarantined message again, verified again.
@@ -415,6 +441,35 @@ class Homing:
             timestamp=None,
             attributes=attributes,
         )
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def published(
+        self, message: OutgoingMessage, seconds: float, error: BaseException | None
+    ) -> None:
+        """Tell the hooks a publish finished (for publishing paths outside :meth:`publish`,
+        such as the outbox)."""
+        self._hook("after_publish", message, seconds, error)
+
+    def _hook(self, point: str, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, point)(*args)
+            except Exception:
+                # Telemetry failing must never fail a push or a publish.
+                logger.exception("hook %s.%s failed", type(hook).__name__, point)
+
+    def _hook_context(self, event_type: str) -> dict[str, str] | None:
+        context: dict[str, str] = {}
+        for hook in self.hooks:
+            try:
+                added = hook.before_sign(event_type)
+            except Exception:
+                logger.exception("hook %s.before_sign failed", type(hook).__name__)
+                continue
+            if added:
+                context.update(added)
+        return context or None
 
     async def _release(self, event_id: str) -> None:
         try:

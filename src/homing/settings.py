@@ -18,6 +18,7 @@ from homing.errors import ConfigurationError
 from homing.signing import KeyRing
 
 PublisherKind = Literal["loopback", "memory", "pubsub"]
+LogFormat = Literal["auto", "json", "text"]
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -90,6 +91,8 @@ class Settings:
         scheduler_audience: the audience of their tokens (default: the flush route's URL).
         app: the service the ``homing`` command and the pytest plugin load when not told,
             as ``MODULE:ATTRIBUTE`` (like ``FLASK_APP``).
+        log_format: ``json`` (Cloud Logging's structured lines), ``text``, or ``auto``: JSON on
+            Cloud Run (``K_SERVICE`` set), text elsewhere.
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -117,6 +120,7 @@ class Settings:
     scheduler_service_accounts: tuple[str, ...] = _setting((), _names)
     scheduler_audience: str | None = _setting(None)
     app: str | None = _setting(None)
+    log_format: LogFormat = _setting("auto", _choice(get_args(LogFormat)))
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:

@@ -30,9 +30,15 @@ TIMESTAMP = "homing-timestamp"
 KEY_ID = "homing-key-id"
 SIGNATURE = "homing-signature"
 LEGACY_SIGNATURE = "signature"
+_SIGNER_OWN = frozenset({EVENT_ID, TIMESTAMP, KEY_ID, SIGNATURE})
 
 #: Attributes Pub/Sub itself adds to a dead-lettered copy; they are never signed.
 _ADDED_BY_PUBSUB = "CloudPubSubDeadLetter"
+#: google-cloud-pubsub adds ``googclient_traceparent`` (and its kin) after homing signs, when
+#: its OpenTelemetry tracing is on; they are never signed, and never trusted beyond that.
+_ADDED_BY_CLIENT = "googclient_"
+_CLIENT_TRACEPARENT = "googclient_traceparent"
+_HOMING_PREFIX = "homing-"
 _DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 _RESERVED_PREFIXES = ("homing-", "goog", _ADDED_BY_PUBSUB)
 _VERSION = "v1"
@@ -230,13 +236,23 @@ class Signer:
         *,
         event_id: str | None = None,
         attributes: Mapping[str, str] | None = None,
+        context: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """The attributes to publish with ``data``, signature included."""
+        """The attributes to publish with ``data``, signature included.
+
+        ``context`` holds homing's own extra attributes (names starting ``homing-``, such as
+        the trace context); they are signed with the rest.
+        """
         signed: dict[str, str] = {}
         for key, value in (attributes or {}).items():
             if key == EVENT_TYPE or key.startswith(_RESERVED_PREFIXES):
                 raise ConfigurationError(f"attribute {key!r} is reserved")
             signed[key] = value
+        if context:
+            for key, value in context.items():
+                if not key.startswith(_HOMING_PREFIX) or key in _SIGNER_OWN:
+                    raise ConfigurationError(f"context attribute {key!r} is not homing's to add")
+                signed[key] = value
         signed[EVENT_TYPE] = event_type
         signed[EVENT_ID] = event_id or uuid.uuid4().hex
         signed[TIMESTAMP] = str(int(self._clock()))
@@ -273,6 +289,8 @@ class Signer:
             raise AuthenticationFailed(f"signed with key {key_id[:64]!r}, which is not in the ring")
         covered = dict(attributes)
         del covered[SIGNATURE]
+        if _CLIENT_TRACEPARENT in covered:  # added by google-cloud-pubsub after signing
+            covered = {k: v for k, v in covered.items() if not k.startswith(_ADDED_BY_CLIENT)}
         if _DEAD_LETTER_COUNT in covered:  # a dead-lettered copy: drop what Pub/Sub added
             covered = {k: v for k, v in covered.items() if not k.startswith(_ADDED_BY_PUBSUB)}
         try:

@@ -1,0 +1,232 @@
+"""``Telemetry``: the hook that gives every push one summary log line, its publisher's trace,
+and metrics.
+
+::
+
+    telemetry = Telemetry(homing.events, metrics=PrometheusMetrics())
+    homing.hooks.append(telemetry)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextvars import ContextVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from homing.hooks import Hook
+from homing.telemetry.context import (
+    CLIENT_TRACEPARENT_ATTRIBUTE,
+    TRACEPARENT_ATTRIBUTE,
+    TraceContext,
+    current_trace,
+    parse_traceparent,
+    reset_current_trace,
+    set_current_trace,
+)
+
+if TYPE_CHECKING:
+    from homing.app import PushResult
+    from homing.envelope import PushMessage
+    from homing.events import EventRegistry
+    from homing.publishers.base import OutgoingMessage
+    from homing.signing import VerifiedMessage
+    from homing.telemetry.metrics import PrometheusMetrics
+    from homing.telemetry.otel import OpenTelemetry, ProcessSpan
+
+#: The ``event_type`` label of a push refused before its type could be trusted.
+UNAUTHENTICATED = "unauthenticated"
+#: The ``event_type`` label of an authenticated push whose type this service does not register.
+UNREGISTERED = "unregistered"
+
+#: The logger of the one summary line per push.
+push_logger = logging.getLogger("homing.push")
+
+
+class _Push:
+    """What the telemetry knows about the push under way (one per push, in a context var)."""
+
+    __slots__ = ("process", "push", "received", "received_ns", "token", "verified")
+
+    def __init__(self, received: float, received_ns: int) -> None:
+        self.received = received
+        self.received_ns = received_ns
+        self.push: PushMessage | None = None
+        self.verified: VerifiedMessage | None = None
+        self.token: Any = None
+        self.process: ProcessSpan | None = None
+
+
+def message_trace(push: PushMessage, verified: VerifiedMessage) -> TraceContext | None:
+    """The publisher's trace context, from the attributes the push's credentials vouch for.
+
+    homing's signed ``homing-traceparent`` first. google-cloud-pubsub's
+    ``googclient_traceparent`` is added after signing, so under homing's signature it is used
+    only within the signed trace (it names the client's publish span there); it is used alone
+    only where no attribute is signed at all (``auth="oidc"``, where Google vouches for the
+    push). The article's legacy format signs no attribute: its pushes start a new trace.
+    """
+    if verified.scheme == "legacy":
+        return None
+    signed = parse_traceparent(verified.attributes.get(TRACEPARENT_ATTRIBUTE))
+    client_value = push.attributes.get(CLIENT_TRACEPARENT_ATTRIBUTE)
+    if client_value is None:
+        return signed
+    client = parse_traceparent(client_value)
+    if client is None:
+        return signed
+    if signed is None:
+        return client if verified.scheme == "unsigned" else None
+    return client if client.trace_id == signed.trace_id else signed
+
+
+def message_age(publish_time: str | None, now: float) -> float | None:
+    """Seconds since ``publish_time`` (RFC 3339, as Pub/Sub writes it), or ``None``."""
+    if not publish_time:
+        return None
+    try:
+        return now - datetime.fromisoformat(publish_time).timestamp()
+    except ValueError:
+        return None
+
+
+class Telemetry(Hook):
+    """Logs, trace continuation and metrics for one :class:`~homing.Homing`.
+
+    Args:
+        events: the service's event registry (``homing.events``): metric labels name only
+            the types registered there.
+        metrics: Prometheus metrics to record into (none unless given).
+        opentelemetry: OpenTelemetry spans and metrics (none unless given).
+        summary: write the one summary line per push (logger ``homing.push``).
+    """
+
+    def __init__(
+        self,
+        events: EventRegistry,
+        *,
+        metrics: PrometheusMetrics | None = None,
+        opentelemetry: OpenTelemetry | None = None,
+        summary: bool = True,
+    ) -> None:
+        self.events = events
+        self.metrics = metrics
+        self.opentelemetry = opentelemetry
+        self.summary = summary
+        self._push: ContextVar[_Push | None] = ContextVar("homing_push", default=None)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def before_sign(self, event_type: str) -> dict[str, str] | None:
+        context = current_trace()
+        if self.opentelemetry is not None:
+            context = self.opentelemetry.create(event_type, context)
+        if context is None:
+            return None
+        return {TRACEPARENT_ATTRIBUTE: context.traceparent}
+
+    def after_publish(
+        self, message: OutgoingMessage, seconds: float, error: BaseException | None
+    ) -> None:
+        event_type = self._label(message.event_type)
+        if self.metrics is not None:
+            self.metrics.record_publish(event_type, failed=error is not None)
+        if self.opentelemetry is not None:
+            self.opentelemetry.published(event_type, failed=error is not None)
+
+    # -- pushes -------------------------------------------------------------------------------
+
+    def on_push_received(self) -> None:
+        self._push.set(_Push(time.perf_counter(), time.time_ns()))
+
+    def on_authenticated(self, push: PushMessage, verified: VerifiedMessage) -> None:
+        state = self._push.get()
+        if state is None:
+            return
+        state.push = push
+        state.verified = verified
+        context = message_trace(push, verified)
+        if self.opentelemetry is not None:
+            state.process = self.opentelemetry.start_process(
+                context, push, verified, state.received_ns
+            )
+            context = state.process.context or context
+        if context is not None:
+            state.token = set_current_trace(context)
+
+    def on_push_handled(self, result: PushResult) -> None:
+        state = self._push.get()
+        if state is None:
+            return
+        self._push.set(None)
+        seconds = time.perf_counter() - state.received
+        push, verified = state.push, state.verified
+        if verified is None or push is None:
+            event_type = UNAUTHENTICATED
+            age = None
+        else:
+            event_type = self._label(verified.event_type)
+            age = message_age(push.publish_time, state.received_ns / 1e9)
+        try:
+            if self.metrics is not None:
+                self.metrics.record_push(event_type, result.outcome, seconds, age)
+            if self.opentelemetry is not None:
+                if state.process is not None:
+                    self.opentelemetry.end_process(state.process, result)
+                self.opentelemetry.handled(event_type, result.outcome, seconds, age)
+            if self.summary:
+                self._summarise(result, push, verified, seconds, age)
+        finally:
+            if state.token is not None:
+                reset_current_trace(state.token)
+
+    def _label(self, event_type: str) -> str:
+        return event_type if self.events.model(event_type) is not None else UNREGISTERED
+
+    def _summarise(
+        self,
+        result: PushResult,
+        push: PushMessage | None,
+        verified: VerifiedMessage | None,
+        seconds: float,
+        age: float | None,
+    ) -> None:
+        level = logging.INFO if result.acked else logging.WARNING
+        if not push_logger.isEnabledFor(level):
+            return
+        milliseconds = round(seconds * 1000, 3)
+        fields: dict[str, Any] = {
+            "outcome": result.outcome,
+            "status": result.status,
+            "duration_ms": milliseconds,
+        }
+        if verified is None or push is None:
+            push_logger.log(
+                level,
+                "push %s (%d) in %.1f ms",
+                result.outcome,
+                result.status,
+                milliseconds,
+                extra={"homing": fields},
+            )
+            return
+        fields["event_type"] = verified.event_type
+        fields["event_id"] = verified.event_id
+        fields["message_id"] = push.message_id
+        fields["delivery_attempt"] = push.delivery_attempt
+        if push.subscription:
+            fields["subscription"] = push.subscription
+        if age is not None:
+            fields["message_age_s"] = round(age, 3)
+        push_logger.log(
+            level,
+            "push %s: %s %s (message %s, attempt %s) in %.1f ms",
+            result.outcome,
+            verified.event_type,
+            verified.event_id,
+            push.message_id,
+            push.delivery_attempt if push.delivery_attempt is not None else "?",
+            milliseconds,
+            extra={"homing": fields},
+        )
