@@ -9,16 +9,20 @@ import uvicorn
 
 from homing.asgi import PushFastPath
 from homing.errors import HomingError
+from homing.telemetry import configure_logging
 from users_api.app import ServiceConfig, create_app
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per loopback POST is noise
     try:
         config = ServiceConfig.from_env()
+    except HomingError as exc:
+        sys.stderr.write(f"users_api: error: {exc}\n")
+        return 2
+    # Cloud Logging's JSON lines on Cloud Run (or HOMING_LOG_FORMAT=json), text elsewhere.
+    configure_logging(config.homing.log_format, project=config.homing.project)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per loopback POST is noise
+    try:
         app = create_app(config)
     except HomingError as exc:
         sys.stderr.write(f"users_api: error: {exc}\n")
@@ -40,6 +44,7 @@ def main() -> int:
         http="auto",
         access_log=False,
         log_level="info",
+        log_config=None,  # uvicorn's lines go through the root logger's format too
         timeout_graceful_shutdown=8,
     )
     return 0

@@ -35,6 +35,9 @@ from homing.auth import OIDCVerifier
 from homing.errors import ConfigurationError, StoreError
 from homing.outbox import FlushEndpoint, SQLOutbox
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
+from homing.telemetry import Telemetry, TraceContextMiddleware
+from homing.telemetry.metrics import PrometheusMetrics
+from homing.telemetry.otel import OpenTelemetry
 from users_api.db import Base, Notification, User
 
 logger = logging.getLogger("users_api")
@@ -267,7 +270,11 @@ def create_app(
     quarantine = SQLQuarantineStore(engine)
     publisher = publisher or _publisher(config, quarantine)
     homing = build_homing(config, engine, publisher, quarantine)
-    outbox = SQLOutbox(engine, publisher)
+    # One summary log line per push, the publishing request's trace continued, metrics; spans
+    # go to whatever OpenTelemetry SDK the deployment configures (none: no cost beyond the API).
+    metrics = PrometheusMetrics()
+    homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=OpenTelemetry()))
+    outbox = SQLOutbox(engine, publisher, on_published=homing.published)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -292,6 +299,8 @@ def create_app(
     app.state.outbox = outbox
     app.include_router(api_router(homing, outbox, engine, sessions))
     app.include_router(homing.router("/events"))
+    app.add_middleware(TraceContextMiddleware)
+    app.router.routes.append(Route("/metrics", metrics.endpoint(), methods=["GET"], name="metrics"))
     flush = _flush_route(config.homing, outbox)
     if flush is not None:
         app.router.routes.append(flush)
