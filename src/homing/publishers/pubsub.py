@@ -22,6 +22,10 @@ from homing.publishers.base import OutgoingMessage, Publisher
 
 logger = logging.getLogger("homing.publishers.pubsub")
 
+#: homing's signed trace context, and google-cloud-pubsub's attribute for the same.
+_TRACEPARENT = "homing-traceparent"
+_CLIENT_TRACEPARENT = "googclient_traceparent"
+
 #: Sent at once: one event per request, awaited before the response.
 REQUEST_SCOPED_BATCHING = pubsub_v1.types.BatchSettings(
     max_latency=0, max_messages=100, max_bytes=1_000_000
@@ -87,13 +91,19 @@ class PubSubPublisher(Publisher):
         self._in_flight: set[asyncio.Future[str]] = set()
 
     async def _send(self, message: OutgoingMessage) -> str:
+        attributes = message.attributes
+        traceparent = attributes.get(_TRACEPARENT)
+        if traceparent is not None and not getattr(self._client, "open_telemetry_enabled", False):
+            # Subscribers using google-cloud-pubsub's tracing continue the trace from here (with
+            # its tracing on, the client writes this attribute itself). It is not signed.
+            attributes = {**attributes, _CLIENT_TRACEPARENT: traceparent}
         sent: Future[str] = self._client.publish(
             self.topic,
             message.data,
             ordering_key=message.ordering_key or "",
             retry=self._retry,
             timeout=self.timeout,
-            **message.attributes,
+            **attributes,
         )
         waiting = asyncio.wrap_future(sent)
         self._in_flight.add(waiting)

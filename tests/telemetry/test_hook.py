@@ -1,0 +1,299 @@
+"""The telemetry hook on the real pipeline: one summary line per push, the publisher's trace
+continued across the hop, and bad trace input ignored."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from homing import Hook, Homing, KeyRing, MemoryPublisher, OutgoingMessage, Signer, build_push
+from homing.app import PushResult
+from homing.envelope import PushMessage
+from homing.signing import VerifiedMessage, legacy_signature
+from homing.telemetry import (
+    TRACEPARENT_ATTRIBUTE,
+    Telemetry,
+    TraceContext,
+    TraceContextMiddleware,
+    current_trace,
+)
+from tests.conftest import OrderPlaced
+from tests.telemetry.conftest import JsonLines
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+LEGACY_SECRET = "the-article-shared-secret-value"
+SECRET = "a-signing-secret-nobody-may-log"
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.traces: list[TraceContext | None] = []
+
+    async def __call__(self, event: OrderPlaced) -> None:
+        self.traces.append(current_trace())
+        logging.getLogger("shop").info("handling order %d", event.order_id)
+        if event.order_id < 0:
+            raise RuntimeError("handler bug")
+
+
+@pytest.fixture
+def seen() -> Seen:
+    return Seen()
+
+
+@pytest.fixture
+def service(seen: Seen) -> Homing:
+    homing = Homing(
+        signer=Signer(KeyRing({"k1": SECRET}), legacy_secret=LEGACY_SECRET),
+        publisher=MemoryPublisher(),
+    )
+    homing.events.register("order.placed", OrderPlaced)
+    homing.handler(OrderPlaced)(seen)
+    homing.hooks.append(Telemetry(homing.events))
+    return homing
+
+
+@pytest.fixture
+async def client(service: Homing) -> AsyncIterator[httpx.AsyncClient]:
+    async def place(request: Request) -> JSONResponse:
+        event_id = await service.publish(
+            OrderPlaced(order_id=int(request.query_params["id"]), total_cents=5)
+        )
+        return JSONResponse({"event_id": event_id})
+
+    app = Starlette(routes=[Route("/orders", place, methods=["POST"]), service.route("/events")])
+    transport = httpx.ASGITransport(app=TraceContextMiddleware(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as c:
+        yield c
+
+
+def _published(service: Homing) -> tuple[str, OutgoingMessage]:
+    assert isinstance(service.publisher, MemoryPublisher)
+    return service.publisher.messages[-1]
+
+
+def _push(
+    message: OutgoingMessage, attributes: Mapping[str, str] | None = None, **extra: object
+) -> bytes:
+    return build_push(
+        message.data,
+        message.attributes if attributes is None else attributes,
+        message_id="m-1",
+        subscription="projects/p/subscriptions/s",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_request_and_its_event_are_one_trace(
+    client: httpx.AsyncClient, service: Homing, seen: Seen, json_lines: JsonLines
+) -> None:
+    response = await client.post("/orders?id=1", headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    _, message = _published(service)
+    assert message.attributes[TRACEPARENT_ATTRIBUTE] == f"00-{TRACE}-{SPAN}-01"
+
+    pushed = await client.post("/events", content=_push(message, delivery_attempt=2))
+
+    assert pushed.status_code == 204
+    assert seen.traces == [TraceContext(TRACE, SPAN, True)]
+    [summary] = json_lines.summaries()
+    assert summary["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE}"
+    assert summary["logging.googleapis.com/spanId"] == SPAN
+    assert summary["severity"] == "INFO"
+    assert summary["event_type"] == "order.placed"
+    assert summary["event_id"] == response.json()["event_id"]
+    assert summary["message_id"] == "m-1"
+    assert summary["delivery_attempt"] == 2
+    assert summary["outcome"] == "done"
+    assert summary["duration_ms"] >= 0
+    assert summary["message_age_s"] >= 0
+    [handler_line] = [e for e in json_lines.entries if e["logger"] == "shop"]
+    assert handler_line["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE}"
+    assert current_trace() is None  # the push's context ended with it
+
+
+async def test_a_cloud_run_trace_header_travels_too(
+    client: httpx.AsyncClient, service: Homing, seen: Seen
+) -> None:
+    await client.post("/orders?id=1", headers={"x-cloud-trace-context": f"{TRACE}/7;o=1"})
+    _, message = _published(service)
+    await client.post("/events", content=_push(message))
+    assert seen.traces == [TraceContext(TRACE, "0000000000000007", True)]
+
+
+async def test_every_push_has_exactly_one_summary_line(
+    client: httpx.AsyncClient, service: Homing, json_lines: JsonLines
+) -> None:
+    await client.post("/orders?id=1", headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    _, good = _published(service)
+    await client.post("/orders?id=-1")
+    _, failing = _published(service)
+    forged = {**good.attributes, "homing-signature": "v1:" + "00" * 32}
+
+    answers = [
+        (await client.post("/events", content=body)).status_code
+        for body in (_push(good), _push(good), _push(failing), _push(good, forged), b"{")
+    ]
+
+    assert answers == [204, 204, 500, 401, 400]
+    summaries = json_lines.summaries()
+    assert [s["outcome"] for s in summaries] == [
+        "done",
+        "duplicate",
+        "handler_failed",
+        "unauthenticated",
+        "malformed",
+    ]
+    assert [s["severity"] for s in summaries] == ["INFO", "INFO", "WARNING", "WARNING", "WARNING"]
+    assert summaries[1]["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE}"
+    assert "event_type" not in summaries[3]  # nothing unauthenticated is trusted, or logged
+    assert summaries[3].get("logging.googleapis.com/trace") != f"projects/proj-1/traces/{TRACE}"
+
+
+async def test_an_unsigned_trace_attribute_cannot_be_added(
+    client: httpx.AsyncClient, service: Homing, seen: Seen
+) -> None:
+    await client.post("/orders?id=1")  # no trace header: a new trace, signed into the message
+    _, message = _published(service)
+    tampered = {**message.attributes, TRACEPARENT_ATTRIBUTE: f"00-{TRACE}-{SPAN}-01"}
+    assert (await client.post("/events", content=_push(message, tampered))).status_code == 401
+    assert seen.traces == []
+
+
+async def test_a_malformed_signed_trace_attribute_is_ignored(
+    client: httpx.AsyncClient, service: Homing, seen: Seen, json_lines: JsonLines
+) -> None:
+    assert service.signer is not None
+    data = b'{"order_id":1,"total_cents":5}'
+    for value in ("00-nonsense", f"00-{TRACE}-{SPAN}-01" + "x" * 900):
+        attributes = service.signer.sign(
+            data, "order.placed", context={TRACEPARENT_ATTRIBUTE: value}
+        )
+        body = build_push(data, attributes, message_id=value[:8], subscription="s")
+        assert (await client.post("/events", content=body)).status_code == 204
+    # Not the message's: the push request's own trace (a new one, here).
+    assert len(seen.traces) == 2
+    assert all(t is None or t.trace_id != TRACE for t in seen.traces)
+    assert [s["outcome"] for s in json_lines.summaries()] == ["done", "done"]
+
+
+async def test_the_google_clients_trace_attribute_is_used_only_within_the_signed_trace(
+    client: httpx.AsyncClient, service: Homing, seen: Seen
+) -> None:
+    await client.post("/orders?id=1", headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    _, message = _published(service)
+    client_span = "1111111111111111"
+    same_trace = {**message.attributes, "googclient_traceparent": f"00-{TRACE}-{client_span}-01"}
+    await client.post("/events", content=_push(message, same_trace))
+    other = "ffffffffffffffffffffffffffffffff"
+    await client.post("/orders?id=2", headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    _, second = _published(service)
+    other_trace = {**second.attributes, "googclient_traceparent": f"00-{other}-{client_span}-01"}
+    await client.post("/events", content=_push(second, other_trace))
+    assert seen.traces == [TraceContext(TRACE, client_span, True), TraceContext(TRACE, SPAN, True)]
+
+
+async def test_without_signatures_the_google_clients_attribute_is_the_trace(seen: Seen) -> None:
+    homing = Homing(signer=None, auth="none")  # warns, by design
+    homing.events.register("order.placed", OrderPlaced)
+    homing.handler(OrderPlaced)(seen)
+    homing.hooks.append(Telemetry(homing.events))
+    data = b'{"order_id":1,"total_cents":5}'
+    attributes = {"event-type": "order.placed", "googclient_traceparent": f"00-{TRACE}-{SPAN}-00"}
+    result = await homing.handle_push(
+        build_push(data, attributes, message_id="1", subscription="s")
+    )
+    assert result.outcome == "done"
+    assert seen.traces == [TraceContext(TRACE, SPAN, False)]
+
+
+async def test_the_legacy_format_signs_no_attribute_so_its_trace_is_ignored(
+    service: Homing, seen: Seen
+) -> None:
+    data = b'{"order_id":1,"total_cents":5}'
+    attributes = {
+        "event-type": "order.placed",
+        "signature": legacy_signature(LEGACY_SECRET, data),
+        TRACEPARENT_ATTRIBUTE: f"00-{TRACE}-{SPAN}-01",
+        "googclient_traceparent": f"00-{TRACE}-{SPAN}-01",
+    }
+    result = await service.handle_push(
+        build_push(data, attributes, message_id="1", subscription="s")
+    )
+    assert result.outcome == "done"
+    assert seen.traces == [None]
+
+
+async def test_no_secret_token_or_data_reaches_a_log_line(
+    client: httpx.AsyncClient, service: Homing, json_lines: JsonLines
+) -> None:
+    marker = "cardholder-4242-private"
+    data = ('{"order_id":1,"total_cents":5,"note":"%s"}' % marker).encode()
+    assert service.signer is not None
+    good = service.signer.sign(data, "order.placed")
+    bodies = [
+        build_push(data, good, message_id="1", subscription="s"),
+        build_push(
+            b'{"order_id":"%s"}' % marker.encode(),
+            service.signer.sign(b'{"order_id":"%s"}' % marker.encode(), "order.placed"),
+            message_id="2",
+            subscription="s",
+        ),
+        build_push(
+            data, {**good, "homing-signature": "v1:" + "ab" * 32}, message_id="3", subscription="s"
+        ),
+        build_push(
+            data,
+            {"event-type": "order.placed", "signature": "00" * 32},
+            message_id="4",
+            subscription="s",
+        ),
+        b'{"message": {"data": "%s"}}' % marker.encode(),
+    ]
+    token = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNlY3JldA"
+    for body in bodies:
+        await client.post("/events", content=body, headers={"authorization": token})
+    text = "\n".join(json_lines.lines)
+    assert len(json_lines.summaries()) == len(bodies)
+    for secret in (SECRET, LEGACY_SECRET, marker, token.split()[1], good["homing-signature"]):
+        assert secret not in text
+
+
+class Broken(Hook):
+    def before_sign(self, event_type: str) -> Mapping[str, str] | None:
+        raise RuntimeError("before_sign")
+
+    def after_publish(
+        self, message: OutgoingMessage, seconds: float, error: BaseException | None
+    ) -> None:
+        raise RuntimeError("after_publish")
+
+    def on_push_received(self) -> None:
+        raise RuntimeError("received")
+
+    def on_authenticated(self, push: PushMessage, verified: VerifiedMessage) -> None:
+        raise RuntimeError("authenticated")
+
+    def on_push_handled(self, result: PushResult) -> None:
+        raise RuntimeError("handled")
+
+
+async def test_a_failing_hook_never_fails_a_publish_or_a_push(
+    service: Homing, seen: Seen, json_lines: JsonLines
+) -> None:
+    service.hooks.insert(0, Broken())
+    await service.publish(OrderPlaced(order_id=1, total_cents=5))
+    _, message = _published(service)
+    result = await service.handle_push(_push(message))
+    assert result.outcome == "done"
+    assert len(seen.traces) == 1
+    failures = [e for e in json_lines.entries if e["message"].startswith("hook Broken.")]
+    assert len(failures) == 5
+    assert len(json_lines.summaries()) == 1  # the other hooks still ran
