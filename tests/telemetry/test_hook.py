@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from homing import Hook, Homing, KeyRing, MemoryPublisher, OutgoingMessage, Signer, build_push
+from homing import Homing, Hook, KeyRing, MemoryPublisher, OutgoingMessage, Signer, build_push
 from homing.app import PushResult
 from homing.envelope import PushMessage
 from homing.signing import VerifiedMessage, legacy_signature
@@ -235,7 +235,7 @@ async def test_no_secret_token_or_data_reaches_a_log_line(
     client: httpx.AsyncClient, service: Homing, json_lines: JsonLines
 ) -> None:
     marker = "cardholder-4242-private"
-    data = ('{"order_id":1,"total_cents":5,"note":"%s"}' % marker).encode()
+    data = (f'{{"order_id":1,"total_cents":5,"note":"{marker}"}}').encode()
     assert service.signer is not None
     good = service.signer.sign(data, "order.placed")
     bodies = [

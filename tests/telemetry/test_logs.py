@@ -1,0 +1,124 @@
+"""Log formats: Cloud Logging's JSON, readable text, and choosing between them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from homing import ConfigurationError, Settings
+from homing.telemetry import (
+    CloudLoggingFormatter,
+    TextFormatter,
+    TraceContext,
+    configure_logging,
+)
+from homing.telemetry.context import reset_current_trace, set_current_trace
+from homing.telemetry.logs import resolve_format
+
+TRACE = TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", False)
+
+
+def _record(level: int, message: str, *args: object, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("svc", level, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+@pytest.fixture
+def in_trace() -> Iterator[TraceContext]:
+    token = set_current_trace(TRACE)
+    yield TRACE
+    reset_current_trace(token)
+
+
+def test_cloud_logging_fields(in_trace: TraceContext) -> None:
+    line = CloudLoggingFormatter("proj").format(
+        _record(logging.WARNING, "%d left", 3, homing={"outcome": "done", "severity": "nope"})
+    )
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["severity"] == "WARNING"
+    assert entry["message"] == "3 left"
+    assert entry["logging.googleapis.com/trace"] == f"projects/proj/traces/{TRACE.trace_id}"
+    assert entry["logging.googleapis.com/spanId"] == TRACE.span_id
+    assert entry["logging.googleapis.com/trace_sampled"] is False
+    assert entry["outcome"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("level", "severity"),
+    [
+        (5, "DEBUG"),
+        (logging.INFO, "INFO"),
+        (25, "INFO"),
+        (logging.ERROR, "ERROR"),
+        (60, "CRITICAL"),
+    ],
+)
+def test_severities(level: int, severity: str) -> None:
+    assert json.loads(CloudLoggingFormatter().format(_record(level, "x")))["severity"] == severity
+
+
+def test_without_a_project_the_trace_id_is_its_own_field(in_trace: TraceContext) -> None:
+    entry = json.loads(CloudLoggingFormatter().format(_record(logging.INFO, "x")))
+    assert entry["trace_id"] == TRACE.trace_id
+    assert "logging.googleapis.com/trace" not in entry
+
+
+def test_outside_a_trace_there_are_no_trace_fields() -> None:
+    entry = json.loads(CloudLoggingFormatter("proj").format(_record(logging.INFO, "x")))
+    assert not any(key.startswith("logging.googleapis.com") for key in entry)
+
+
+def test_an_exception_stays_in_one_entry() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("svc", logging.ERROR, __file__, 1, "failed", (), None)
+        import sys
+
+        record.exc_info = sys.exc_info()
+    line = CloudLoggingFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert "ValueError: boom" in json.loads(line)["message"]
+
+
+def test_text_names_the_trace(in_trace: TraceContext) -> None:
+    line = TextFormatter().format(_record(logging.INFO, "hello"))
+    assert line.endswith(f"INFO svc: hello [trace={TRACE.trace_id}]")
+
+
+def test_the_format_follows_cloud_run() -> None:
+    assert resolve_format("auto", {"K_SERVICE": "users-api"}) == "json"
+    assert resolve_format("auto", {}) == "text"
+    assert resolve_format("json", {}) == "json"
+    assert resolve_format("text", {"K_SERVICE": "users-api"}) == "text"
+
+
+def test_configure_logging_installs_one_handler() -> None:
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    try:
+        configure_logging("json", project="p", stream=stream)
+        configure_logging("json", project="p", stream=stream)  # twice: still one line each
+        logging.getLogger("svc").info("once")
+        [line] = stream.getvalue().splitlines()
+        assert json.loads(line)["message"] == "once"
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+def test_the_log_format_setting() -> None:
+    assert Settings.from_env({}).log_format == "auto"
+    assert Settings.from_env({"HOMING_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(ConfigurationError, match="HOMING_LOG_FORMAT"):
+        Settings.from_env({"HOMING_LOG_FORMAT": "xml"})
