@@ -23,6 +23,8 @@ from starlette.routing import Route
 from homing import Homing, KeyRing, Signer
 from homing.asgi import PushFastPath
 from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
+from homing.telemetry import Telemetry, configure_logging
+from homing.telemetry.metrics import PrometheusMetrics
 from users_api.app import UserNameChanged
 from users_api.db import Base
 
@@ -63,6 +65,19 @@ def _served(homing: Homing, app: Starlette) -> PushFastPath:
 def homing_memory() -> PushFastPath:
     homing = _homing()
     return _served(homing, Starlette(routes=[homing.route("/events")]))
+
+
+def homing_memory_telemetry() -> PushFastPath:
+    """``homing_memory`` with telemetry on: a Cloud Logging JSON line per push (to stderr,
+    which the bench writes to a file), the message's trace continued, Prometheus metrics."""
+    log = configure_logging("json", project="bench")
+    homing = _homing()
+    metrics = PrometheusMetrics()
+    homing.hooks.append(Telemetry(homing.events, metrics=metrics, log=log))
+    app = Starlette(
+        routes=[homing.route("/events"), Route("/metrics", metrics.endpoint(), methods=["GET"])]
+    )
+    return _served(homing, app)
 
 
 def homing_sql() -> PushFastPath:

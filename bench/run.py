@@ -36,17 +36,21 @@ import httpx
 from bench.apps import KEYS, RENAME_USERS
 from homing import KeyRing, Signer, build_push
 from homing.signing import legacy_signature
+from homing.telemetry import TRACEPARENT_ATTRIBUTE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 UVICORN = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--workers", "1"]
 DATA = b'{"n":1}'
+#: The publishing request's trace context, signed into the "traced" envelopes.
+TRACE_CONTEXT = {TRACEPARENT_ATTRIBUTE: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 CEILING = "bare starlette (ceiling)"
 NAIVE = "naive fastapi + pydantic"
 HAND_SQLITE = "hand-written consumer, SQLAlchemy + aiosqlite"
 HAND_PG = "hand-written consumer, SQLAlchemy + asyncpg"
 RAW_SQLITE = "raw consumer, stdlib sqlite3 inline"
 RAW_PG = "raw consumer, asyncpg pool"
+TELEMETRY_ON = "homing, memory dedupe, telemetry on"
 HAND_RENAME = "hand-written rename, then publish (raw client)"
 
 RENAME_TOPIC = "projects/bench/topics/rename"
@@ -61,6 +65,7 @@ def fresh_envelopes(kind: str, count: int) -> bytes:
         else ('{"n":%d}', "bench.noop")
     )
     secret = KEYS.partition(":")[2]
+    context = TRACE_CONTEXT if kind == "traced" else None
     run = uuid.uuid4().hex[:8]  # ids never seen by a server that outlives one load
     lines = []
     for n in range(count):
@@ -68,7 +73,7 @@ def fresh_envelopes(kind: str, count: int) -> bytes:
         if kind == "users_api_legacy":
             attributes = {"event-type": type_name, "signature": legacy_signature(secret, data)}
         else:
-            attributes = signer.sign(data, type_name)
+            attributes = signer.sign(data, type_name, context=context)
         lines.append(build_push(data, attributes, message_id=f"{run}-{n}", subscription="b"))
     return b"\n".join(lines) + b"\n"
 
@@ -97,7 +102,8 @@ def envelope(kind: str) -> bytes:
         return build_push(
             data, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
         )
-    attributes = Signer(KeyRing.from_string(KEYS)).sign(DATA, "bench.noop")
+    context = TRACE_CONTEXT if kind == "traced" else None
+    attributes = Signer(KeyRing.from_string(KEYS)).sign(DATA, "bench.noop", context=context)
     return build_push(
         DATA, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
     )
@@ -218,6 +224,21 @@ def cases(workdir: Path) -> list[HttpCase]:
         _consumer(HAND_PG, "handwritten_sqlalchemy", hand_postgres),
         _consumer(RAW_SQLITE, "handwritten_raw_sqlite", f"sqlite+aiosqlite:///{workdir}/r.db"),
         _consumer(RAW_PG, "handwritten_raw_asyncpg", hand_postgres),
+        # Telemetry on (a JSON summary line per push, the message's trace continued, metrics)
+        # beside the same app with it off, on both paths.
+        HttpCase(
+            TELEMETRY_ON,
+            _uvicorn("homing_memory_telemetry"),
+            envelope="traced",
+            baselines=(CEILING, "homing, memory dedupe"),
+        ),
+        HttpCase(
+            TELEMETRY_ON + ", new events",
+            _uvicorn("homing_memory_telemetry"),
+            envelope="traced",
+            baselines=(CEILING, "homing, memory dedupe, new events"),
+            fresh=True,
+        ),
         HttpCase(
             "reference service, new events",
             [sys.executable, "-m", "users_api"],

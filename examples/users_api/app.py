@@ -37,7 +37,7 @@ from homing.outbox import FlushEndpoint, SQLOutbox
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
 from homing.telemetry import Telemetry, TraceContextMiddleware
 from homing.telemetry.metrics import PrometheusMetrics
-from homing.telemetry.otel import OpenTelemetry
+from homing.telemetry.otel import OpenTelemetry, sdk_configured
 from users_api.db import Base, Notification, User
 
 logger = logging.getLogger("users_api")
@@ -271,9 +271,10 @@ def create_app(
     publisher = publisher or _publisher(config, quarantine)
     homing = build_homing(config, engine, publisher, quarantine)
     # One summary log line per push, the publishing request's trace continued, metrics; spans
-    # go to whatever OpenTelemetry SDK the deployment configures (none: no cost beyond the API).
+    # when the deployment installs an OpenTelemetry SDK (e.g. with `opentelemetry-instrument`).
     metrics = PrometheusMetrics()
-    homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=OpenTelemetry()))
+    otel = OpenTelemetry() if sdk_configured() else None
+    homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=otel))
     outbox = SQLOutbox(engine, publisher, on_published=homing.published)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 

@@ -25,6 +25,7 @@ from homing.telemetry.context import (
     reset_current_trace,
     set_current_trace,
 )
+from homing.telemetry.logs import installed_handler
 
 if TYPE_CHECKING:
     from homing.app import PushResult
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from homing.events import EventRegistry
     from homing.publishers.base import OutgoingMessage
     from homing.signing import VerifiedMessage
+    from homing.telemetry.logs import LogHandler
     from homing.telemetry.metrics import PrometheusMetrics
     from homing.telemetry.otel import OpenTelemetry, ProcessSpan
 
@@ -100,6 +102,11 @@ class Telemetry(Hook):
         metrics: Prometheus metrics to record into (none unless given).
         opentelemetry: OpenTelemetry spans and metrics (none unless given).
         summary: write the one summary line per push (logger ``homing.push``).
+        log: the handler :func:`~homing.telemetry.configure_logging` installed (found on the
+            root logger unless given): the summary line is then written straight to it,
+            without the cost of a ``LogRecord`` (otherwise more than the rest of a duplicate
+            push); the ``homing.push`` logger's level still applies. Without one, the line
+            goes through :mod:`logging` like any other.
     """
 
     def __init__(
@@ -109,8 +116,10 @@ class Telemetry(Hook):
         metrics: PrometheusMetrics | None = None,
         opentelemetry: OpenTelemetry | None = None,
         summary: bool = True,
+        log: LogHandler | None = None,
     ) -> None:
         self.events = events
+        self.log = log if log is not None else installed_handler()
         self.metrics = metrics
         self.opentelemetry = opentelemetry
         self.summary = summary
@@ -202,31 +211,25 @@ class Telemetry(Hook):
             "duration_ms": milliseconds,
         }
         if verified is None or push is None:
-            push_logger.log(
-                level,
-                "push %s (%d) in %.1f ms",
-                result.outcome,
-                result.status,
-                milliseconds,
-                extra={"homing": fields},
+            message = f"push {result.outcome} ({result.status}) in {milliseconds:.1f} ms"
+        else:
+            fields["event_type"] = verified.event_type
+            fields["event_id"] = verified.event_id
+            fields["message_id"] = push.message_id
+            fields["delivery_attempt"] = push.delivery_attempt
+            if push.subscription:
+                fields["subscription"] = push.subscription
+            if age is not None:
+                fields["message_age_s"] = round(age, 3)
+            attempt = push.delivery_attempt if push.delivery_attempt is not None else "?"
+            message = (
+                f"push {result.outcome}: {verified.event_type} {verified.event_id} "
+                f"(message {push.message_id}, attempt {attempt}) in {milliseconds:.1f} ms"
             )
+        if self.log is not None:
+            self.log.summary(level, push_logger.name, message, fields)
             return
-        fields["event_type"] = verified.event_type
-        fields["event_id"] = verified.event_id
-        fields["message_id"] = push.message_id
-        fields["delivery_attempt"] = push.delivery_attempt
-        if push.subscription:
-            fields["subscription"] = push.subscription
-        if age is not None:
-            fields["message_age_s"] = round(age, 3)
-        push_logger.log(
-            level,
-            "push %s: %s %s (message %s, attempt %s) in %.1f ms",
-            result.outcome,
-            verified.event_type,
-            verified.event_id,
-            push.message_id,
-            push.delivery_attempt if push.delivery_attempt is not None else "?",
-            milliseconds,
-            extra={"homing": fields},
-        )
+        # The record is made directly: Logger.log() would also look up its caller's frame.
+        record = push_logger.makeRecord(push_logger.name, level, __file__, 0, message, (), None)
+        record.homing = fields
+        push_logger.handle(record)

@@ -10,12 +10,14 @@ under its request in Cloud Trace. Both formatters name the current trace
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -63,6 +65,16 @@ class CloudLoggingFormatter(logging.Formatter):
         super().__init__()
         self.project = project
         self._trace_prefix = f"projects/{project}/traces/" if project else None
+        self._second = -1
+        self._second_text = ""
+
+    def _time(self, created: float) -> str:
+        # RFC 3339 in UTC; the part up to the second is made once per second.
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1e6):06d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -70,12 +82,29 @@ class CloudLoggingFormatter(logging.Formatter):
             message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
         elif record.exc_text:
             message += "\n" + record.exc_text
-        entry: dict[str, Any] = {
-            "severity": _severity(record.levelno),
-            "message": message,
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "logger": record.name,
-        }
+        fields = getattr(record, "homing", None)
+        return self.line(
+            record.levelno,
+            record.name,
+            message,
+            record.created,
+            fields if isinstance(fields, Mapping) else None,
+        )
+
+    def line(
+        self,
+        levelno: int,
+        logger: str,
+        message: str,
+        created: float,
+        fields: Mapping[str, Any] | None = None,
+    ) -> str:
+        """One entry, without a ``LogRecord`` (the per-push summary is written this way)."""
+        entry: dict[str, Any] = dict(fields) if fields else {}
+        entry["severity"] = _severity(levelno)
+        entry["message"] = message
+        entry["time"] = self._time(created)
+        entry["logger"] = logger
         trace = current_trace()
         if trace is not None:
             if self._trace_prefix is not None:
@@ -84,10 +113,6 @@ class CloudLoggingFormatter(logging.Formatter):
                 entry["trace_id"] = trace.trace_id
             entry[SPAN_FIELD] = trace.span_id
             entry[SAMPLED_FIELD] = trace.sampled
-        fields = getattr(record, "homing", None)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                entry.setdefault(key, value)
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -98,12 +123,97 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        return self._traced(super().format(record))
+
+    def line(
+        self,
+        levelno: int,
+        logger: str,
+        message: str,
+        created: float,
+        fields: Mapping[str, Any] | None = None,
+    ) -> str:
+        """One line, without a ``LogRecord`` (the fields are in the message already)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        milliseconds = int((created - int(created)) * 1000)
+        name = logging.getLevelName(levelno)
+        return self._traced(f"{stamp},{milliseconds:03d} {name} {logger}: {message}")
+
+    @staticmethod
+    def _traced(line: str) -> str:
         trace = current_trace()
         if trace is None:
             return line
         first, newline, rest = line.partition("\n")
         return f"{first} [trace={trace.trace_id}]{newline}{rest}"
+
+
+class LogHandler(logging.Handler):
+    """Writes formatted lines to a stream, once per turn of the event loop.
+
+    On the event loop's thread, lines are gathered and written together, with one flush,
+    as soon as the loop has run what is ready: under load many pushes share one write.
+    Elsewhere (other threads, no loop) each line is written at once. :meth:`summary` writes
+    an entry without making a ``LogRecord``, for the line written on every push.
+    """
+
+    def __init__(self, stream: TextIO, formatter: CloudLoggingFormatter | TextFormatter) -> None:
+        super().__init__()
+        self.stream = stream
+        self.setFormatter(formatter)
+        self.line = formatter.line
+        self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def summary(self, levelno: int, logger: str, message: str, fields: Mapping[str, Any]) -> None:
+        """Write one entry (unless below this handler's level); never raises."""
+        if levelno < self.level:
+            return
+        try:
+            line = self.line(levelno, logger, message, time.time(), fields)
+            with self._lock():
+                self._write(line)
+        except Exception:  # logging failing must never fail a push
+            sys.stderr.write("homing: could not write a log line\n")
+
+    def _write(self, line: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or (self._loop is not None and self._loop is not loop):
+            self.flush()
+            with self._lock():
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            return
+        self._pending.append(line)
+        if self._loop is None:
+            self._loop = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._loop = None
+        with self._lock():
+            if not self._pending:
+                return
+            lines, self._pending = self._pending, []
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+    def _lock(self) -> Any:
+        return self.lock if self.lock is not None else contextlib.nullcontext()
+
+
+def installed_handler() -> LogHandler | None:
+    """The :class:`LogHandler` on the root logger, if :func:`configure_logging` put one there."""
+    return next((h for h in logging.getLogger().handlers if isinstance(h, LogHandler)), None)
 
 
 def resolve_format(log_format: LogFormat, environ: Mapping[str, str] | None = None) -> str:
@@ -120,17 +230,16 @@ def configure_logging(
     project: str | None = None,
     level: int = logging.INFO,
     stream: TextIO | None = None,
-) -> logging.Handler:
+) -> LogHandler:
     """Send the root logger's records to ``stream`` (stderr) in the chosen format.
 
     Replaces the root logger's handlers (so a line is never written twice) and returns the
     one it installs. Call it once at start-up, from the service's entry point.
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
-    if resolve_format(log_format) == "json":
-        handler.setFormatter(CloudLoggingFormatter(project))
-    else:
-        handler.setFormatter(TextFormatter())
+    formatter: CloudLoggingFormatter | TextFormatter = (
+        CloudLoggingFormatter(project) if resolve_format(log_format) == "json" else TextFormatter()
+    )
+    handler = LogHandler(stream or sys.stderr, formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -16,12 +16,15 @@ authenticated or not, can create a new series.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
+    from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "homing's Prometheus metrics need prometheus-client: pip install 'homing[metrics]'"
@@ -53,50 +56,47 @@ AGE_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 1
 AGE_BUCKETS += (1800, 3600, 10800, 43200, 86400, 259200, 604800)
 
 
+class _Histogram:
+    """Counts per bucket (not cumulative; the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: "le"
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        out: list[tuple[str, float]] = []
+        for bound, count in zip(
+            (*map(str, map(float, self.bounds)), "+Inf"), self.counts, strict=True
+        ):
+            running += count
+            out.append((bound, running))
+        return out
+
+
 class PrometheusMetrics:
     """The event metrics of one service, rendered as Prometheus text.
 
+    Recording is a few list and dict operations (it is on every push's path, on the event
+    loop's thread); ``prometheus-client`` writes the exposition format when scraped.
+
     Args:
-        registry: where the metrics live (a new ``CollectorRegistry`` unless given).
+        registry: where the metrics are registered (a new ``CollectorRegistry`` unless given).
     """
 
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._published = Counter(
-            "homing_events_published",
-            "Events the broker accepted, by event type.",
-            ["event_type"],
-            registry=self.registry,
-        )
-        self._publish_failures = Counter(
-            "homing_publish_failures",
-            "Publishes that failed (the request failed or the event waits in the outbox).",
-            ["event_type"],
-            registry=self.registry,
-        )
-        self._pushes = Counter(
-            "homing_pushes",
-            "Pushes answered, by event type and outcome.",
-            ["event_type", "outcome"],
-            registry=self.registry,
-        )
-        self._duration = Histogram(
-            "homing_push_duration_seconds",
-            "Time from a push's receipt to its answer, handler included, by event type.",
-            ["event_type"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self._age = Histogram(
-            "homing_message_age_seconds",
-            "Now minus the message's publish time when its push is handled, by event type.",
-            ["event_type"],
-            buckets=AGE_BUCKETS,
-            registry=self.registry,
-        )
-        # Children by label values: labels() costs more than the increment itself.
-        self._push_children: dict[tuple[str, str], Any] = {}
-        self._type_children: dict[str, tuple[Any, Any]] = {}
+        self._published: dict[str, list[int]] = {}  # by event type: [accepted, failed]
+        self._pushes: dict[tuple[str, str], int] = {}
+        self._histograms: dict[str, tuple[_Histogram, _Histogram]] = {}
+        self.registry.register(_Exposition(self))
 
     def record_push(
         self, event_type: str, outcome: str, seconds: float, age: float | None = None
@@ -105,22 +105,22 @@ class PrometheusMetrics:
         if outcome not in OUTCOMES:
             outcome = "other"
         key = (event_type, outcome)
-        counter = self._push_children.get(key)
-        if counter is None:
-            counter = self._push_children[key] = self._pushes.labels(event_type, outcome)
-        counter.inc()
-        histograms = self._type_children.get(event_type)
+        self._pushes[key] = self._pushes.get(key, 0) + 1
+        histograms = self._histograms.get(event_type)
         if histograms is None:
-            histograms = self._type_children[event_type] = (
-                self._duration.labels(event_type),
-                self._age.labels(event_type),
+            histograms = self._histograms[event_type] = (
+                _Histogram(DURATION_BUCKETS),
+                _Histogram(AGE_BUCKETS),
             )
         histograms[0].observe(seconds)
         if age is not None:
-            histograms[1].observe(max(age, 0.0))
+            histograms[1].observe(age if age > 0.0 else 0.0)
 
     def record_publish(self, event_type: str, *, failed: bool) -> None:
-        (self._publish_failures if failed else self._published).labels(event_type).inc()
+        counts = self._published.get(event_type)
+        if counts is None:
+            counts = self._published[event_type] = [0, 0]
+        counts[failed] += 1
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -129,6 +129,50 @@ class PrometheusMetrics:
     def endpoint(self) -> MetricsEndpoint:
         """An ASGI app serving :meth:`render` on ``GET``."""
         return MetricsEndpoint(self)
+
+    def collect(self) -> Iterator[Metric]:
+        published = CounterMetricFamily(
+            "homing_events_published",
+            "Events the broker accepted, by event type.",
+            labels=["event_type"],
+        )
+        failures = CounterMetricFamily(
+            "homing_publish_failures",
+            "Publishes that failed (the request failed or the event waits in the outbox).",
+            labels=["event_type"],
+        )
+        for event_type, (accepted, failed) in sorted(self._published.items()):
+            published.add_metric([event_type], accepted)
+            failures.add_metric([event_type], failed)
+        pushes = CounterMetricFamily(
+            "homing_pushes",
+            "Pushes answered, by event type and outcome.",
+            labels=["event_type", "outcome"],
+        )
+        for (event_type, outcome), count in sorted(self._pushes.items()):
+            pushes.add_metric([event_type, outcome], count)
+        duration = HistogramMetricFamily(
+            "homing_push_duration_seconds",
+            "Time from a push's receipt to its answer, handler included, by event type.",
+            labels=["event_type"],
+        )
+        age = HistogramMetricFamily(
+            "homing_message_age_seconds",
+            "Now minus the message's publish time when its push is handled, by event type.",
+            labels=["event_type"],
+        )
+        for event_type, (durations, ages) in sorted(self._histograms.items()):
+            duration.add_metric([event_type], durations.cumulative(), durations.total)
+            age.add_metric([event_type], ages.cumulative(), ages.total)
+        yield from (published, failures, pushes, duration, age)
+
+
+class _Exposition(Collector):
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.collect()
 
 
 Scope = MutableMapping[str, Any]

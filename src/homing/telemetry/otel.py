@@ -210,3 +210,12 @@ class OpenTelemetry:
         self._duration.record(seconds, attributes)
         if age is not None:
             self._age.record(max(age, 0.0), attributes)
+
+
+def sdk_configured() -> bool:
+    """Whether an OpenTelemetry SDK tracer provider is installed globally.
+
+    Without one every span is a no-op that still costs microseconds per push; a service can
+    leave :class:`OpenTelemetry` out then (the trace context travels all the same).
+    """
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
