@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -122,3 +123,66 @@ def test_the_log_format_setting() -> None:
     assert Settings.from_env({"HOMING_LOG_FORMAT": "json"}).log_format == "json"
     with pytest.raises(ConfigurationError, match="HOMING_LOG_FORMAT"):
         Settings.from_env({"HOMING_LOG_FORMAT": "xml"})
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def installed() -> Iterator[CountingStream]:
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    stream = CountingStream()
+    configure_logging("json", project="p", stream=stream)
+    try:
+        yield stream
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+async def test_summaries_go_straight_to_homings_handler_one_write_per_loop_turn(
+    installed: CountingStream,
+) -> None:
+    from homing import Homing, KeyRing, Signer, build_push
+    from homing.telemetry import Telemetry
+    from tests.conftest import OrderPlaced, Recorder
+
+    homing = Homing(signer=Signer(KeyRing.generate()))
+    homing.events.register("order.placed", OrderPlaced)
+    homing.handler(OrderPlaced)(Recorder())
+    telemetry = Telemetry(homing.events)
+    assert telemetry.log is logging.getLogger().handlers[0]  # found on the root logger
+    assert homing.signer is not None
+    data = b'{"order_id":1,"total_cents":5}'
+    body = build_push(
+        data, homing.signer.sign(data, "order.placed"), message_id="1", subscription="s"
+    )
+    homing.hooks.append(telemetry)
+
+    for _ in range(5):  # in one turn of the loop: gathered, not yet written
+        await homing.handle_push(body)
+    logging.getLogger("svc").info("after the pushes")
+    assert installed.writes == 0
+    await asyncio.sleep(0)  # the loop turns: one write
+
+    assert installed.writes == 1
+    entries = [json.loads(line) for line in installed.getvalue().splitlines()]
+    assert [e.get("outcome") for e in entries] == ["done", *["duplicate"] * 4, None]
+    assert entries[-1]["message"] == "after the pushes"
+
+
+def test_outside_an_event_loop_lines_are_written_at_once(installed: CountingStream) -> None:
+    logging.getLogger("svc").warning("now")
+    assert installed.writes == 1
+    assert json.loads(installed.getvalue())["severity"] == "WARNING"
