@@ -75,6 +75,8 @@ class SQLOutbox:
     Args:
         drain_age: rows younger than this many seconds are left to the request that staged
             them (its send is probably under way) by the periodic and start-up drains.
+        on_published: told of every publish tried, with its duration and error (pass
+            ``homing.published`` so that the service's hooks, such as its metrics, see them).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class SQLOutbox:
         drain_interval: float = 30.0,
         sweep_delay: float = 1.0,
         keep_published: float = 12.0,
+        on_published: Callable[[OutgoingMessage, float, BaseException | None], None] | None = None,
     ):
         self.engine = engine
         self.publisher = publisher
@@ -95,6 +98,7 @@ class SQLOutbox:
         self.drain_interval = drain_interval
         self.sweep_delay = sweep_delay
         self.keep_published = keep_published
+        self.on_published = on_published
         self._backlog = False
         self._last_drain = time.monotonic()
         self._published: dict[str, float] = {}  # published here (when), row not yet deleted
@@ -183,7 +187,7 @@ class SQLOutbox:
         for swept_id in swept or ():  # its transaction committed, and so did these deletes
             self._published.pop(swept_id, None)
         try:
-            await self.publisher.publish(message)
+            await self._publish(message)
         except PublishFailed as exc:
             logger.warning("event %s waits in the outbox: %s", event_id, exc)
             self._backlog = True
@@ -252,6 +256,18 @@ class SQLOutbox:
         first = next(iter(self._published.values()))
         due = max(self.sweep_delay, first - time.monotonic())
         self._sweeper = asyncio.get_running_loop().call_later(due, self._spawn, self.sweep)
+
+    async def _publish(self, message: OutgoingMessage) -> None:
+        if self.on_published is None:
+            await self.publisher.publish(message)
+            return
+        started = time.perf_counter()
+        try:
+            await self.publisher.publish(message)
+        except BaseException as exc:
+            self.on_published(message, time.perf_counter() - started, exc)
+            raise
+        self.on_published(message, time.perf_counter() - started, None)
 
     def _spawn(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = asyncio.get_running_loop().create_task(function())
@@ -331,7 +347,7 @@ class SQLOutbox:
             if message.event_id in self._published:
                 continue  # published by a send meanwhile
             try:
-                await self.publisher.publish(message)
+                await self._publish(message)
             except PublishFailed as exc:
                 failed += 1
                 errors.append(str(exc))

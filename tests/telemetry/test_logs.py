@@ -172,14 +172,16 @@ async def test_summaries_go_straight_to_homings_handler_one_write_per_loop_turn(
 
     for _ in range(5):  # in one turn of the loop: gathered, not yet written
         await homing.handle_push(body)
-    logging.getLogger("svc").info("after the pushes")
     assert installed.writes == 0
     await asyncio.sleep(0)  # the loop turns: one write
-
     assert installed.writes == 1
+
+    await homing.handle_push(body)
+    logging.getLogger("svc").info("a record")  # written at once, after the waiting summary
+    assert installed.writes == 3
     entries = [json.loads(line) for line in installed.getvalue().splitlines()]
-    assert [e.get("outcome") for e in entries] == ["done", *["duplicate"] * 4, None]
-    assert entries[-1]["message"] == "after the pushes"
+    assert [e.get("outcome") for e in entries] == ["done", *["duplicate"] * 5, None]
+    assert entries[-1]["message"] == "a record"
 
 
 def test_outside_an_event_loop_lines_are_written_at_once(installed: CountingStream) -> None:

@@ -149,12 +149,12 @@ class TextFormatter(logging.Formatter):
 
 
 class LogHandler(logging.Handler):
-    """Writes formatted lines to a stream, once per turn of the event loop.
+    """Writes formatted lines to a stream; the per-push summary lines once per loop turn.
 
-    On the event loop's thread, lines are gathered and written together, with one flush,
-    as soon as the loop has run what is ready: under load many pushes share one write.
-    Elsewhere (other threads, no loop) each line is written at once. :meth:`summary` writes
-    an entry without making a ``LogRecord``, for the line written on every push.
+    A log record is written at once (after any summary lines still waiting, so the order
+    holds). :meth:`summary` writes an entry without making a ``LogRecord``; on the event loop's
+    thread summaries are gathered and written together, with one flush, as soon as the loop
+    has run what is ready: under load many pushes share one write.
     """
 
     def __init__(self, stream: TextIO, formatter: CloudLoggingFormatter | TextFormatter) -> None:
@@ -166,8 +166,14 @@ class LogHandler(logging.Handler):
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Written at once: a process may be killed right after (uvicorn re-raises SIGTERM once
+        # it has logged its shutdown), and nothing gathered would be written then.
         try:
-            self._write(self.format(record))
+            line = self.format(record)
+            if self._pending:
+                self.flush()
+            self.stream.write(line + "\n")
+            self.stream.flush()
         except Exception:
             self.handleError(record)
 
