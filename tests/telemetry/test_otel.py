@@ -183,3 +183,24 @@ async def test_without_an_sdk_the_api_costs_nothing_and_the_trace_still_travels(
     body = build_push(message.data, message.attributes, message_id="1", subscription="s")
     assert (await homing.handle_push(body)).outcome == "done"
     assert seen == [TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")]
+
+
+async def test_the_requests_headers_win_over_a_span_in_another_trace(
+    service: Homing, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from homing.telemetry.context import TraceContext, reset_current_trace, set_current_trace
+
+    request = TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+    token = set_current_trace(request)  # what TraceContextMiddleware read from the headers
+    try:
+        # A framework's span that did not continue the headers: a trace of its own.
+        with provider.get_tracer("framework").start_as_current_span("endpoint"):
+            message = service.sign(OrderPlaced(order_id=1, total_cents=5))
+    finally:
+        reset_current_trace(token)
+    carried = parse_traceparent(message.attributes[TRACEPARENT_ATTRIBUTE])
+    assert carried is not None
+    assert carried.trace_id == request.trace_id
+    create = _by_name(exporter)["create order.placed"]
+    assert create.parent is not None
+    assert f"{create.parent.span_id:016x}" == request.span_id

@@ -100,11 +100,14 @@ class CloudLoggingFormatter(logging.Formatter):
         fields: Mapping[str, Any] | None = None,
     ) -> str:
         """One entry, without a ``LogRecord`` (the per-push summary is written this way)."""
-        entry: dict[str, Any] = dict(fields) if fields else {}
-        entry["severity"] = _severity(levelno)
-        entry["message"] = message
-        entry["time"] = self._time(created)
-        entry["logger"] = logger
+        entry: dict[str, Any] = {
+            "severity": _severity(levelno),
+            "message": message,
+            "time": self._time(created),
+            "logger": logger,
+        }
+        if fields:  # after the core keys, which they may not replace
+            entry = {**entry, **fields, **entry}
         trace = current_trace()
         if trace is not None:
             if self._trace_prefix is not None:

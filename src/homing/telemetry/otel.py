@@ -106,8 +106,13 @@ class OpenTelemetry:
     def create(self, event_type: str, parent: TraceContext | None) -> TraceContext | None:
         """Record the ``create`` span of an event being signed; returns the context it carries."""
         current = otel_context.get_current()
-        if not trace.get_current_span(current).get_span_context().is_valid and parent is not None:
-            current = _otel_parent(parent)
+        if parent is not None:
+            # The request's own context (TraceContextMiddleware) wins over a current span in
+            # another trace: such a span did not continue the incoming headers (e.g. a
+            # framework's span with no HTTP instrumentation under it).
+            span_context = trace.get_current_span(current).get_span_context()
+            if not span_context.is_valid or f"{span_context.trace_id:032x}" != parent.trace_id:
+                current = _otel_parent(parent)
         span = self.tracer.start_span(
             f"create {event_type}",
             context=current,
