@@ -24,14 +24,27 @@ from homing.telemetry.context import (
     parse_cloud_trace,
     parse_traceparent,
 )
-from homing.telemetry.hook import UNAUTHENTICATED, UNREGISTERED, Telemetry, message_trace
-from homing.telemetry.logs import CloudLoggingFormatter, TextFormatter, configure_logging
+from homing.telemetry.hook import (
+    OUTCOMES,
+    UNAUTHENTICATED,
+    UNREGISTERED,
+    Telemetry,
+    message_trace,
+)
+from homing.telemetry.logs import (
+    CloudLoggingFormatter,
+    LogHandler,
+    TextFormatter,
+    configure_logging,
+)
 
 __all__ = [
+    "OUTCOMES",
     "TRACEPARENT_ATTRIBUTE",
     "UNAUTHENTICATED",
     "UNREGISTERED",
     "CloudLoggingFormatter",
+    "LogHandler",
     "Telemetry",
     "TextFormatter",
     "TraceContext",

@@ -42,6 +42,26 @@ UNAUTHENTICATED = "unauthenticated"
 #: The ``event_type`` label of an authenticated push whose type this service does not register.
 UNREGISTERED = "unregistered"
 
+#: Every outcome a push can have (the pipeline's and the refusals'); any other is ``other``.
+OUTCOMES = frozenset(
+    {
+        "done",
+        "duplicate",
+        "quarantined",
+        "retry",
+        "handler_failed",
+        "in_progress",
+        "store_unavailable",
+        "unknown_event",
+        "malformed",
+        "unauthenticated",
+        "forbidden",
+        "rejected",
+        "too_large",
+    }
+)
+OTHER = "other"
+
 #: The logger of the one summary line per push.
 push_logger = logging.getLogger("homing.push")
 
@@ -183,7 +203,8 @@ class Telemetry(Hook):
             if self.opentelemetry is not None:
                 if state.process is not None:
                     self.opentelemetry.end_process(state.process, result)
-                self.opentelemetry.handled(event_type, result.outcome, seconds, age)
+                outcome = result.outcome if result.outcome in OUTCOMES else OTHER
+                self.opentelemetry.handled(event_type, outcome, seconds, age)
             if self.summary:
                 self._summarise(result, push, verified, seconds, age)
         finally:

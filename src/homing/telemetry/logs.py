@@ -100,14 +100,17 @@ class CloudLoggingFormatter(logging.Formatter):
         fields: Mapping[str, Any] | None = None,
     ) -> str:
         """One entry, without a ``LogRecord`` (the per-push summary is written this way)."""
+        severity, stamp = _severity(levelno), self._time(created)
         entry: dict[str, Any] = {
-            "severity": _severity(levelno),
+            "severity": severity,
             "message": message,
-            "time": self._time(created),
+            "time": stamp,
             "logger": logger,
         }
         if fields:  # after the core keys, which they may not replace
-            entry = {**entry, **fields, **entry}
+            entry.update(fields)
+            if len(entry) < 4 + len(fields):
+                entry.update(severity=severity, message=message, time=stamp, logger=logger)
         trace = current_trace()
         if trace is not None:
             if self._trace_prefix is not None:
@@ -186,7 +189,7 @@ class LogHandler(logging.Handler):
             return
         try:
             line = self.line(levelno, logger, message, time.time(), fields)
-            with self._lock():
+            with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
                 self._write(line)
         except Exception:  # logging failing must never fail a push
             sys.stderr.write("homing: could not write a log line\n")

@@ -30,24 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "homing's Prometheus metrics need prometheus-client: pip install 'homing[metrics]'"
     ) from exc
 
-#: Every outcome a push can have; anything else is counted as ``other``.
-OUTCOMES = frozenset(
-    {
-        "done",
-        "duplicate",
-        "quarantined",
-        "retry",
-        "handler_failed",
-        "in_progress",
-        "store_unavailable",
-        "unknown_event",
-        "malformed",
-        "unauthenticated",
-        "forbidden",
-        "rejected",
-        "too_large",
-    }
-)
+from homing.telemetry.hook import OTHER, OUTCOMES
 
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 DURATION_BUCKETS += (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -103,7 +86,7 @@ class PrometheusMetrics:
     ) -> None:
         """Count one answered push. ``event_type`` must already be a bounded label value."""
         if outcome not in OUTCOMES:
-            outcome = "other"
+            outcome = OTHER
         key = (event_type, outcome)
         self._pushes[key] = self._pushes.get(key, 0) + 1
         histograms = self._histograms.get(event_type)
