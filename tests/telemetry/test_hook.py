@@ -4,7 +4,11 @@ continued across the hop, and bad trace input ignored."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 import httpx
 import pytest
@@ -297,3 +301,51 @@ async def test_a_failing_hook_never_fails_a_publish_or_a_push(
     failures = [e for e in json_lines.entries if e["message"].startswith("hook Broken.")]
     assert len(failures) == 5
     assert len(json_lines.summaries()) == 1  # the other hooks still ran
+
+
+def test_without_the_otel_and_metrics_extras(tmp_path: Path) -> None:
+    """homing and its logs and trace continuation work with neither extra installed."""
+    script = tmp_path / "bare.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+
+            class Missing:
+                def find_spec(self, name, path=None, target=None):
+                    if name.split(".")[0] in ("opentelemetry", "prometheus_client"):
+                        raise ModuleNotFoundError(f"No module named {name!r}")
+                    return None
+
+            sys.meta_path.insert(0, Missing())
+            from pydantic import BaseModel
+            from homing import Homing, KeyRing, Signer, build_push
+            from homing.telemetry import Telemetry
+
+            class Ping(BaseModel):
+                n: int
+
+            homing = Homing(signer=Signer(KeyRing.generate()))
+            homing.events.register("ping", Ping)
+
+            @homing.handler(Ping)
+            async def handle(event: Ping) -> None: ...
+
+            homing.hooks.append(Telemetry(homing.events))
+            attributes = homing.signer.sign(b'{"n":1}', "ping")
+            body = build_push(b'{"n":1}', attributes, message_id="1", subscription="s")
+            print(asyncio.run(homing.handle_push(body)).outcome)
+            try:
+                import homing.telemetry.metrics
+            except ImportError as exc:
+                print(exc)
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.splitlines()
+    assert out == [
+        "done",
+        "homing's Prometheus metrics need prometheus-client: pip install 'homing[metrics]'",
+    ]
