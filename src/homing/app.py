@@ -444,6 +444,16 @@ class Homing:
 
     # -- hooks --------------------------------------------------------------------------------
 
+    def refused(self, exc: PushRejected) -> PushResult:
+        """The answer to a push an adapter refused before :meth:`handle_push` (a body over
+        the size limit): logged, and seen by the hooks like any other push."""
+        logger.warning("push refused (%s): %s", exc.code, exc.detail)
+        result = PushResult(exc.status_code, exc.code, exc.detail)
+        if self.hooks:
+            self._hook("on_push_received")
+            self._hook("on_push_handled", result)
+        return result
+
     def published(
         self, message: OutgoingMessage, seconds: float, error: BaseException | None
     ) -> None:

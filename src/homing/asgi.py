@@ -60,6 +60,7 @@ class PushEndpoint:
             if message.get("more_body", False):  # the body came in pieces: read the rest
                 body = await _read_rest(receive, body, limit)
         except PayloadTooLarge as exc:
+            self.homing.refused(exc)  # logged and counted like any other push
             await _respond(send, exc.status_code, {"outcome": exc.code, "detail": exc.detail})
             return
         result = await self.homing.handle_push(body, authorization=authorization)

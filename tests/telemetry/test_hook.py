@@ -161,6 +161,17 @@ async def test_every_push_has_exactly_one_summary_line(
     assert summaries[3].get("logging.googleapis.com/trace") != f"projects/proj-1/traces/{TRACE}"
 
 
+async def test_a_body_refused_for_its_size_has_its_summary_line_too(
+    client: httpx.AsyncClient, service: Homing, json_lines: JsonLines
+) -> None:
+    service.max_body_size = 64
+    response = await client.post("/events", content=b"x" * 65)
+    assert response.status_code == 413
+    [summary] = json_lines.summaries()
+    assert summary["outcome"] == "too_large"
+    assert summary["status"] == 413
+
+
 async def test_an_unsigned_trace_attribute_cannot_be_added(
     client: httpx.AsyncClient, service: Homing, seen: Seen
 ) -> None:

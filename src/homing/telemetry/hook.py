@@ -69,9 +69,10 @@ push_logger = logging.getLogger("homing.push")
 class _Push:
     """What the telemetry knows about the push under way (one per push, in a context var)."""
 
-    __slots__ = ("process", "push", "received", "received_ns", "token", "verified")
+    __slots__ = ("handled", "process", "push", "received", "received_ns", "token", "verified")
 
     def __init__(self, received: float, received_ns: int) -> None:
+        self.handled = False
         self.received = received
         self.received_ns = received_ns
         self.push: PushMessage | None = None
@@ -186,9 +187,9 @@ class Telemetry(Hook):
 
     def on_push_handled(self, result: PushResult) -> None:
         state = self._push.get()
-        if state is None:
+        if state is None or state.handled:
             return
-        self._push.set(None)
+        state.handled = True  # (cheaper than clearing the context variable)
         seconds = time.perf_counter() - state.received
         push, verified = state.push, state.verified
         if verified is None or push is None:
