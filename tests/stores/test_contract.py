@@ -340,12 +340,12 @@ async def test_connections_the_server_killed_are_replaced_not_lent_again(tmp_pat
         finally:
             await admin.close()
         failures = 0
-        for n in range(8):  # each pooled connection may fail once, then is replaced
+        for n in range(8):  # the first use finds the server gone; the pool is replaced
             try:
                 await store.claim(f"after-{n}", lease=60)
             except StoreError:
                 failures += 1
-        assert failures <= 5
+        assert failures <= 1
         assert await store.claim("then", lease=60) is Claim.CLAIMED
         async with store.transaction("then-tx") as transaction:
             assert transaction.claim is Claim.CLAIMED

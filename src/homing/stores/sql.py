@@ -227,12 +227,20 @@ def driver_cursor(connection: Connection) -> Iterator[Any]:
     invalidates the connection here, as SQLAlchemy would after a lost connection: the pool then
     opens a new one instead of lending the dead one out again (a restarted server).
     """
-    cursor = connection.connection.cursor()
+    dbapi_connection = connection.connection
+    cursor = dbapi_connection.cursor()
     try:
         yield cursor
     except Exception as exc:
-        if not isinstance(exc, connection.dialect.loaded_dbapi.IntegrityError):
+        dbapi = connection.dialect.loaded_dbapi
+        if not isinstance(exc, dbapi.IntegrityError):
+            lost = isinstance(exc, OSError) or (
+                isinstance(exc, dbapi.Error)
+                and connection.dialect.is_disconnect(exc, dbapi_connection.dbapi_connection, cursor)
+            )
             connection.invalidate(exc)
+            if lost:  # the server went away: its other pooled connections are as dead
+                connection.engine.dispose(close=False)
         raise
     finally:
         with contextlib.suppress(Exception):
