@@ -1,0 +1,308 @@
+"""The delivery loop: one worker per push subscription, Pub/Sub's push rules.
+
+- A push acknowledges only on 102, 200, 201, 202 or 204. Any other status, a refused or reset
+  connection, or no answer within the ack deadline is a nack; the request is cancelled at the
+  deadline, so a late 2xx never counts.
+- A nacked message comes back after the subscription's RetryPolicy backoff (exponential from
+  ``minimumBackoff`` to ``maximumBackoff``, with jitter); without a policy, after a short
+  exponential backoff (0.1 s to 10 s) rather than in a tight loop.
+- With a dead-letter policy, the body carries ``deliveryAttempt``, and the message is
+  dead-lettered once ``maxDeliveryAttempts`` attempts have failed.
+- With ordering on, one message per ordering key is in flight; other keys proceed.
+- How many pushes are in flight follows a slow-start window: it grows with each success and
+  halves on each failure, so a failing endpoint gets little traffic and a healthy one a lot.
+- Each subscription has its own worker and window: one bad endpoint never stalls another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import httpx
+
+from homing.broker.model import Delivery
+from homing.broker.storage import Pending, Storage
+from homing.envelope import ACK_STATUSES, build_push
+
+if TYPE_CHECKING:
+    from homing.broker.oidc import TokenIssuer
+
+logger = logging.getLogger("homing.broker")
+
+#: Backoff when a subscription has no RetryPolicy ("as soon as possible", but not a hot loop).
+NO_POLICY_BACKOFF = (0.1, 10.0)
+#: Seconds between two warnings about one subscription's failing deliveries.
+WARNING_INTERVAL = 10.0
+
+
+class SlowStart:
+    """The number of pushes a subscription may have in flight.
+
+    Starts at ``initial``, doubles per round of successes up to the first failure (each success
+    adds one), then grows by about one per round; each failure halves it (never below one).
+    """
+
+    def __init__(self, initial: int = 4, limit: int = 1000) -> None:
+        self.limit = limit
+        self.size = float(min(initial, limit))
+        self.threshold = float(limit)
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.size))
+
+    def success(self) -> None:
+        step = 1.0 if self.size < self.threshold else 1.0 / self.size
+        self.size = min(float(self.limit), self.size + step)
+
+    def failure(self) -> None:
+        self.threshold = max(self.size / 2, 1.0)
+        self.size = self.threshold
+
+
+def backoff(delivery: Delivery, attempts: int) -> float:
+    """Seconds before attempt ``attempts + 1``, jittered within the policy's bounds."""
+    low, high = (
+        (delivery.min_backoff, delivery.max_backoff)
+        if delivery.retry_policy
+        else NO_POLICY_BACKOFF
+    )
+    delay = min(high, low * 2 ** max(attempts - 1, 0))
+    jittered = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
+    return min(high, max(low, jittered))
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def push_request(
+    delivery: Delivery, pending: Pending, attempt: int
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one push, as production sends them."""
+    message = pending.message
+    headers = {"user-agent": "CloudPubSub-Google"}
+    if not delivery.no_wrapper:
+        body = build_push(
+            message.data,
+            message.attributes,
+            message_id=message.message_id,
+            subscription=delivery.name,
+            publish_time=datetime.fromtimestamp(message.publish_time, UTC),
+            ordering_key=message.ordering_key or None,
+            delivery_attempt=attempt if delivery.dead_letter_topic else None,
+        )
+        headers["content-type"] = "application/json"
+        return body, headers
+    if delivery.write_metadata:
+        for key, value in message.attributes.items():
+            headers[key] = value
+        headers["x-goog-pubsub-message-id"] = message.message_id
+        headers["x-goog-pubsub-publish-time"] = _rfc3339(message.publish_time)
+        headers["x-goog-pubsub-subscription-name"] = delivery.name
+        if message.ordering_key:
+            headers["x-goog-pubsub-ordering-key"] = message.ordering_key
+    content_type = message.attributes.get("Content-Type") or message.attributes.get(
+        "content-type"
+    )
+    headers["content-type"] = content_type or "application/octet-stream"
+    return message.data, headers
+
+
+class SubscriptionWorker:
+    """Pushes one subscription's messages; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        *,
+        storage: Storage,
+        client: httpx.AsyncClient,
+        issuer: TokenIssuer,
+        dead_letter: Callable[[SubscriptionWorker, Pending], Awaitable[None]],
+        push_timeout: float | None = None,
+        window: SlowStart | None = None,
+    ) -> None:
+        self.delivery = delivery
+        self.window = window or SlowStart()
+        self.in_flight: dict[tuple[int, int], Pending] = {}
+        self.dead: dict[int, Pending] = {}
+        self.acked = 0
+        self.nacked = 0
+        self.last_failure: str | None = None
+        self._storage = storage
+        self._client = client
+        self._issuer = issuer
+        self._dead_letter = dead_letter
+        self._push_timeout = push_timeout
+        self._heap: list[tuple[float, int, Pending]] = []
+        self._keys: dict[str, deque[Pending]] = {}
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._failures_since_warning = 0
+        self._warned_at = 0.0
+
+    # Queue ------------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Messages owed and not in flight (ordered ones waiting behind their key included)."""
+        return len(self.waiting())
+
+    def waiting(self) -> list[Pending]:
+        """Messages owed and not in flight, soonest first."""
+        found = {id(p): p for _, _, p in self._heap}
+        for queue in self._keys.values():
+            for p in queue:
+                found.setdefault(id(p), p)
+        in_flight = {id(p) for p in self.in_flight.values()}
+        return sorted(
+            (p for key, p in found.items() if key not in in_flight),
+            key=lambda p: (p.due, p.message.seq),
+        )
+
+    def _is_keyed(self, pending: Pending) -> bool:
+        return self.delivery.ordered and bool(pending.message.ordering_key)
+
+    def add(self, pending: Pending) -> None:
+        """Owe ``pending`` to this subscription (a new publish, a replay, or loaded at start)."""
+        if pending.dead:
+            self.dead[pending.message.seq] = pending
+            return
+        if self._is_keyed(pending):
+            queue = self._keys.setdefault(pending.message.ordering_key, deque())
+            queue.append(pending)
+            if len(queue) > 1:
+                return  # waits until the messages before it on its key are done
+        heapq.heappush(self._heap, (pending.due, next(self._order), pending))
+        self._wake.set()
+
+    def _finished(self, pending: Pending) -> None:
+        """``pending`` is acked or dead-lettered: the next message on its key may go."""
+        if not self._is_keyed(pending):
+            return
+        queue = self._keys[pending.message.ordering_key]
+        queue.popleft()
+        if queue:
+            head = queue[0]
+            head.due = max(head.due, time.time())
+            heapq.heappush(self._heap, (head.due, next(self._order), head))
+        else:
+            del self._keys[pending.message.ordering_key]
+
+    # Loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._runner is None and self.delivery.endpoint:
+            self._runner = asyncio.create_task(
+                self._run(), name=f"homing-broker {self.delivery.name}"
+            )
+
+    async def stop(self) -> None:
+        """Stop pushing; pushes under way are cancelled (and so not acknowledged)."""
+        tasks = [t for t in (self._runner, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runner = None
+
+    async def _run(self) -> None:
+        while True:
+            now = time.time()
+            heap = self._heap
+            while heap and heap[0][0] <= now and len(self.in_flight) < self.window.allowed:
+                _, order, pending = heapq.heappop(heap)
+                self.in_flight[(pending.message.seq, order)] = pending
+                task = asyncio.create_task(self._attempt(pending, (pending.message.seq, order)))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            timeout = None
+            if heap and len(self.in_flight) < self.window.allowed:
+                timeout = max(heap[0][0] - now, 0.0)
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _attempt(self, pending: Pending, slot: tuple[int, int]) -> None:
+        delivery = self.delivery
+        assert delivery.endpoint is not None
+        attempt = pending.attempts + 1
+        deadline = self._push_timeout or delivery.ack_deadline
+        error: str | None = None
+        try:
+            body, headers = push_request(delivery, pending, attempt)
+            if delivery.oidc_email:
+                token = self._issuer.token(
+                    delivery.oidc_email, delivery.oidc_audience or delivery.endpoint
+                )
+                headers["authorization"] = f"Bearer {token}"
+            async with asyncio.timeout(deadline):
+                response = await self._client.post(delivery.endpoint, content=body, headers=headers)
+            if response.status_code not in ACK_STATUSES:
+                error = f"HTTP {response.status_code}"
+        except TimeoutError:
+            error = f"no answer within the ack deadline ({deadline:g} s)"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except (ValueError, UnicodeError) as exc:  # e.g. an attribute that is no header value
+            error = f"the push could not be sent: {exc}"
+        pending.attempts = attempt
+        del self.in_flight[slot]
+        try:
+            if error is None:
+                self.window.success()
+                self.acked += 1
+                self._storage.later(Storage.ack(delivery.name, pending.message.seq))
+                self._finished(pending)
+            else:
+                await self._nacked(pending, error)
+        finally:
+            self._wake.set()
+
+    async def _nacked(self, pending: Pending, error: str) -> None:
+        delivery = self.delivery
+        self.window.failure()
+        self.nacked += 1
+        self.last_failure = error
+        pending.last_error = error
+        self._warn(pending, error)
+        if delivery.dead_letter_topic and pending.attempts >= delivery.max_delivery_attempts:
+            await self._dead_letter(self, pending)
+            self._finished(pending)
+            return
+        pending.due = time.time() + backoff(delivery, pending.attempts)
+        self._storage.later(Storage.nack(pending))
+        heapq.heappush(self._heap, (pending.due, next(self._order), pending))
+
+    def _warn(self, pending: Pending, error: str) -> None:
+        self._failures_since_warning += 1
+        now = time.monotonic()
+        if now - self._warned_at < WARNING_INTERVAL:
+            return
+        logger.warning(
+            "push to %s for subscription %s failed %d time(s) since the last report; "
+            "last: message %s attempt %d: %s",
+            self.delivery.endpoint,
+            self.delivery.name,
+            self._failures_since_warning,
+            pending.message.message_id,
+            pending.attempts,
+            error,
+        )
+        self._warned_at = now
+        self._failures_since_warning = 0
