@@ -106,7 +106,8 @@ def push_request(
         return body, headers
     if delivery.write_metadata:
         for key, value in message.attributes.items():
-            headers[key] = value
+            if key.lower() != "content-type":  # sets the request's content type, below
+                headers[key] = value
         headers["x-goog-pubsub-message-id"] = message.message_id
         headers["x-goog-pubsub-publish-time"] = _rfc3339(message.publish_time)
         headers["x-goog-pubsub-subscription-name"] = delivery.name
