@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from homing import provisioning
+from homing.broker.cli import add_commands as broker_commands
 from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
@@ -382,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'no drift' and exit 0. Honours PUBSUB_EMULATOR_HOST.",
     ).set_defaults(run=_check)
     _operator_commands(commands)
+    broker_commands(commands)
     return parser
 
 

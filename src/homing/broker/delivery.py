@@ -120,6 +120,11 @@ def push_request(
     return message.data, headers
 
 
+def _slot(ack_id: str) -> tuple[int, int]:
+    seq, order = ack_id.split("-")
+    return int(seq), int(order)
+
+
 class SubscriptionWorker:
     """Pushes one subscription's messages; see the module docstring for the rules."""
 
@@ -154,6 +159,7 @@ class SubscriptionWorker:
         self._runner: asyncio.Task[None] | None = None
         self._failures_since_warning = 0
         self._warned_at = 0.0
+        self._leases: dict[str, tuple[Pending, float]] = {}
 
     # Queue ------------------------------------------------------------------------------
 
@@ -289,6 +295,48 @@ class SubscriptionWorker:
         pending.due = time.time() + backoff(delivery, pending.attempts)
         self._storage.later(Storage.nack(pending))
         heapq.heappush(self._heap, (pending.due, next(self._order), pending))
+
+    # Pull -------------------------------------------------------------------------------
+
+    def pull(self, max_messages: int) -> list[tuple[str, Pending]]:
+        """Lease up to ``max_messages`` due messages for the ack deadline; ``(ack_id, p)``."""
+        now = time.time()
+        for ack_id, (pending, expires) in list(self._leases.items()):
+            if expires <= now:  # not acknowledged in time: a nack
+                del self._leases[ack_id]
+                del self.in_flight[_slot(ack_id)]
+                pending.attempts += 1
+                self.nacked += 1
+                pending.due = now
+                heapq.heappush(self._heap, (pending.due, next(self._order), pending))
+        leased: list[tuple[str, Pending]] = []
+        while self._heap and self._heap[0][0] <= now and len(leased) < max_messages:
+            _, order, pending = heapq.heappop(self._heap)
+            ack_id = f"{pending.message.seq}-{order}"
+            self.in_flight[(pending.message.seq, order)] = pending
+            self._leases[ack_id] = (pending, now + self.delivery.ack_deadline)
+            leased.append((ack_id, pending))
+        return leased
+
+    def acknowledge(self, ack_ids: list[str]) -> None:
+        """End the leases named (unknown or expired ones are ignored, as Pub/Sub does)."""
+        for ack_id in ack_ids:
+            lease = self._leases.pop(ack_id, None)
+            if lease is None:
+                continue
+            pending = lease[0]
+            del self.in_flight[_slot(ack_id)]
+            pending.attempts += 1
+            self.acked += 1
+            self._storage.later(Storage.ack(self.delivery.name, pending.message.seq))
+            self._finished(pending)
+
+    def modify_deadline(self, ack_ids: list[str], seconds: int) -> None:
+        """Extend (or with 0, end as a nack) the leases named."""
+        for ack_id in ack_ids:
+            lease = self._leases.get(ack_id)
+            if lease is not None:
+                self._leases[ack_id] = (lease[0], time.time() + seconds)
 
     def _warn(self, pending: Pending, error: str) -> None:
         self._failures_since_warning += 1

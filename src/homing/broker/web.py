@@ -1,0 +1,265 @@
+"""The broker's HTTP side: OIDC certificates, a read-mostly REST view, and the web page.
+
+- ``GET /certs``: the token certificates in Google's v1 format (``HOMING_OIDC_CERTS_URL``).
+- ``GET /v1/broker``: every subscription's delivery state as JSON.
+- ``GET /v1/projects/P/topics``, ``.../subscriptions``: the resources, as the REST API shows them.
+- ``GET /v1/projects/P/subscriptions/S/messages``: in flight, waiting and dead-lettered.
+- ``POST /v1/projects/P/topics/T:publish``: publish (``{"messages": [{"data": base64, ...}]}``).
+- ``POST /v1/projects/P/subscriptions/S/messages/ID:replay``: deliver a dead letter again.
+- ``GET /``: the web page; its replay buttons post to ``/replay``.
+
+Message data is untrusted: the page escapes everything it shows. State-changing requests from
+another origin are refused (the page has no login: it is meant for loopback only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from homing.broker.broker import Broker
+from homing.broker.delivery import SubscriptionWorker
+from homing.broker.errors import BrokerError, InvalidArgument
+from homing.broker.storage import Pending
+
+_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "ALREADY_EXISTS": 409}
+_PREVIEW = 160
+
+
+def _error(exc: BrokerError) -> JSONResponse:
+    code = _STATUS.get(exc.status, 500)
+    return JSONResponse(
+        {"error": {"code": code, "message": str(exc), "status": exc.status}}, status_code=code
+    )
+
+
+def _cross_site(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        return True
+    return request.headers.get("sec-fetch-site") == "cross-site"
+
+
+def _json(message: Any) -> Any:
+    return orjson.loads(type(message).to_json(message, indent=0))
+
+
+def _pending(pending: Pending) -> dict[str, Any]:
+    message = pending.message
+    return {
+        "messageId": message.message_id,
+        "data": base64.b64encode(message.data).decode(),
+        "attributes": message.attributes,
+        "orderingKey": message.ordering_key,
+        "attempts": pending.attempts,
+        "due": pending.due,
+        "lastError": pending.last_error,
+    }
+
+
+def create_app(broker: Broker) -> Starlette:
+    """The HTTP application for ``broker``."""
+
+    async def certs(_request: Request) -> Response:
+        return JSONResponse(
+            broker.issuer.certs(), headers={"cache-control": "public, max-age=300"}
+        )
+
+    async def state(_request: Request) -> Response:
+        return JSONResponse(broker.describe())
+
+    async def topics(request: Request) -> Response:
+        try:
+            found = broker.list_topics(f"projects/{request.path_params['project']}")
+        except BrokerError as exc:
+            return _error(exc)
+        return JSONResponse({"topics": [_json(t) for t in found]})
+
+    async def subscriptions(request: Request) -> Response:
+        try:
+            found = broker.list_subscriptions(f"projects/{request.path_params['project']}")
+        except BrokerError as exc:
+            return _error(exc)
+        return JSONResponse({"subscriptions": [_json(s) for s in found]})
+
+    async def messages(request: Request) -> Response:
+        name = f"projects/{request.path_params['project']}/subscriptions/{request.path_params['id']}"
+        try:
+            worker = broker.worker(name)
+        except BrokerError as exc:
+            return _error(exc)
+        return JSONResponse(
+            {
+                "inFlight": [_pending(p) for p in worker.in_flight.values()],
+                "waiting": [_pending(p) for p in worker.waiting()],
+                "deadLettered": [_pending(p) for p in worker.dead.values()],
+            }
+        )
+
+    async def publish(request: Request) -> Response:
+        if _cross_site(request):
+            return JSONResponse({"error": {"message": "cross-site request"}}, status_code=403)
+        topic = f"projects/{request.path_params['project']}/topics/{request.path_params['id']}"
+        try:
+            body = orjson.loads(await request.body())
+            batch = []
+            for item in body["messages"]:
+                data = binascii.a2b_base64(item.get("data", ""), strict_mode=True)
+                batch.append((data, dict(item.get("attributes") or {}), item.get("orderingKey", "")))
+            ids = await broker.publish(topic, batch)
+        except BrokerError as exc:
+            return _error(exc)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            return _error(InvalidArgument(f"not a publish request: {type(exc).__name__}: {exc}"))
+        return JSONResponse({"messageIds": ids})
+
+    async def replay_api(request: Request) -> Response:
+        if _cross_site(request):
+            return JSONResponse({"error": {"message": "cross-site request"}}, status_code=403)
+        name = f"projects/{request.path_params['project']}/subscriptions/{request.path_params['id']}"
+        try:
+            await broker.replay(name, request.path_params["message"])
+        except BrokerError as exc:
+            return _error(exc)
+        return JSONResponse({})
+
+    async def replay_form(request: Request) -> Response:
+        if _cross_site(request):
+            return HTMLResponse("cross-site request refused", status_code=403)
+        form = await request.form()
+        subscription, message = form.get("subscription"), form.get("message")
+        if not isinstance(subscription, str) or not isinstance(message, str):
+            return HTMLResponse("subscription and message are required", status_code=400)
+        try:
+            await broker.replay(subscription, message)
+        except BrokerError as exc:
+            return HTMLResponse(html.escape(str(exc)), status_code=_STATUS.get(exc.status, 500))
+        return RedirectResponse("/", status_code=303)
+
+    async def page(_request: Request) -> Response:
+        return HTMLResponse(render_page(broker))
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/certs", certs),
+            Route("/replay", replay_form, methods=["POST"]),
+            Route("/v1/broker", state),
+            Route("/v1/projects/{project}/topics", topics),
+            Route("/v1/projects/{project}/subscriptions", subscriptions),
+            Route("/v1/projects/{project}/subscriptions/{id}/messages", messages),
+            Route(
+                "/v1/projects/{project}/subscriptions/{id}/messages/{message}:replay",
+                replay_api,
+                methods=["POST"],
+            ),
+            Route("/v1/projects/{project}/topics/{id}:publish", publish, methods=["POST"]),
+        ]
+    )
+
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 2em; }
+table { border-collapse: collapse; margin: .5em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } code { font-size: 12px; } .bad { color: #a00; }
+.data { max-width: 40em; overflow-wrap: anywhere; font-family: monospace; font-size: 12px; }
+"""
+
+
+def _cell(value: object) -> str:
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _preview(data: bytes) -> str:
+    text = data[:_PREVIEW].decode("utf-8", errors="replace")
+    return text + ("…" if len(data) > _PREVIEW else "")
+
+
+def _attributes(pending: Pending) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(pending.message.attributes.items()))
+
+
+def _message_rows(worker: SubscriptionWorker, state: str, items: list[Pending]) -> list[str]:
+    rows = []
+    now = time.time()
+    for pending in items:
+        message = pending.message
+        action = ""
+        if state == "dead-lettered":
+            action = (
+                '<form method="post" action="/replay">'
+                f'<input type="hidden" name="subscription" value="{html.escape(worker.delivery.name)}">'
+                f'<input type="hidden" name="message" value="{html.escape(message.message_id)}">'
+                '<button type="submit">Replay</button></form>'
+            )
+        due = "" if state != "waiting" else f"in {max(pending.due - now, 0):.1f} s"
+        rows.append(
+            "<tr>"
+            + _cell(worker.delivery.name.rsplit("/", 1)[-1])
+            + _cell(message.message_id)
+            + _cell(state)
+            + _cell(pending.attempts)
+            + _cell(due)
+            + _cell(message.ordering_key)
+            + f'<td class="data">{html.escape(_attributes(pending))}</td>'
+            + f'<td class="data">{html.escape(_preview(message.data))}</td>'
+            + f'<td class="bad">{html.escape(pending.last_error or "")}</td>'
+            + f"<td>{action}</td></tr>"
+        )
+    return rows
+
+
+def render_page(broker: Broker, limit: int = 100) -> str:
+    """The web page: topics, subscriptions, messages in flight, waiting and dead-lettered."""
+    state = broker.describe()
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>homing broker</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>homing local push broker</h1>",
+        f"<p>{state['published']} messages published since start; data in "
+        f"<code>{html.escape(broker.path)}</code></p>",
+        "<h2>Topics</h2><ul>",
+        *(f"<li><code>{html.escape(name)}</code></li>" for name in state["topics"]),
+        "</ul><h2>Subscriptions</h2>",
+        "<table><tr><th>Subscription</th><th>Topic</th><th>Endpoint</th><th>Window</th>"
+        "<th>In flight</th><th>Waiting</th><th>Acked</th><th>Nacked</th><th>Dead letters</th>"
+        "<th>Last failure</th></tr>",
+    ]
+    for item in state["subscriptions"]:
+        parts.append(
+            "<tr>"
+            + "".join(
+                _cell(item[key] if item[key] is not None else "")
+                for key in ("name", "topic", "endpoint", "window", "in_flight", "backlog",
+                            "acked", "nacked", "dead_lettered")
+            )
+            + f'<td class="bad">{html.escape(item["last_failure"] or "")}</td></tr>'
+        )
+    parts.append("</table><h2>Messages</h2>")
+    parts.append(
+        "<table><tr><th>Subscription</th><th>Message id</th><th>State</th><th>Attempts</th>"
+        "<th>Next attempt</th><th>Ordering key</th><th>Attributes</th><th>Data</th>"
+        "<th>Last error</th><th></th></tr>"
+    )
+    for item in state["subscriptions"]:
+        worker = broker.worker(item["name"])
+        parts += _message_rows(worker, "in flight", list(worker.in_flight.values())[:limit])
+        parts += _message_rows(worker, "dead-lettered", list(worker.dead.values())[:limit])
+        parts += _message_rows(worker, "waiting", worker.waiting()[:limit])
+    parts.append("</table></body></html>")
+    return "".join(parts)
+
+
