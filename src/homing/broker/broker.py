@@ -39,7 +39,7 @@ from homing.broker.model import (
     subscription_name,
     topic_name,
 )
-from homing.broker.oidc import TokenIssuer, new_private_key
+from homing.broker.oidc import TokenIssuer, make_certificate, new_private_key
 from homing.broker.storage import Pending, Storage, now
 
 logger = logging.getLogger("homing.broker")
@@ -113,7 +113,10 @@ class Broker:
         storage = Storage(self.path)
         self._storage = storage
         key = await storage.run(Storage.meta("oidc-private-key", new_private_key))
-        self._issuer = TokenIssuer(key)
+        certificate = await storage.run(
+            Storage.meta("oidc-certificate", lambda: make_certificate(key))
+        )
+        self._issuer = TokenIssuer(key, certificate)
         topics, subscriptions, pending = await storage.run(Storage.load())
         for raw in topics:
             topic = pubsub.Topic.deserialize(raw)

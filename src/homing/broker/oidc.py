@@ -36,28 +36,40 @@ def new_private_key() -> bytes:
     )
 
 
-class TokenIssuer:
-    """Signs push tokens with one RSA key and publishes its certificate."""
+def make_certificate(private_key_pem: bytes) -> bytes:
+    """A self-signed certificate (PEM) for the key, valid for ten years."""
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise TypeError("the broker's token key must be an RSA key")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homing local broker")])
+    start = datetime.now(UTC) - timedelta(days=1)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
 
-    def __init__(self, private_key_pem: bytes) -> None:
-        key = serialization.load_pem_private_key(private_key_pem, password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise TypeError("the broker's token key must be an RSA key")
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homing local broker")])
-        start = datetime.now(UTC) - timedelta(days=1)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(start)
-            .not_valid_after(start + timedelta(days=3650))
-            .sign(key, hashes.SHA256())
-        )
+
+class TokenIssuer:
+    """Signs push tokens with one RSA key and publishes its certificate.
+
+    Args:
+        private_key_pem: the RSA key (:func:`new_private_key`).
+        certificate_pem: its certificate (:func:`make_certificate`); made when not given.
+    """
+
+    def __init__(self, private_key_pem: bytes, certificate_pem: bytes | None = None) -> None:
+        pem = certificate_pem or make_certificate(private_key_pem)
+        certificate = x509.load_pem_x509_certificate(pem)
         der = certificate.public_bytes(serialization.Encoding.DER)
         self.key_id = hashlib.sha1(der, usedforsecurity=False).hexdigest()
-        self._pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        self._pem = pem.decode()
         self._signer = crypt.RSASigner.from_string(private_key_pem, key_id=self.key_id)
 
     def certs(self) -> dict[str, str]:
