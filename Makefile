@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml requirements/dev.lock
 	$(BIN)/python -m pip install --quiet -c requirements/dev.lock -e '.[dev]'
 	touch $(STAMP)
 
-## run: the reference service (the article's API) on http://127.0.0.1:$${PORT:-8080}
+## run: the reference service (the article's API) on http://127.0.0.1:$${PORT:-8080}, with the
+## local push broker delivering its events (durable in users_api.broker.sqlite3, OIDC on)
 run: $(STAMP)
-	PYTHONPATH=examples $(BIN)/python -m users_api
+	PYTHONPATH=examples $(BIN)/homing dev --app users_api.app:create_app --data users_api.broker.sqlite3
 
 ## test: lint, types, the docs site and the whole test suite
 test: $(STAMP) lint docs

@@ -136,12 +136,37 @@ async def test_loopback_keeps_what_it_gave_up_on(homing: Homing) -> None:
 async def test_loopback_keeps_what_is_undelivered_at_shutdown(homing: Homing) -> None:
     keep = MemoryQuarantineStore()
     flaky = Flaky(*[503] * 1000)
-    loopback = _flaky_publisher(flaky, keep=keep, shutdown_grace=0.05)
+    loopback = _flaky_publisher(flaky, keep=keep, shutdown_grace=0.05, max_attempts=10_000)
     homing.publisher = loopback
-    event_id = await homing.publish(ORDER)
+    publishing = asyncio.create_task(homing.publish(ORDER, event_id="e-shutdown"))
+    while not flaky.bodies:
+        await asyncio.sleep(0.001)
     await loopback.aclose()
-    assert [m.event_id for m in loopback.undelivered] == [event_id]
-    entry = await keep.get(event_id)
+    with pytest.raises(asyncio.CancelledError):
+        await publishing
+    assert [m.event_id for m in loopback.undelivered] == ["e-shutdown"]
+    entry = await keep.get("e-shutdown")
     assert entry is not None
     assert "still undelivered at shutdown" in entry.reason
     assert orjson.loads(entry.body)["message"]["attributes"]["event-type"] == "order.placed"
+
+
+async def test_loopback_publish_returns_only_once_delivered(homing: Homing) -> None:
+    flaky = Flaky(503)
+    homing.publisher = loopback = _flaky_publisher(flaky)
+    await homing.publish(ORDER)
+    assert len(flaky.bodies) == 2  # delivered before publish returned: nothing waits in memory
+    assert loopback.pending == 0
+
+
+async def test_loopback_without_a_store_fails_the_publish_and_warns_with_the_url(
+    homing: Homing, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = Flaky(0, 0, 0)
+    homing.publisher = _flaky_publisher(flaky, max_attempts=3)
+    with pytest.raises(PublishFailed, match="http://svc/events failed 3 times") as caught:
+        await homing.publish(ORDER, event_id="e-lost")
+    assert caught.value.event_id == "e-lost"
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "http://svc/events" in warning.getMessage()
+    assert "ConnectError" in warning.getMessage()

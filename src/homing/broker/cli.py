@@ -191,6 +191,18 @@ def dev_environment(
     return forced | {k: v for k, v in defaults.items() if k not in os.environ}
 
 
+def dev_signing_keys(path: Path) -> str:
+    """A development signing key kept in ``path`` (made on first use, readable by the owner
+    only), so events the broker still owes after a restart verify."""
+    from homing.signing import new_key
+
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(new_key() + "\n")
+        logger.info("made a development signing key in %s", path)
+    return path.read_text().strip()
+
+
 def _dev(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -207,6 +219,8 @@ def _dev(args: argparse.Namespace) -> int:
         os.environ.update(
             dev_environment(addresses, host=args.host, port=args.port, push_path=args.push_path)
         )
+        if "HOMING_SIGNING_KEYS" not in os.environ:
+            os.environ["HOMING_SIGNING_KEYS"] = dev_signing_keys(Path(data + ".signing-keys"))
         settings = Settings.from_env()
         for outcome in provisioning.provision(provisioning.plan(settings), apply_iam_bindings=False):
             logger.info("%s", outcome)

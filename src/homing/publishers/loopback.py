@@ -1,10 +1,16 @@
 """The loopback publisher from the article: POST the push envelope back to the service itself.
 
-For local development without Google. Each message is delivered in the background as the real
-signed, wrapped push envelope, with Pub/Sub's ack rules: only 102/200/201/202/204 acknowledge;
-any other status or a connection error is retried with exponential backoff and jitter. A message
-that cannot be delivered is kept (in :attr:`LoopbackPublisher.undelivered`, and in a quarantine
-store when one is given), never lost silently.
+For local development without Google (the article's simplest option; ``homing dev`` runs the
+local push broker instead, with retries, dead letters and OIDC). Each message is delivered as the
+real signed, wrapped push envelope, with Pub/Sub's ack rules: only 102/200/201/202/204
+acknowledge; any other status or a connection error is retried with exponential backoff and
+jitter.
+
+:meth:`LoopbackPublisher.publish` returns only once the message is delivered, or, when every
+attempt failed, stored durably in the ``keep`` quarantine store (from where ``homing quarantine
+replay`` delivers it). Without a store it raises :class:`~homing.errors.PublishFailed`, so the
+caller (or its outbox) keeps the event: nothing waits in memory, so a kill -9 loses nothing that
+was acknowledged. A failed delivery is logged at WARNING with the URL it tried.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from datetime import UTC, datetime
 import httpx
 
 from homing.envelope import ACK_STATUSES, build_push
+from homing.errors import PublishFailed
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.stores.base import QuarantinedMessage, QuarantineStore
 
@@ -26,15 +33,17 @@ logger = logging.getLogger("homing.publishers.loopback")
 
 
 class LoopbackPublisher(Publisher):
-    """Delivers each message to ``endpoint`` (the service's own ``POST /events``).
+    """Delivers each message to ``endpoint`` (the service's own ``POST /events``) before
+    :meth:`publish` returns.
 
     Args:
         endpoint: the push endpoint URL, e.g. ``http://127.0.0.1:8080/events``.
         client: an httpx client to deliver with (a seam for tests); one is made otherwise.
-        max_attempts: give up after this many attempts (``None``: retry while running).
+        max_attempts: attempts before the message is kept (or the publish fails).
         initial_backoff, max_backoff: the retry delay doubles from the first to the second.
         shutdown_grace: how long :meth:`aclose` waits for deliveries still under way.
-        keep: where undeliverable messages go, besides :attr:`undelivered`.
+        keep: the durable store undeliverable messages go to (the publish then succeeds);
+            without one, an undeliverable message fails the publish.
     """
 
     def __init__(
@@ -43,9 +52,9 @@ class LoopbackPublisher(Publisher):
         *,
         client: httpx.AsyncClient | None = None,
         subscription: str = "projects/local/subscriptions/homing-loopback",
-        max_attempts: int | None = None,
+        max_attempts: int = 5,
         initial_backoff: float = 0.1,
-        max_backoff: float = 10.0,
+        max_backoff: float = 1.0,
         timeout: float = 10.0,
         shutdown_grace: float = 5.0,
         keep: QuarantineStore | None = None,
@@ -59,6 +68,7 @@ class LoopbackPublisher(Publisher):
         self.keep = keep
         self.undelivered: list[OutgoingMessage] = []
         self.delivered = 0
+        self.last_failure: str | None = None
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,9 +88,17 @@ class LoopbackPublisher(Publisher):
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if not await task:
+            raise PublishFailed(
+                f"loopback delivery to {self.endpoint} failed {self.max_attempts} times "
+                f"({self.last_failure}); is the service listening there?",
+                event_type=message.event_type,
+                event_id=message.event_id,
+            )
         return message_id
 
-    async def _deliver(self, message: OutgoingMessage, body: bytes) -> None:
+    async def _deliver(self, message: OutgoingMessage, body: bytes) -> bool:
+        """Deliver; ``True`` once acked or kept durably, ``False`` if the publish must fail."""
         delay = self.initial_backoff
         last = "not attempted"
         try:
@@ -94,9 +112,10 @@ class LoopbackPublisher(Publisher):
                 else:
                     if response.status_code in ACK_STATUSES:
                         self.delivered += 1
-                        return
+                        return True
                     last = f"status {response.status_code}"
-                if self.max_attempts is not None and attempt >= self.max_attempts:
+                self.last_failure = last
+                if attempt >= self.max_attempts:
                     break
                 logger.info(
                     "loopback delivery of %s (%s) attempt %d failed (%s); retrying in %.1fs",
@@ -111,15 +130,21 @@ class LoopbackPublisher(Publisher):
         except asyncio.CancelledError:
             await self._keep(message, body, f"still undelivered at shutdown ({last})")
             raise
-        await self._keep(message, body, f"gave up after {self.max_attempts} attempts ({last})")
+        return await self._keep(
+            message, body, f"gave up after {self.max_attempts} attempts ({last})"
+        )
 
-    async def _keep(self, message: OutgoingMessage, body: bytes, reason: str) -> None:
+    async def _keep(self, message: OutgoingMessage, body: bytes, reason: str) -> bool:
         self.undelivered.append(message)
-        logger.error(
-            "loopback publisher keeps undelivered %s (%s): %s",
+        logger.warning(
+            "loopback delivery of %s (%s) to %s failed: %s; %s",
             message.event_type,
             message.event_id,
+            self.endpoint,
             reason,
+            "kept in the quarantine store (homing quarantine replay delivers it)"
+            if self.keep is not None
+            else "the publish fails",
         )
         if self.keep is not None:
             await self.keep.add(
@@ -132,6 +157,8 @@ class LoopbackPublisher(Publisher):
                     event_id=message.event_id,
                 )
             )
+            return True
+        return False
 
     @property
     def pending(self) -> int:

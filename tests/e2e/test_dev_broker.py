@@ -1,0 +1,105 @@
+"""`make run`'s default: the reference service served by `homing dev` with the local broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _start(tmp_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
+    env.pop("PUBSUB_EMULATOR_HOST", None)
+    env.update(
+        PORT=str(port),
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/users.db",
+        PYTHONPATH=str(ROOT / "examples"),
+        # A handler killed mid-run holds its claim for the ack deadline; keep both short.
+        HOMING_ACK_DEADLINE="10",
+        HOMING_MIN_BACKOFF="1",
+        HOMING_MAX_BACKOFF="2",
+        HOMING_MAX_DELIVERY_ATTEMPTS="30",
+    )
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "homing.cli",
+                "dev",
+                "--app",
+                "users_api.app:create_app",
+                "--data",
+                str(tmp_path / "broker.sqlite3"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    end = time.monotonic() + 40
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < end, log.read_text()
+        time.sleep(0.1)
+
+
+async def _rename(client: httpx.AsyncClient, n: int) -> str | None:
+    try:
+        response = await client.post("/change-name", json={"user_id": 1, "name": f"n{n}"})
+    except httpx.TransportError:
+        return None
+    if response.status_code == 200 and response.headers["x-event-status"] == "published":
+        return response.headers["x-event-id"]
+    return None
+
+
+async def test_kill_9_under_load_then_restart_one_effect_each(tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "dev.log"
+    process = _start(tmp_path, port, log)
+    published: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            created = await client.post("/users", json={"name": "a", "email": "a@example.com"})
+            assert created.status_code == 201
+            for batch in range(6):
+                if batch == 4:
+                    os.killpg(process.pid, signal.SIGKILL)  # the app and its broker, mid-load
+                    process.wait()
+                found = await asyncio.gather(*(_rename(client, batch * 10 + i) for i in range(10)))
+                published += [event_id for event_id in found if event_id]
+        assert len(published) >= 30
+        process = _start(tmp_path, port, log)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            end = time.monotonic() + 30
+            while True:
+                shown = Counter(n["event_id"] for n in (await client.get("/users/1/notifications")).json())
+                if set(published) <= set(shown):
+                    break
+                assert time.monotonic() < end, (set(published) - set(shown), log.read_text())
+                await asyncio.sleep(0.2)
+        assert max(shown.values()) == 1  # one effect per event, redeliveries or not
+        output = log.read_text()
+        assert "Traceback" not in output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(20)
