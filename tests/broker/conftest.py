@@ -39,8 +39,8 @@ class Receiver:
             return await self.answer(request)
         return httpx.Response(200)
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[httpx.Request]:
-        async with asyncio.timeout(timeout), self.changed:
+    async def wait_for(self, count: int, seconds: float = 10.0) -> list[httpx.Request]:
+        async with asyncio.timeout(seconds), self.changed:
             await self.changed.wait_for(lambda: len(self.requests) >= count)
         return self.requests
 

@@ -66,8 +66,12 @@ async def test_topics_lifecycle_and_status_codes(served: Served) -> None:
     assert (await served.call(publisher.get_topic, topic=TOPIC)).name == TOPIC
     listed = await served.call(lambda: list(publisher.list_topics(project=f"projects/{PROJECT}")))
     assert [t.name for t in listed] == [TOPIC]
-    for bad in ("projects/homing-local/topics/x", "projects/p/topics/1abc", "topics/abc",
-                "projects/homing-local/topics/goog-abc"):
+    for bad in (
+        "projects/homing-local/topics/x",
+        "projects/p/topics/1abc",
+        "topics/abc",
+        "projects/homing-local/topics/goog-abc",
+    ):
         with pytest.raises(api.InvalidArgument):
             await served.call(publisher.create_topic, name=bad)
     with pytest.raises(api.NotFound):
@@ -88,7 +92,7 @@ async def test_a_published_message_is_pushed(served: Served, receiver: Receiver)
         },
     )
     future = served.publisher.publish(TOPIC, b"hello", kind="greeting")
-    message_id = await asyncio.wrap_future(future)  # type: ignore[arg-type]
+    message_id = await asyncio.wrap_future(future)
     [request] = await receiver.wait_for(1)
     message = orjson.loads(request.content)["message"]
     assert message["messageId"] == message_id
@@ -127,9 +131,7 @@ async def test_publish_to_an_unknown_topic_is_not_found(served: Served) -> None:
 
 async def test_more_than_1000_messages_are_refused(served: Served) -> None:
     await served.call(served.publisher.create_topic, name=TOPIC)
-    request = pubsub.PublishRequest(
-        topic=TOPIC, messages=[pubsub.PubsubMessage(data=b"x")] * 1001
-    )
+    request = pubsub.PublishRequest(topic=TOPIC, messages=[pubsub.PubsubMessage(data=b"x")] * 1001)
     with pytest.raises(api.InvalidArgument, match="1001"):
         await served.call(served.publisher._gapic_publish, request=request)
 
@@ -164,7 +166,7 @@ async def test_pull_and_acknowledge(served: Served) -> None:
     await served.call(served.publisher.create_topic, name=TOPIC)
     name = f"projects/{PROJECT}/subscriptions/pull"
     await served.call(served.subscriber.create_subscription, name=name, topic=TOPIC)
-    await asyncio.wrap_future(served.publisher.publish(TOPIC, b"one"))  # type: ignore[arg-type]
+    await asyncio.wrap_future(served.publisher.publish(TOPIC, b"one"))
     response = await served.call(served.subscriber.pull, subscription=name, max_messages=10)
     [received] = response.received_messages
     assert received.message.data == b"one"
@@ -185,7 +187,9 @@ async def test_provision_and_check_work_against_the_broker(served: Served) -> No
         push_service_account="push@homing-local.iam.gserviceaccount.com",
     )
     plan = provisioning.plan(settings)
-    outcomes = await served.call(lambda: list(provisioning.provision(plan, apply_iam_bindings=False)))
+    outcomes = await served.call(
+        lambda: list(provisioning.provision(plan, apply_iam_bindings=False))
+    )
     assert [o.action for o in outcomes] == ["created", "created", "created"]
     assert await served.call(provisioning.check, plan) == []
     again = await served.call(lambda: list(provisioning.provision(plan, apply_iam_bindings=False)))

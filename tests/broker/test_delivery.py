@@ -198,7 +198,9 @@ async def test_a_nacked_message_holds_back_its_key_only(
 ) -> None:
     async def answer(request: httpx.Request) -> httpx.Response:
         data = base64.b64decode(orjson.loads(request.content)["message"]["data"])
-        seen = [base64.b64decode(orjson.loads(r.content)["message"]["data"]) for r in receiver.requests]
+        seen = [
+            base64.b64decode(orjson.loads(r.content)["message"]["data"]) for r in receiver.requests
+        ]
         return httpx.Response(500 if data == b"a0" and seen.count(b"a0") == 1 else 200)
 
     receiver.answer = answer
@@ -228,7 +230,7 @@ async def test_one_bad_endpoint_does_not_stall_another(
     await broker.create_subscription(subscription())
     await broker.publish(topic, [(f"{i}".encode(), {}, "") for i in range(50)])
     async with asyncio.timeout(5):
-        while broker.worker(SUBSCRIPTION).acked < 50:
+        while broker.worker(SUBSCRIPTION).acked < 50:  # noqa: ASYNC110 - polls a counter
             await asyncio.sleep(0.02)
     assert broker.worker("projects/local/subscriptions/bad").acked == 0
 
@@ -251,9 +253,7 @@ def test_slow_start_grows_on_success_and_halves_on_failure() -> None:
     assert window.allowed == 100
 
 
-async def test_unwrapped_push_with_metadata(
-    broker: Broker, topic: str, receiver: Receiver
-) -> None:
+async def test_unwrapped_push_with_metadata(broker: Broker, topic: str, receiver: Receiver) -> None:
     await broker.create_subscription(
         subscription(no_wrapper=pubsub.PushConfig.NoWrapper(write_metadata=True))
     )

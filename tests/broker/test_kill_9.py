@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import signal
 import socket
 import subprocess
@@ -42,7 +41,16 @@ def _free_port() -> int:
 def _broker(data: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "homing.cli", "broker", "--port", str(port), "--data", str(data)],
+            [
+                sys.executable,
+                "-m",
+                "homing.cli",
+                "broker",
+                "--port",
+                str(port),
+                "--data",
+                str(data),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -102,7 +110,10 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(
                     "name": f"projects/{PROJECT}/subscriptions/load-push",
                     "topic": TOPIC,
                     "push_config": {"push_endpoint": f"http://127.0.0.1:{receiver_port}/events"},
-                    "retry_policy": {"minimum_backoff": {"seconds": 0}, "maximum_backoff": {"seconds": 1}},
+                    "retry_policy": {
+                        "minimum_backoff": {"seconds": 0},
+                        "maximum_backoff": {"seconds": 1},
+                    },
                 },
             )
             subscriber.close()
@@ -135,4 +146,3 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(
     finally:
         server.should_exit = True
         await serving
-    assert os.path.exists(data)

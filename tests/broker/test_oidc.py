@@ -1,4 +1,4 @@
-"""Push tokens: what the broker signs verifies under homing's production verifier and google-auth."""
+"""Push tokens: what the broker signs passes homing's production verifier and google-auth's."""
 
 from __future__ import annotations
 

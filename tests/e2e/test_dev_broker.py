@@ -91,7 +91,9 @@ async def test_kill_9_under_load_then_restart_one_effect_each(tmp_path: Path) ->
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             end = time.monotonic() + 30
             while True:
-                shown = Counter(n["event_id"] for n in (await client.get("/users/1/notifications")).json())
+                shown = Counter(
+                    n["event_id"] for n in (await client.get("/users/1/notifications")).json()
+                )
                 if set(published) <= set(shown):
                     break
                 assert time.monotonic() < end, (set(published) - set(shown), log.read_text())

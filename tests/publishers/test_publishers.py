@@ -139,7 +139,7 @@ async def test_loopback_keeps_what_is_undelivered_at_shutdown(homing: Homing) ->
     loopback = _flaky_publisher(flaky, keep=keep, shutdown_grace=0.05, max_attempts=10_000)
     homing.publisher = loopback
     publishing = asyncio.create_task(homing.publish(ORDER, event_id="e-shutdown"))
-    while not flaky.bodies:
+    while not flaky.bodies:  # noqa: ASYNC110 - polls what the endpoint received
         await asyncio.sleep(0.001)
     await loopback.aclose()
     with pytest.raises(asyncio.CancelledError):

@@ -23,9 +23,7 @@ from homing.broker.model import subscription_name
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def _unary(
-    handler: Handler, request_type: Any, response_type: Any
-) -> grpc.RpcMethodHandler:
+def _unary(handler: Handler, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
     @functools.wraps(handler)
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -150,7 +148,9 @@ class PubSubService:
 
     # Subscriber ---------------------------------------------------------------------------
 
-    async def create_subscription(self, request: pubsub.Subscription, _: Any) -> pubsub.Subscription:
+    async def create_subscription(
+        self, request: pubsub.Subscription, _: Any
+    ) -> pubsub.Subscription:
         return await self.broker.create_subscription(request)
 
     async def get_subscription(

@@ -74,9 +74,7 @@ def add_commands(commands: Any) -> None:
     dev.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     dev.add_argument("--push-path", default="/events", help="the app's push endpoint path")
-    dev.add_argument(
-        "--data", default="homing-broker.sqlite3", help="the broker's SQLite file"
-    )
+    dev.add_argument("--data", default="homing-broker.sqlite3", help="the broker's SQLite file")
     dev.set_defaults(run=_dev)
 
 
@@ -131,7 +129,7 @@ def child_broker(data: str, *, host: str = "127.0.0.1") -> Iterator[dict[str, st
     try:
         assert process.stdout is not None
         found: dict[str, str] = {}
-        lines = []
+        lines: list[str] = []
         deadline = time.monotonic() + 60
         while len(found) < 2:
             line = process.stdout.readline()
@@ -222,11 +220,15 @@ def _dev(args: argparse.Namespace) -> int:
         if "HOMING_SIGNING_KEYS" not in os.environ:
             os.environ["HOMING_SIGNING_KEYS"] = dev_signing_keys(Path(data + ".signing-keys"))
         settings = Settings.from_env()
-        for outcome in provisioning.provision(provisioning.plan(settings), apply_iam_bindings=False):
+        for outcome in provisioning.provision(
+            provisioning.plan(settings), apply_iam_bindings=False
+        ):
             logger.info("%s", outcome)
         target = _import(args.app)
-        if callable(target) and not inspect.iscoroutinefunction(target) and not hasattr(
-            target, "state"
+        if (
+            callable(target)
+            and not inspect.iscoroutinefunction(target)
+            and not hasattr(target, "state")
         ):
             target = target()
         if not callable(target):

@@ -72,11 +72,9 @@ class SlowStart:
 def backoff(delivery: Delivery, attempts: int) -> float:
     """Seconds before attempt ``attempts + 1``, jittered within the policy's bounds."""
     low, high = (
-        (delivery.min_backoff, delivery.max_backoff)
-        if delivery.retry_policy
-        else NO_POLICY_BACKOFF
+        (delivery.min_backoff, delivery.max_backoff) if delivery.retry_policy else NO_POLICY_BACKOFF
     )
-    delay = min(high, low * 2 ** max(attempts - 1, 0))
+    delay = min(high, low * 2.0 ** max(attempts - 1, 0))
     jittered = delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
     return min(high, max(low, jittered))
 
@@ -113,9 +111,7 @@ def push_request(
         headers["x-goog-pubsub-subscription-name"] = delivery.name
         if message.ordering_key:
             headers["x-goog-pubsub-ordering-key"] = message.ordering_key
-    content_type = message.attributes.get("Content-Type") or message.attributes.get(
-        "content-type"
-    )
+    content_type = message.attributes.get("Content-Type") or message.attributes.get("content-type")
     headers["content-type"] = content_type or "application/octet-stream"
     return message.data, headers
 

@@ -8,7 +8,7 @@ reads, derived from one.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,8 +52,9 @@ def _resource(name: str, kind: str) -> tuple[str, str]:
             "with a letter and holds letters, digits and - _ . ~ + %"
         )
     if resource_id.lower().startswith("goog"):
-        raise InvalidArgument(f"Invalid resource name given (name={name}): ids may not start "
-                              "with 'goog'")
+        raise InvalidArgument(
+            f"Invalid resource name given (name={name}): ids may not start with 'goog'"
+        )
     return project, resource_id
 
 
@@ -82,7 +83,7 @@ def project_name(name: str) -> str:
     return name
 
 
-def check_messages(messages: list[tuple[bytes, Mapping[str, str], str]]) -> None:
+def check_messages(messages: Sequence[tuple[bytes, Mapping[str, str], str]]) -> None:
     """Production's publish checks on ``(data, attributes, ordering_key)`` triples."""
     if not messages:
         raise InvalidArgument("The request contains no messages")

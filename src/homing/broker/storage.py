@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,9 +90,7 @@ class Storage:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None
-        )
+        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=FULL")
         self._connection.executescript(_SCHEMA)
@@ -158,7 +156,7 @@ class Storage:
     @staticmethod
     def publish(
         topic: str,
-        messages: list[tuple[bytes, Mapping[str, str], str]],
+        messages: Sequence[tuple[bytes, Mapping[str, str], str]],
         subscriptions: Iterable[str],
         now: float,
     ) -> Callable[[sqlite3.Connection], list[StoredMessage]]:
@@ -219,9 +217,9 @@ class Storage:
         return operation
 
     @staticmethod
-    def put(table: str, name: str, proto: bytes, topic: str | None = None) -> Callable[
-        [sqlite3.Connection], None
-    ]:
+    def put(
+        table: str, name: str, proto: bytes, topic: str | None = None
+    ) -> Callable[[sqlite3.Connection], None]:
         def operation(connection: sqlite3.Connection) -> None:
             if table == "topics":
                 connection.execute(
@@ -247,9 +245,7 @@ class Storage:
         def operation(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM subscriptions WHERE name = ?", (name,))
             connection.execute("DELETE FROM deliveries WHERE subscription = ?", (name,))
-            connection.execute(
-                "DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM deliveries)"
-            )
+            connection.execute("DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM deliveries)")
 
         return operation
 
@@ -268,9 +264,7 @@ class Storage:
         return operation
 
     @staticmethod
-    def load() -> Callable[
-        [sqlite3.Connection], tuple[list[bytes], list[bytes], list[Pending]]
-    ]:
+    def load() -> Callable[[sqlite3.Connection], tuple[list[bytes], list[bytes], list[Pending]]]:
         """Everything, at start-up: topic protos, subscription protos, deliveries owed."""
 
         def operation(

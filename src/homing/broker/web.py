@@ -71,9 +71,7 @@ def create_app(broker: Broker) -> Starlette:
     """The HTTP application for ``broker``."""
 
     async def certs(_request: Request) -> Response:
-        return JSONResponse(
-            broker.issuer.certs(), headers={"cache-control": "public, max-age=300"}
-        )
+        return JSONResponse(broker.issuer.certs(), headers={"cache-control": "public, max-age=300"})
 
     async def state(_request: Request) -> Response:
         return JSONResponse(broker.describe())
@@ -93,7 +91,9 @@ def create_app(broker: Broker) -> Starlette:
         return JSONResponse({"subscriptions": [_json(s) for s in found]})
 
     async def messages(request: Request) -> Response:
-        name = f"projects/{request.path_params['project']}/subscriptions/{request.path_params['id']}"
+        name = (
+            f"projects/{request.path_params['project']}/subscriptions/{request.path_params['id']}"
+        )
         try:
             worker = broker.worker(name)
         except BrokerError as exc:
@@ -115,7 +115,9 @@ def create_app(broker: Broker) -> Starlette:
             batch = []
             for item in body["messages"]:
                 data = binascii.a2b_base64(item.get("data", ""), strict_mode=True)
-                batch.append((data, dict(item.get("attributes") or {}), item.get("orderingKey", "")))
+                batch.append(
+                    (data, dict(item.get("attributes") or {}), item.get("orderingKey", ""))
+                )
             ids = await broker.publish(topic, batch)
         except BrokerError as exc:
             return _error(exc)
@@ -126,7 +128,9 @@ def create_app(broker: Broker) -> Starlette:
     async def replay_api(request: Request) -> Response:
         if _cross_site(request):
             return JSONResponse({"error": {"message": "cross-site request"}}, status_code=403)
-        name = f"projects/{request.path_params['project']}/subscriptions/{request.path_params['id']}"
+        name = (
+            f"projects/{request.path_params['project']}/subscriptions/{request.path_params['id']}"
+        )
         try:
             await broker.replay(name, request.path_params["message"])
         except BrokerError as exc:
@@ -198,10 +202,11 @@ def _message_rows(worker: SubscriptionWorker, state: str, items: list[Pending]) 
         message = pending.message
         action = ""
         if state == "dead-lettered":
+            name, message_id = html.escape(worker.delivery.name), html.escape(message.message_id)
             action = (
                 '<form method="post" action="/replay">'
-                f'<input type="hidden" name="subscription" value="{html.escape(worker.delivery.name)}">'
-                f'<input type="hidden" name="message" value="{html.escape(message.message_id)}">'
+                f'<input type="hidden" name="subscription" value="{name}">'
+                f'<input type="hidden" name="message" value="{message_id}">'
                 '<button type="submit">Replay</button></form>'
             )
         due = "" if state != "waiting" else f"in {max(pending.due - now, 0):.1f} s"
@@ -243,8 +248,17 @@ def render_page(broker: Broker, limit: int = 100) -> str:
             "<tr>"
             + "".join(
                 _cell(item[key] if item[key] is not None else "")
-                for key in ("name", "topic", "endpoint", "window", "in_flight", "backlog",
-                            "acked", "nacked", "dead_lettered")
+                for key in (
+                    "name",
+                    "topic",
+                    "endpoint",
+                    "window",
+                    "in_flight",
+                    "backlog",
+                    "acked",
+                    "nacked",
+                    "dead_lettered",
+                )
             )
             + f'<td class="bad">{html.escape(item["last_failure"] or "")}</td></tr>'
         )
@@ -261,5 +275,3 @@ def render_page(broker: Broker, limit: int = 100) -> str:
         parts += _message_rows(worker, "waiting", worker.waiting()[:limit])
     parts.append("</table></body></html>")
     return "".join(parts)
-
-

@@ -71,7 +71,7 @@ class LoopbackPublisher(Publisher):
         self.last_failure: str | None = None
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000))
 
     async def _send(self, message: OutgoingMessage) -> str:
