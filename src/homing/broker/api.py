@@ -31,13 +31,11 @@ def _unary(handler: Handler, request_type: Any, response_type: Any) -> grpc.RpcM
         except BrokerError as exc:
             await context.abort(grpc.StatusCode[exc.status], str(exc))
 
-    serialize = (
-        empty_pb2.Empty.SerializeToString
-        if response_type is empty_pb2.Empty
-        else response_type.serialize
-    )
+    # Each is a protobuf class (SerializeToString/FromString) or a proto-plus one.
+    serialize = getattr(response_type, "SerializeToString", None) or response_type.serialize
+    deserialize = getattr(request_type, "FromString", None) or request_type.deserialize
     return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=request_type.deserialize, response_serializer=serialize
+        call, request_deserializer=deserialize, response_serializer=serialize
     )
 
 
@@ -59,7 +57,8 @@ class PubSubService:
         publisher = {
             "CreateTopic": _unary(self.create_topic, p.Topic, p.Topic),
             "UpdateTopic": _unary(self.update_topic, p.UpdateTopicRequest, p.Topic),
-            "Publish": _unary(self.publish, p.PublishRequest, p.PublishResponse),
+            # The hot path reads the raw protobuf messages, without proto-plus wrappers.
+            "Publish": _unary(self.publish, p.PublishRequest.pb(), p.PublishResponse.pb()),
             "GetTopic": _unary(self.get_topic, p.GetTopicRequest, p.Topic),
             "ListTopics": _unary(self.list_topics, p.ListTopicsRequest, p.ListTopicsResponse),
             "ListTopicSubscriptions": _unary(
@@ -138,13 +137,14 @@ class PubSubService:
         await self.broker.delete_topic(request.topic)
         return empty_pb2.Empty()
 
-    async def publish(self, request: pubsub.PublishRequest, _: Any) -> pubsub.PublishResponse:
+    async def publish(self, request: Any, _: Any) -> Any:
+        """``request`` and the answer are raw protobuf messages (``PublishRequest.pb()``)."""
         messages = [
             (message.data, dict(message.attributes), message.ordering_key)
             for message in request.messages
         ]
         ids = await self.broker.publish(request.topic, messages)
-        return pubsub.PublishResponse(message_ids=ids)
+        return pubsub.PublishResponse.pb()(message_ids=ids)
 
     # Subscriber ---------------------------------------------------------------------------
 

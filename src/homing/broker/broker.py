@@ -41,6 +41,7 @@ from homing.broker.model import (
 )
 from homing.broker.oidc import TokenIssuer, make_certificate, new_private_key
 from homing.broker.storage import Pending, Storage, now
+from homing.broker.transport import HttpxPusher, Pusher, SocketPusher
 
 logger = logging.getLogger("homing.broker")
 
@@ -72,7 +73,8 @@ class Broker:
 
     Args:
         path: the SQLite file (created if missing); ``":memory:"`` forgets everything on exit.
-        client: the httpx client pushes go through (a seam for tests); one is made otherwise.
+        client: an httpx client for the pushes to go through (a seam for tests); without
+            one, pushes go through :class:`~homing.broker.transport.SocketPusher`.
         push_timeout: overrides every subscription's ack deadline as the push timeout
             (for tests that cannot wait 10 s; production's minimum deadline is 10 s).
         initial_window, max_window: the slow-start window of pushes in flight per subscription.
@@ -91,11 +93,8 @@ class Broker:
         self.push_timeout = push_timeout
         self._initial_window = initial_window
         self._max_window = max_window
-        self._own_client = client is None
-        self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-            timeout=httpx.Timeout(None),
-        )
+        self._pusher: Pusher = HttpxPusher(client) if client is not None else SocketPusher()
+        self._own_pusher = client is None
         self._storage: Storage | None = None
         self._issuer: TokenIssuer | None = None
         self._topics: dict[str, pubsub.Topic] = {}
@@ -142,8 +141,8 @@ class Broker:
         if self._storage is not None:
             await asyncio.to_thread(self._storage.close)
             self._storage = None
-        if self._own_client:
-            await self._client.aclose()
+        if self._own_pusher:
+            await self._pusher.aclose()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -174,7 +173,7 @@ class Broker:
         return SubscriptionWorker(
             Delivery.of(subscription),
             storage=self.storage,
-            client=self._client,
+            pusher=self._pusher,
             issuer=self.issuer,
             dead_letter=self._dead_letter,
             push_timeout=self.push_timeout,

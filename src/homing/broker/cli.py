@@ -89,6 +89,7 @@ def _broker(args: argparse.Namespace) -> int:
         )
     if args.exit_with_parent:
         _exit_with_parent()
+    # The standard loop: grpc.aio's server did not deliver under uvloop when tried.
     asyncio.run(run(args.data, host=args.host, port=args.port, http_port=args.http_port))
     return 0
 

@@ -27,10 +27,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import httpx
-
 from homing.broker.model import Delivery
 from homing.broker.storage import Pending, Storage
+from homing.broker.transport import Pusher, PushFailed
 from homing.envelope import ACK_STATUSES, build_push
 
 if TYPE_CHECKING:
@@ -129,7 +128,7 @@ class SubscriptionWorker:
         delivery: Delivery,
         *,
         storage: Storage,
-        client: httpx.AsyncClient,
+        pusher: Pusher,
         issuer: TokenIssuer,
         dead_letter: Callable[[SubscriptionWorker, Pending], Awaitable[None]],
         push_timeout: float | None = None,
@@ -143,7 +142,7 @@ class SubscriptionWorker:
         self.nacked = 0
         self.last_failure: str | None = None
         self._storage = storage
-        self._client = client
+        self._pusher = pusher
         self._issuer = issuer
         self._dead_letter = dead_letter
         self._push_timeout = push_timeout
@@ -255,15 +254,13 @@ class SubscriptionWorker:
                 )
                 headers["authorization"] = f"Bearer {token}"
             async with asyncio.timeout(deadline):
-                response = await self._client.post(delivery.endpoint, content=body, headers=headers)
-            if response.status_code not in ACK_STATUSES:
-                error = f"HTTP {response.status_code}"
+                status = await self._pusher.post(delivery.endpoint, body, headers)
+            if status not in ACK_STATUSES:
+                error = f"HTTP {status}"
         except TimeoutError:
             error = f"no answer within the ack deadline ({deadline:g} s)"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except (ValueError, UnicodeError) as exc:  # e.g. an attribute that is no header value
-            error = f"the push could not be sent: {exc}"
+        except PushFailed as exc:
+            error = str(exc)
         pending.attempts = attempt
         del self.in_flight[slot]
         try:

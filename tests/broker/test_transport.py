@@ -1,0 +1,93 @@
+"""The broker's socket push client, against raw asyncio servers (sockets are the point here)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from homing.broker.transport import PushFailed, SocketPusher
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def _server(handle: Serve) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}/events"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    return head + await reader.readexactly(length)
+
+
+async def test_posts_and_reuses_the_connection() -> None:
+    connections = 0
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                seen.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        writer.close()
+
+    pusher = SocketPusher()
+    async with _server(handle) as url:
+        for _ in range(3):
+            assert await pusher.post(url, b'{"a":1}', {"content-type": "application/json"}) == 204
+        await pusher.aclose()
+        await asyncio.sleep(0.05)  # the server sees the end of the connection and closes it
+    assert connections == 1
+    assert seen[0].startswith(b"POST /events HTTP/1.1\r\n")
+    assert b"content-type: application/json\r\n" in seen[0]
+    assert seen[0].endswith(b'\r\n\r\n{"a":1}')
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"", b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+)
+async def test_no_proper_answer_is_a_push_failure(answer: bytes) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        writer.close()
+
+    pusher = SocketPusher()
+    async with _server(handle) as url:
+        with pytest.raises(PushFailed):
+            await pusher.post(url, b"x", {})
+    await pusher.aclose()
+
+
+async def test_a_refused_connection_is_a_push_failure() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with _server(handle) as url:
+        pass  # closed: nothing listens there any more
+    with pytest.raises(PushFailed, match="cannot connect"):
+        await SocketPusher().post(url, b"x", {})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("x-a", "v\r\nx-injected: 1"), ("bad name", "v"), ("x-a", "é✓")]
+)
+async def test_headers_that_are_not_http_headers_are_refused(name: str, value: str) -> None:
+    with pytest.raises(PushFailed, match="cannot send header"):
+        await SocketPusher().post("http://127.0.0.1:9/events", b"x", {name: value})
