@@ -19,7 +19,7 @@ import binascii
 import html
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from starlette.applications import Starlette
@@ -140,9 +140,13 @@ def create_app(broker: Broker) -> Starlette:
     async def replay_form(request: Request) -> Response:
         if _cross_site(request):
             return HTMLResponse("cross-site request refused", status_code=403)
-        form = await request.form()
-        subscription, message = form.get("subscription"), form.get("message")
-        if not isinstance(subscription, str) or not isinstance(message, str):
+        # The page's form is urlencoded: the standard library reads it (no multipart needed).
+        try:
+            form = parse_qs((await request.body()).decode("latin-1"), max_num_fields=10)
+        except ValueError:
+            return HTMLResponse("too many form fields", status_code=400)
+        subscription, message = form.get("subscription", [""])[0], form.get("message", [""])[0]
+        if not subscription or not message:
             return HTMLResponse("subscription and message are required", status_code=400)
         try:
             await broker.replay(subscription, message)

@@ -1,0 +1,141 @@
+"""The broker's web page and REST view: escaping, replay, cross-site refusal, a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.pubsub_v1 import types as pubsub
+
+from homing.broker import Broker
+from homing.broker.server import Addresses, serving
+from homing.broker.web import create_app, render_page
+from tests.broker.conftest import SUBSCRIPTION, TOPIC, subscription
+
+HOSTILE = "<img src=x id=injected onerror=alert(1)><script>document.title='owned'</script>"
+
+
+async def _always_500(_request: httpx.Request) -> httpx.Response:
+    return httpx.Response(500)
+
+
+async def _dead_letter_one(broker: Broker) -> str:
+    await broker.create_topic(pubsub.Topic(name=TOPIC))
+    await broker.create_subscription(subscription(dead_letter=5))
+    [message_id] = await broker.publish(TOPIC, [(HOSTILE.encode(), {"kind": HOSTILE}, "")])
+    worker = broker.worker(SUBSCRIPTION)
+    async with asyncio.timeout(10):
+        while not worker.dead:  # noqa: ASYNC110 - polls the broker's state
+            await asyncio.sleep(0.02)
+    return message_id
+
+
+@pytest.fixture
+async def failing(tmp_path: Path) -> AsyncIterator[Broker]:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(_always_500))
+    async with client, Broker(tmp_path / "b.sqlite3", client=client, push_timeout=0.5) as b:
+        yield b
+
+
+async def test_the_page_escapes_message_data_and_attributes(failing: Broker) -> None:
+    await _dead_letter_one(failing)
+    page = render_page(failing)
+    assert "<script>" not in page
+    assert "<img" not in page
+    assert "&lt;img src=x id=injected" in page
+    assert "Replay" in page
+
+
+async def test_replay_from_the_page_and_cross_site_refusal(failing: Broker) -> None:
+    message_id = await _dead_letter_one(failing)
+    transport = httpx.ASGITransport(app=create_app(failing))
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as web:
+        form = {"subscription": SUBSCRIPTION, "message": message_id}
+        refused = await web.post("/replay", data=form, headers={"origin": "http://evil.example"})
+        assert refused.status_code == 403
+        assert failing.worker(SUBSCRIPTION).dead
+        missing = await web.post("/replay", data={**form, "message": "999"})
+        assert missing.status_code == 404
+        replayed = await web.post("/replay", data=form, headers={"origin": "http://broker.test"})
+        assert replayed.status_code == 303
+        assert not failing.worker(SUBSCRIPTION).dead or failing.worker(SUBSCRIPTION).acked == 0
+
+
+async def test_the_rest_view(failing: Broker) -> None:
+    await failing.create_topic(pubsub.Topic(name=TOPIC))
+    transport = httpx.ASGITransport(app=create_app(failing))
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as web:
+        published = await web.post(
+            "/v1/projects/local/topics/events:publish",
+            json={"messages": [{"data": base64.b64encode(b"x").decode(), "attributes": {}}]},
+        )
+        assert published.status_code == 200
+        assert published.json()["messageIds"]
+        bad = await web.post("/v1/projects/local/topics/events:publish", json={"messages": [{}]})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+        unknown = await web.get("/v1/projects/local/subscriptions/nope/messages")
+        assert unknown.status_code == 404
+        topics = (await web.get("/v1/projects/local/topics")).json()
+        assert [t["name"] for t in topics["topics"]] == [TOPIC]
+        certs = await web.get("/certs")
+        assert list(certs.json().values())[0].startswith("-----BEGIN CERTIFICATE-----")
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("Debian's chromium package is not installed (apt-get install -y chromium)")
+    return found
+
+
+def _browse(browser: str, url: str, profile: Path, *what: str) -> str:
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,800",
+            *what,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.e2e
+async def test_the_page_in_a_real_browser(failing: Broker, tmp_path: Path) -> None:
+    browser = _chromium()
+    await _dead_letter_one(failing)
+    addresses: Addresses
+    async with serving(failing, port=0, http_port=0) as addresses:
+        dom = await asyncio.to_thread(
+            _browse, browser, addresses.http + "/", tmp_path / "profile", "--dump-dom"
+        )
+        shot = tmp_path / "page.png"
+        await asyncio.to_thread(
+            _browse, browser, addresses.http + "/", tmp_path / "profile2", f"--screenshot={shot}"
+        )
+    assert "homing local push broker" in dom
+    assert 'id="injected"' not in dom  # the data was shown as text, not parsed as markup
+    assert "owned" not in dom.split("<title>")[1].split("</title>")[0]
+    assert "&lt;img src=x id=injected" in dom
+    assert "dead-lettered" in dom
+    assert "Replay" in dom
+    assert shot.read_bytes().startswith(b"\x89PNG")
