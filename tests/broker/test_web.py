@@ -85,7 +85,7 @@ async def test_the_rest_view(failing: Broker) -> None:
         topics = (await web.get("/v1/projects/local/topics")).json()
         assert [t["name"] for t in topics["topics"]] == [TOPIC]
         certs = await web.get("/certs")
-        assert list(certs.json().values())[0].startswith("-----BEGIN CERTIFICATE-----")
+        assert next(iter(certs.json().values())).startswith("-----BEGIN CERTIFICATE-----")
 
 
 def _chromium() -> str:
