@@ -12,11 +12,12 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr, Field
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, make_url, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import Route
@@ -122,7 +123,16 @@ def _publisher(config: ServiceConfig, keep: SQLQuarantineStore) -> Publisher:
             settings.topic, project=settings.project, timeout=settings.publish_timeout
         )
     url = config.homing.loopback_url or f"http://127.0.0.1:{config.port}/events"
-    return LoopbackPublisher(url, keep=keep)
+    # Its journal beside a SQLite database: an event published is delivered even after a kill -9.
+    return LoopbackPublisher(url, keep=keep, journal=_beside_database(config.database_url))
+
+
+def _beside_database(database_url: str) -> Path | None:
+    """``users_api.loopback.sqlite3`` beside a SQLite file database; ``None`` for others."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).with_suffix(".loopback.sqlite3")
 
 
 def _oidc(settings: Settings) -> OIDCVerifier | None:
@@ -284,6 +294,8 @@ def create_app(
             await connection.run_sync(Base.metadata.create_all)
         await create_tables(engine)
         await outbox.start()  # publishes what a killed predecessor left in the outbox
+        if isinstance(publisher, LoopbackPublisher):
+            await publisher.resume()  # and delivers what it left in the loopback journal
         try:
             async with homing:
                 yield

@@ -1,16 +1,18 @@
 """The loopback publisher from the article: POST the push envelope back to the service itself.
 
 For local development without Google (the article's simplest option; ``homing dev`` runs the
-local push broker instead, with retries, dead letters and OIDC). Each message is delivered as the
-real signed, wrapped push envelope, with Pub/Sub's ack rules: only 102/200/201/202/204
-acknowledge; any other status or a connection error is retried with exponential backoff and
-jitter.
+local push broker instead, with OIDC, retries and dead letters as in production). Each message
+is delivered in the background as the real signed, wrapped push envelope, with Pub/Sub's ack
+rules: only 102/200/201/202/204 acknowledge; any other status or a connection error is retried
+with exponential backoff and jitter. A delivery that keeps failing is logged at WARNING with the
+URL it tried. A message that cannot be delivered is kept (in
+:attr:`LoopbackPublisher.undelivered`, and in a quarantine store when one is given), never lost
+silently.
 
-:meth:`LoopbackPublisher.publish` returns only once the message is delivered, or, when every
-attempt failed, stored durably in the ``keep`` quarantine store (from where ``homing quarantine
-replay`` delivers it). Without a store it raises :class:`~homing.errors.PublishFailed`, so the
-caller (or its outbox) keeps the event: nothing waits in memory, so a kill -9 loses nothing that
-was acknowledged. A failed delivery is logged at WARNING with the URL it tried.
+With a ``journal`` (a SQLite file), :meth:`~LoopbackPublisher.publish` returns only once the
+message is committed to it, and :meth:`~LoopbackPublisher.resume` delivers what a killed process
+left behind: nothing acknowledged is lost to a kill -9. Without one, messages under delivery live
+in memory only.
 """
 
 from __future__ import annotations
@@ -21,29 +23,37 @@ import itertools
 import logging
 import random
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from homing.envelope import ACK_STATUSES, build_push
-from homing.errors import PublishFailed
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.stores.base import QuarantinedMessage, QuarantineStore
 
+if TYPE_CHECKING:
+    from homing.broker.storage import Storage
+
 logger = logging.getLogger("homing.publishers.loopback")
+
+_QUEUE = "loopback"
+#: Failed attempts of one message before each WARNING (then every this many more).
+WARN_AFTER = 3
 
 
 class LoopbackPublisher(Publisher):
-    """Delivers each message to ``endpoint`` (the service's own ``POST /events``) before
-    :meth:`publish` returns.
+    """Delivers each message to ``endpoint`` (the service's own ``POST /events``).
 
     Args:
         endpoint: the push endpoint URL, e.g. ``http://127.0.0.1:8080/events``.
         client: an httpx client to deliver with (a seam for tests); one is made otherwise.
-        max_attempts: attempts before the message is kept (or the publish fails).
+        max_attempts: give up after this many attempts (``None``: retry while running).
         initial_backoff, max_backoff: the retry delay doubles from the first to the second.
         shutdown_grace: how long :meth:`aclose` waits for deliveries still under way.
-        keep: the durable store undeliverable messages go to (the publish then succeeds);
-            without one, an undeliverable message fails the publish.
+        keep: where undeliverable messages go, besides :attr:`undelivered`.
+        journal: a SQLite file where each message is committed before :meth:`publish` returns
+            and removed once delivered (or kept); :meth:`resume` delivers what it holds.
     """
 
     def __init__(
@@ -52,12 +62,13 @@ class LoopbackPublisher(Publisher):
         *,
         client: httpx.AsyncClient | None = None,
         subscription: str = "projects/local/subscriptions/homing-loopback",
-        max_attempts: int = 5,
+        max_attempts: int | None = None,
         initial_backoff: float = 0.1,
-        max_backoff: float = 1.0,
+        max_backoff: float = 10.0,
         timeout: float = 10.0,
         shutdown_grace: float = 5.0,
         keep: QuarantineStore | None = None,
+        journal: str | Path | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.subscription = subscription
@@ -66,13 +77,46 @@ class LoopbackPublisher(Publisher):
         self.max_backoff = max_backoff
         self.shutdown_grace = shutdown_grace
         self.keep = keep
+        self.journal = None if journal is None else str(journal)
         self.undelivered: list[OutgoingMessage] = []
         self.delivered = 0
-        self.last_failure: str | None = None
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000))
+        self._storage: Storage | None = None
+        self._resumed = False
+
+    def _journal(self) -> Storage | None:
+        if self.journal is None:
+            return None
+        if self._storage is None:
+            from homing.broker.storage import Storage  # the standard library's sqlite3 only
+
+            self._storage = Storage(self.journal)
+        return self._storage
+
+    async def resume(self) -> int:
+        """Start delivering what the journal holds from an earlier run; return how many."""
+        storage = self._journal()
+        if storage is None or self._resumed:
+            return 0
+        self._resumed = True
+        from homing.broker.storage import Storage
+
+        _, _, pending = await storage.run(Storage.load())
+        for item in pending:
+            stored = item.message
+            message = OutgoingMessage(
+                data=b"",
+                attributes={},
+                event_type=stored.attributes.get("event-type", "?"),
+                event_id=stored.attributes.get("event-id", "?"),
+            )
+            self._start(message, stored.data, stored.seq)
+        if pending:
+            logger.info("loopback: delivering %d events left in %s", len(pending), self.journal)
+        return len(pending)
 
     async def _send(self, message: OutgoingMessage) -> str:
         message_id = str(next(self._ids))
@@ -83,22 +127,34 @@ class LoopbackPublisher(Publisher):
             subscription=self.subscription,
             ordering_key=message.ordering_key,
         )
+        seq = None
+        storage = self._journal()
+        if storage is not None:
+            from homing.broker.storage import Storage, now
+
+            await self.resume()
+            record = {"event-type": message.event_type, "event-id": message.event_id}
+            [stored] = await storage.run(
+                Storage.publish(_QUEUE, [(body, record, "")], [_QUEUE], now())
+            )
+            seq = stored.seq
+        self._start(message, body, seq)
+        return message_id
+
+    def _start(self, message: OutgoingMessage, body: bytes, seq: int | None) -> None:
         task = asyncio.create_task(
-            self._deliver(message, body), name=f"homing-loopback-{message_id}"
+            self._deliver(message, body, seq), name=f"homing-loopback-{message.event_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if not await task:
-            raise PublishFailed(
-                f"loopback delivery to {self.endpoint} failed {self.max_attempts} times "
-                f"({self.last_failure}); is the service listening there?",
-                event_type=message.event_type,
-                event_id=message.event_id,
-            )
-        return message_id
 
-    async def _deliver(self, message: OutgoingMessage, body: bytes) -> bool:
-        """Deliver; ``True`` once acked or kept durably, ``False`` if the publish must fail."""
+    def _done(self, seq: int | None) -> None:
+        if seq is not None and self._storage is not None:
+            from homing.broker.storage import Storage
+
+            self._storage.later(Storage.ack(_QUEUE, seq))
+
+    async def _deliver(self, message: OutgoingMessage, body: bytes, seq: int | None) -> None:
         delay = self.initial_backoff
         last = "not attempted"
         try:
@@ -112,15 +168,18 @@ class LoopbackPublisher(Publisher):
                 else:
                     if response.status_code in ACK_STATUSES:
                         self.delivered += 1
-                        return True
+                        self._done(seq)
+                        return
                     last = f"status {response.status_code}"
-                self.last_failure = last
-                if attempt >= self.max_attempts:
+                if self.max_attempts is not None and attempt >= self.max_attempts:
                     break
-                logger.info(
-                    "loopback delivery of %s (%s) attempt %d failed (%s); retrying in %.1fs",
+                level = logging.WARNING if attempt % WARN_AFTER == 0 else logging.INFO
+                logger.log(
+                    level,
+                    "loopback delivery of %s (%s) to %s failed %d time(s) (%s); retrying in %.1fs",
                     message.event_type,
                     message.event_id,
+                    self.endpoint,
                     attempt,
                     last,
                     delay,
@@ -128,23 +187,20 @@ class LoopbackPublisher(Publisher):
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
                 delay = min(delay * 2, self.max_backoff)
         except asyncio.CancelledError:
-            await self._keep(message, body, f"still undelivered at shutdown ({last})")
+            if seq is None:  # with a journal, it stays there for the next run
+                await self._keep(message, body, f"still undelivered at shutdown ({last})")
             raise
-        return await self._keep(
-            message, body, f"gave up after {self.max_attempts} attempts ({last})"
-        )
+        await self._keep(message, body, f"gave up after {self.max_attempts} attempts ({last})")
+        self._done(seq)
 
-    async def _keep(self, message: OutgoingMessage, body: bytes, reason: str) -> bool:
+    async def _keep(self, message: OutgoingMessage, body: bytes, reason: str) -> None:
         self.undelivered.append(message)
-        logger.warning(
-            "loopback delivery of %s (%s) to %s failed: %s; %s",
+        logger.error(
+            "loopback publisher keeps undelivered %s (%s) for %s: %s",
             message.event_type,
             message.event_id,
             self.endpoint,
             reason,
-            "kept in the quarantine store (homing quarantine replay delivers it)"
-            if self.keep is not None
-            else "the publish fails",
         )
         if self.keep is not None:
             await self.keep.add(
@@ -157,8 +213,6 @@ class LoopbackPublisher(Publisher):
                     event_id=message.event_id,
                 )
             )
-            return True
-        return False
 
     @property
     def pending(self) -> int:
@@ -178,5 +232,8 @@ class LoopbackPublisher(Publisher):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._storage is not None:
+            await asyncio.to_thread(self._storage.close)
+            self._storage = None
         if self._own_client:
             await self._client.aclose()
