@@ -267,3 +267,15 @@ async def test_unwrapped_push_with_metadata(broker: Broker, topic: str, receiver
     assert request.headers["x-goog-pubsub-message-id"] == message_id
     assert request.headers["x-goog-pubsub-subscription-name"] == SUBSCRIPTION
     assert TOPIC not in request.headers.values()
+
+
+async def test_a_message_to_a_topic_without_subscriptions_is_not_kept(
+    broker: Broker, topic: str
+) -> None:
+    [first] = await broker.publish(topic, [(b"x", {}, "")])
+    count = await broker.storage.run(
+        lambda connection: connection.execute("SELECT count(*) FROM messages").fetchone()[0]
+    )
+    assert count == 0
+    [second] = await broker.publish(topic, [(b"y", {}, "")])
+    assert int(second) > int(first)  # ids are never reused

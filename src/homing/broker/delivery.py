@@ -261,6 +261,9 @@ class SubscriptionWorker:
             error = f"no answer within the ack deadline ({deadline:g} s)"
         except PushFailed as exc:
             error = str(exc)
+        except Exception as exc:  # a bug here must not strand the message: count it a nack
+            logger.exception("push of message %s failed inside the broker", pending.message.seq)
+            error = f"the broker failed to push: {type(exc).__name__}: {exc}"
         pending.attempts = attempt
         del self.in_flight[slot]
         try:

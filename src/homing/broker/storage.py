@@ -178,6 +178,10 @@ class Storage:
                     "INSERT INTO deliveries (subscription, seq, due) VALUES (?, ?, ?)",
                     [(name, message.seq, now) for message in stored for name in names],
                 )
+            else:  # no subscription: as in Pub/Sub, the message is lost (its id stays used)
+                connection.executemany(
+                    "DELETE FROM messages WHERE seq = ?", [(m.seq,) for m in stored]
+                )
             return stored
 
         return operation
