@@ -279,3 +279,19 @@ async def test_a_message_to_a_topic_without_subscriptions_is_not_kept(
     assert count == 0
     [second] = await broker.publish(topic, [(b"y", {}, "")])
     assert int(second) > int(first)  # ids are never reused
+
+
+async def test_cloudevents_binary_mode_as_eventarc_sends_it(
+    broker: Broker, topic: str, receiver: Receiver
+) -> None:
+    await broker.create_subscription(subscription(attributes={"x-homing-format": "cloudevents"}))
+    [message_id] = await broker.publish(topic, [(b"x", {"kind": "k"}, "")])
+    [request] = await receiver.wait_for(1)
+    assert request.headers["ce-id"] == message_id
+    assert request.headers["ce-source"] == f"//pubsub.googleapis.com/{TOPIC}"
+    assert request.headers["ce-specversion"] == "1.0"
+    assert request.headers["ce-type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert request.headers["ce-time"].endswith("Z")
+    body = orjson.loads(request.content)
+    assert body["message"]["messageId"] == message_id
+    assert body["subscription"] == SUBSCRIPTION

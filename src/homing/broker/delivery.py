@@ -100,6 +100,12 @@ def push_request(
             delivery_attempt=attempt if delivery.dead_letter_topic else None,
         )
         headers["content-type"] = "application/json"
+        if delivery.cloudevents:  # as an Eventarc Pub/Sub trigger sends it: binary mode
+            headers["ce-id"] = message.message_id
+            headers["ce-source"] = f"//pubsub.googleapis.com/{message.topic}"
+            headers["ce-specversion"] = "1.0"
+            headers["ce-type"] = "google.cloud.pubsub.topic.v1.messagePublished"
+            headers["ce-time"] = _rfc3339(message.publish_time)
         return body, headers
     if delivery.write_metadata:
         for key, value in message.attributes.items():

@@ -30,6 +30,9 @@ DEFAULT_ACK_DEADLINE = 10
 DEFAULT_MIN_BACKOFF = 10.0
 DEFAULT_MAX_BACKOFF = 600.0
 DEFAULT_DELIVERY_ATTEMPTS = 5
+#: A push config attribute (the broker's own): ``cloudevents`` pushes as an Eventarc Pub/Sub
+#: trigger does (CloudEvents 1.0 binary mode); Pub/Sub itself has no such switch.
+FORMAT_ATTRIBUTE = "x-homing-format"
 
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9\-]{4,28}[a-z0-9]$|^[A-Za-z0-9\-_.:]{1,100}$")
@@ -160,6 +163,7 @@ class Delivery:
     dead_letter_topic: str | None = None
     max_delivery_attempts: int = DEFAULT_DELIVERY_ATTEMPTS
     ordered: bool = False
+    cloudevents: bool = False
 
     @classmethod
     def of(cls, subscription: Any) -> Delivery:
@@ -195,6 +199,7 @@ class Delivery:
                 else DEFAULT_DELIVERY_ATTEMPTS
             ),
             ordered=bool(subscription.enable_message_ordering),
+            cloudevents=push.attributes.get(FORMAT_ATTRIBUTE) == "cloudevents",
         )
 
 
@@ -218,6 +223,8 @@ def check_subscription(subscription: Any) -> None:
             )
     elif "oidc_token" in push or "no_wrapper" in push:
         raise InvalidArgument("A push config needs a push endpoint")
+    if push.attributes.get(FORMAT_ATTRIBUTE, "cloudevents") != "cloudevents":
+        raise InvalidArgument(f"push config attribute {FORMAT_ATTRIBUTE} may only be cloudevents")
     if "oidc_token" in push and not push.oidc_token.service_account_email:
         raise InvalidArgument("An OIDC token needs a service account email")
     if "retry_policy" in subscription:
