@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
+from datetime import timedelta
 
 import httpx
 import orjson
@@ -12,6 +14,7 @@ from google.pubsub_v1 import types as pubsub
 
 from homing.broker import Broker
 from homing.broker.delivery import SlowStart
+from homing.broker.storage import Pending, StoredMessage
 from homing.envelope import parse_push
 from tests.broker.conftest import DEAD_TOPIC, SUBSCRIPTION, TOPIC, Receiver, subscription
 
@@ -295,3 +298,20 @@ async def test_cloudevents_binary_mode_as_eventarc_sends_it(
     body = orjson.loads(request.content)
     assert body["message"]["messageId"] == message_id
     assert body["subscription"] == SUBSCRIPTION
+
+
+async def test_a_message_older_than_the_retention_is_deleted_undelivered(
+    broker: Broker, topic: str, receiver: Receiver
+) -> None:
+    made = subscription()
+    made.message_retention_duration = timedelta(minutes=10)
+    await broker.create_subscription(made)
+    worker = broker.worker(SUBSCRIPTION)
+    old = StoredMessage(10**9, TOPIC, b"old", {}, "", time.time() - 601)
+    worker.add(Pending(SUBSCRIPTION, old))
+    await broker.publish(topic, [(b"new", {}, "")])
+    [request] = await receiver.wait_for(1)
+    assert base64.b64decode(orjson.loads(request.content)["message"]["data"]) == b"new"
+    await asyncio.sleep(0.1)
+    assert len(receiver.requests) == 1
+    assert worker.backlog == 0

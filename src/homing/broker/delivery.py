@@ -232,6 +232,9 @@ class SubscriptionWorker:
             heap = self._heap
             while heap and heap[0][0] <= now and len(self.in_flight) < self.window.allowed:
                 _, order, pending = heapq.heappop(heap)
+                if pending.message.publish_time + self.delivery.retention < now:
+                    self._expired(pending)
+                    continue
                 self.in_flight[(pending.message.seq, order)] = pending
                 task = asyncio.create_task(self._attempt(pending, (pending.message.seq, order)))
                 self._tasks.add(task)
@@ -245,6 +248,18 @@ class SubscriptionWorker:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _expired(self, pending: Pending) -> None:
+        """Older than the subscription's retention: Pub/Sub deletes it, and so does the broker."""
+        logger.warning(
+            "message %s of %s is older than the retention (%g s) after %d attempts: deleted",
+            pending.message.message_id,
+            self.delivery.name,
+            self.delivery.retention,
+            pending.attempts,
+        )
+        self._storage.later(Storage.ack(self.delivery.name, pending.message.seq))
+        self._finished(pending)
 
     async def _attempt(self, pending: Pending, slot: tuple[int, int]) -> None:
         delivery = self.delivery

@@ -30,6 +30,7 @@ DEFAULT_ACK_DEADLINE = 10
 DEFAULT_MIN_BACKOFF = 10.0
 DEFAULT_MAX_BACKOFF = 600.0
 DEFAULT_DELIVERY_ATTEMPTS = 5
+DEFAULT_RETENTION = 7 * 24 * 3600.0
 #: A push config attribute (the broker's own): ``cloudevents`` pushes as an Eventarc Pub/Sub
 #: trigger does (CloudEvents 1.0 binary mode); Pub/Sub itself has no such switch.
 FORMAT_ATTRIBUTE = "x-homing-format"
@@ -164,6 +165,7 @@ class Delivery:
     max_delivery_attempts: int = DEFAULT_DELIVERY_ATTEMPTS
     ordered: bool = False
     cloudevents: bool = False
+    retention: float = DEFAULT_RETENTION
 
     @classmethod
     def of(cls, subscription: Any) -> Delivery:
@@ -200,6 +202,12 @@ class Delivery:
             ),
             ordered=bool(subscription.enable_message_ordering),
             cloudevents=push.attributes.get(FORMAT_ATTRIBUTE) == "cloudevents",
+            retention=_seconds(
+                subscription.message_retention_duration
+                if "message_retention_duration" in subscription
+                else None,
+                DEFAULT_RETENTION,
+            ),
         )
 
 
@@ -239,6 +247,13 @@ def check_subscription(subscription: Any) -> None:
         if low > high:
             raise InvalidArgument(
                 f"The minimum backoff ({low}s) is greater than the maximum backoff ({high}s)"
+            )
+    if "message_retention_duration" in subscription:
+        retention = _seconds(subscription.message_retention_duration, DEFAULT_RETENTION)
+        if not 600 <= retention <= 31 * 24 * 3600:
+            raise InvalidArgument(
+                f"Invalid message retention {retention:g}s: it must be between 10 minutes and "
+                "31 days"
             )
     if "dead_letter_policy" in subscription:
         dead = subscription.dead_letter_policy
