@@ -109,6 +109,7 @@ async def test_a_published_message_is_pushed(served: Served, receiver: Receiver)
         (b"x", {"k" * 257: "v"}, "attribute key of 257 bytes"),
         (b"x", {"k": "v" * 1025}, "value of 1025 bytes"),
         (b"x", {"googkey": "v"}, "may not start with 'goog'"),
+        (b"x", {"goog_client": "v"}, "may not start with 'goog'"),
     ],
 )
 async def test_publish_limits_are_productions(
@@ -205,3 +206,13 @@ async def test_provision_and_check_work_against_the_broker(served: Served) -> No
     subscription = served.broker.get_subscription(f"projects/{PROJECT}/subscriptions/events-push")
     assert subscription.ack_deadline_seconds == 30
     assert subscription.push_config.oidc_token.service_account_email.startswith("push@")
+
+
+async def test_the_client_librarys_own_attributes_are_accepted(served: Served) -> None:
+    await served.call(served.publisher.create_topic, name=TOPIC)
+    request = pubsub.PublishRequest(
+        topic=TOPIC,
+        messages=[pubsub.PubsubMessage(data=b"x", attributes={"googclient_traceparent": "00-1"})],
+    )
+    response = await served.call(served.publisher._gapic_publish, request=request)
+    assert len(response.message_ids) == 1

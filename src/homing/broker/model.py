@@ -124,7 +124,8 @@ def check_messages(messages: Sequence[tuple[bytes, Mapping[str, str], str]]) -> 
                     f"{where}: attribute {key!r} has a value of {value_bytes} bytes, over the "
                     f"limit of {MAX_ATTRIBUTE_VALUE_BYTES}"
                 )
-            if key.lower().startswith("goog"):
+            # googclient_ is the client library's own (its OpenTelemetry trace context).
+            if key.lower().startswith("goog") and not key.startswith("googclient_"):
                 raise InvalidArgument(f"{where}: attribute keys may not start with 'goog'")
             size += key_bytes + value_bytes
         if len(ordering_key.encode()) > MAX_ORDERING_KEY_BYTES:
