@@ -304,3 +304,20 @@ async def test_a_row_another_instance_published_is_kept_for_an_in_doubt_commit(
     assert await in_doubt.committed(staged) is True
     await other.aclose()
     await in_doubt.aclose()
+
+
+async def test_start_drains_batch_after_batch(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    killed = SQLOutbox(engine, broker)
+    async with engine.begin() as connection:
+        left = [await killed.stage(connection, _message(homing, n)) for n in range(7)]
+    successor = SQLOutbox(engine, broker, drain_age=0.01, backlog_limit=3)
+    await asyncio.sleep(0.02)
+    await successor.start()
+    for _ in range(100):
+        if len(broker.sent) == len(left):
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(m.event_id for m in broker.sent) == sorted(m.event_id for m in left)
+    await successor.aclose()

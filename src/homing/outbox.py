@@ -376,11 +376,23 @@ class SQLOutbox:
         """
 
         async def drain_twice() -> None:
-            await self._drain_quietly(older_than=self.drain_age)
+            await self._drain_all(older_than=self.drain_age)
             await asyncio.sleep(self.drain_age)
-            await self._drain_quietly(older_than=self.drain_age)
+            await self._drain_all(older_than=self.drain_age)
 
         self._spawn(drain_twice)
+
+    async def _drain_all(self, *, older_than: float) -> None:
+        """Batch after batch, until a batch comes back short (or the broker refuses one)."""
+        while True:
+            try:
+                report = await self.flush(limit=self.backlog_limit, older_than=older_than)
+            except StoreError as exc:
+                logger.warning("draining the outbox failed; it is tried again later: %s", exc)
+                self._backlog = True
+                return
+            if report.failed or report.published < self.backlog_limit:
+                return
 
     async def aclose(self) -> None:
         """Stop the background work and delete the rows of what was published."""
