@@ -13,6 +13,16 @@ from homing.telemetry import configure_logging
 from users_api.app import ServiceConfig, create_app
 
 
+def _pool_errors_in_one_line(record: logging.LogRecord) -> bool:
+    """SQLAlchemy's pool logs a connection it could not reset with a traceback. When the
+    database goes away that is expected, and the requests say so already: one line will do."""
+    if record.name.startswith("sqlalchemy.pool") and record.exc_info:
+        error = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {error}", ()
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def main() -> int:
     try:
         config = ServiceConfig.from_env()
@@ -20,7 +30,8 @@ def main() -> int:
         sys.stderr.write(f"users_api: error: {exc}\n")
         return 2
     # Cloud Logging's JSON lines on Cloud Run (or HOMING_LOG_FORMAT=json), text elsewhere.
-    configure_logging(config.homing.log_format, project=config.homing.project)
+    handler = configure_logging(config.homing.log_format, project=config.homing.project)
+    handler.addFilter(_pool_errors_in_one_line)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per loopback POST is noise
     try:
         app = create_app(config)
