@@ -11,7 +11,6 @@ It carries no event id or timestamp of its own; the Pub/Sub message id stands in
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -30,7 +29,11 @@ TIMESTAMP = "homing-timestamp"
 KEY_ID = "homing-key-id"
 SIGNATURE = "homing-signature"
 LEGACY_SIGNATURE = "signature"
-_SIGNER_OWN = frozenset({EVENT_ID, TIMESTAMP, KEY_ID, SIGNATURE})
+#: The names of the publisher's own attributes, comma-separated, when it set any: an unwrapped
+#: push carries attributes as HTTP headers, among others and in lower case, and this says which
+#: headers were signed and restores their names' case.
+ATTRIBUTE_NAMES = "homing-attributes"
+_SIGNER_OWN = frozenset({EVENT_ID, TIMESTAMP, KEY_ID, SIGNATURE, ATTRIBUTE_NAMES})
 
 #: Attributes Pub/Sub itself adds to a dead-lettered copy; they are never signed.
 _ADDED_BY_PUBSUB = "CloudPubSubDeadLetter"
@@ -243,7 +246,16 @@ class Signer:
         for key, value in (attributes or {}).items():
             if key == EVENT_TYPE or key.startswith(_RESERVED_PREFIXES):
                 raise ConfigurationError(f"attribute {key!r} is reserved")
+            if "," in key:
+                raise ConfigurationError(f"attribute name {key!r} contains a comma")
             signed[key] = value
+        if signed:
+            if len({key.lower() for key in signed}) != len(signed):
+                raise ConfigurationError(
+                    "attribute names must differ in more than case: an unwrapped push carries "
+                    "them as HTTP headers"
+                )
+            signed[ATTRIBUTE_NAMES] = ",".join(signed)
         if context:
             for key, value in context.items():
                 if not key.startswith(_HOMING_PREFIX) or key in _SIGNER_OWN:
