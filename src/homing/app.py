@@ -297,9 +297,7 @@ class Homing:
             shape = recognise(headers, shapes)  # from the headers alone, bounds included
             if self.oidc is not None and self.auth in ("oidc", "both"):
                 await self.oidc.verify(authorization)  # the sender, before the body is parsed
-            shape, push = read_push(
-                shape, body, headers, shapes=shapes, allow_bare=self.auth in ("oidc", "none")
-            )
+            shape, push = read_push(shape, body, headers, shapes, self.auth in ("oidc", "none"))
             verified = self._authenticate(push)  # the message: homing's signature
         except PushRejected as exc:
             logger.warning("push refused (%s): %s", exc.code, exc.detail)

@@ -8,6 +8,7 @@ import orjson
 
 from homing.errors import PayloadTooLarge
 from homing.ingress import SHAPES, Shape
+from homing.ingress.cloudevents import is_structured
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -45,12 +46,20 @@ class PushEndpoint:
         declared_length = authorization = None
         marked = False  # a header of another shape than the wrapped push
         for name, value in scope["headers"]:  # one pass: this is every push's path
-            if name == b"content-length":
-                declared_length = value
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name[:3] == b"ce-" or name[:7] == b"x-goog-" or name == b"content-type":
-                marked = marked or name != b"content-type" or b"cloudevents" in value.lower()
+            first = name[0]  # an int compare first: most names are none of these
+            if first == 99:  # c
+                if name == b"content-length":
+                    declared_length = value
+                elif name == b"content-type":
+                    if value != b"application/json":  # Google's, byte for byte, when wrapped
+                        marked = marked or is_structured(value.decode("latin-1"))
+                elif name.startswith(b"ce-"):
+                    marked = True
+            elif first == 97:  # a
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+            elif first == 120 and name.startswith(b"x-goog-"):  # x
+                marked = True
         limit = self.homing.max_body_size
         try:
             # Refused before reading when the declared length is over the limit; counted as it

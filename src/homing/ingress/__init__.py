@@ -76,6 +76,8 @@ def recognise(headers: Mapping[str, str] | None, shapes: tuple[Shape, ...] = SHA
         shapes: the shapes accepted.
     """
     if headers is None:
+        if "wrapped" in shapes:  # the common case, first
+            return "wrapped"
         shape: Shape = "wrapped"
     else:
         if len(headers) > MAX_HEADERS:
@@ -94,7 +96,6 @@ def read_push(
     shape: Shape,
     body: bytes,
     headers: Mapping[str, str] | None,
-    *,
     shapes: tuple[Shape, ...] = SHAPES,
     allow_bare: bool = False,
 ) -> tuple[Shape, PushMessage]:
