@@ -827,3 +827,56 @@ def test_plan_type_is_frozen() -> None:
     assert isinstance(the_plan, Plan)
     with pytest.raises(AttributeError):
         the_plan.project = "other"  # type: ignore[misc]
+
+
+# --- the push shape ---------------------------------------------------------------------------
+
+
+def test_an_unwrapped_plan_renders_no_wrapper_with_write_metadata() -> None:
+    unwrapped = plan(full_settings(push_shape="unwrapped"))
+    assert unwrapped.subscription.unwrapped
+    gcloud = render_gcloud(unwrapped)
+    assert "--push-no-wrapper \\\n    --push-no-wrapper-write-metadata" in gcloud
+    assert "no_wrapper {\n      write_metadata = true\n    }" in render_terraform(unwrapped)
+    wrapped = plan(full_settings())
+    assert "no-wrapper" not in render_gcloud(wrapped)
+    assert "no_wrapper" not in render_terraform(wrapped)
+
+
+def test_a_subscription_switched_to_no_wrapper_by_hand_is_drift_and_provisioned_back(
+    capsys: pytest.CaptureFixture[str], names: Names, subscriber: Any
+) -> None:
+    from google.pubsub_v1 import types as pubsub
+
+    assert run(capsys, "provision", *names.flags())[0] == 0
+    existing = subscriber.get_subscription(subscription=names.subscription_path)
+    push = pubsub.PushConfig(existing.push_config)
+    push.no_wrapper = pubsub.PushConfig.NoWrapper(write_metadata=False)
+    subscriber.modify_push_config(subscription=names.subscription_path, push_config=push)
+
+    code, out, _ = run(capsys, "check", *names.flags())
+    assert code == 1
+    assert out == [
+        f"subscription {names.subscription_path}: push_config.shape is unwrapped without "
+        "write_metadata (no attributes: no signature reaches the service), plan says wrapped"
+    ]
+    code, out, _ = run(capsys, "provision", *names.flags())
+    assert f"subscription {names.subscription_path}: updated (push_config)" in out
+    assert run(capsys, "check", *names.flags())[:2] == (0, ["no drift"])
+
+
+def test_an_unwrapped_subscription_is_provisioned_and_checked(
+    capsys: pytest.CaptureFixture[str], names: Names, subscriber: Any
+) -> None:
+    flags = names.flags("--push-shape", "unwrapped")
+    assert run(capsys, "provision", *flags)[0] == 0
+    stored = subscriber.get_subscription(subscription=names.subscription_path).push_config
+    assert "no_wrapper" in stored
+    assert stored.no_wrapper.write_metadata
+    assert run(capsys, "check", *flags)[:2] == (0, ["no drift"])
+    # The same subscription, checked against a wrapped plan, has drifted.
+    code, out, _ = run(capsys, "check", *names.flags())
+    assert code == 1
+    assert (
+        "push_config.shape is unwrapped (no_wrapper, write_metadata), plan says wrapped" in (out[0])
+    )

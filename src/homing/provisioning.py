@@ -109,6 +109,9 @@ class PushSubscription:
     max_backoff: int
     dead_letter: DeadLetter | None
     expires_after: int | None = None
+    #: Pushed unwrapped (``noWrapper`` with write-metadata: the data as the body, attributes
+    #: and metadata as headers) rather than in Pub/Sub's JSON envelope.
+    unwrapped: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,11 @@ def plan(settings: Settings) -> Plan:
         ConfigurationError: a required setting is missing (all missing ones are named) or a
             value cannot work.
     """
+    if settings.push_shape == "eventarc":
+        raise ConfigurationError(
+            f"{Settings.variable('push_shape')}=eventarc: the Eventarc trigger makes its own "
+            "subscription; `homing plan` prints the trigger, to create with gcloud or Terraform"
+        )
     missing = [name for name in _REQUIRED if not getattr(settings, name)]
     if missing:
         raise ConfigurationError(
@@ -263,6 +271,7 @@ def plan(settings: Settings) -> Plan:
             min_backoff=settings.min_backoff,
             max_backoff=settings.max_backoff,
             dead_letter=dead_letter,
+            unwrapped=settings.push_shape == "unwrapped",
         ),
         bindings=tuple(bindings),
     )
@@ -317,6 +326,8 @@ def render_gcloud(plan: Plan) -> str:
             f"--push-auth-service-account={sub.push_auth.service_account_email}",
             f"--push-auth-token-audience={sub.push_auth.audience}",
         ]
+    if sub.unwrapped:
+        flags += ["--push-no-wrapper", "--push-no-wrapper-write-metadata"]
     flags += [
         f"--ack-deadline={sub.ack_deadline_seconds}",
         f"--min-retry-delay={sub.min_backoff}s",
@@ -404,6 +415,8 @@ def render_terraform(plan: Plan) -> str:
                 ],
             )
         )
+    if sub.unwrapped:
+        push.append(_block("no_wrapper", [("write_metadata", "true")]))
     body: list[tuple[str, str] | str] = [
         ("project", _hcl(project)),
         ("name", _hcl(name)),
@@ -628,6 +641,8 @@ def _desired(planned: PushSubscription) -> pubsub.Subscription:
             service_account_email=planned.push_auth.service_account_email,
             audience=planned.push_auth.audience,
         )
+    if planned.unwrapped:
+        push.no_wrapper = pubsub.PushConfig.NoWrapper(write_metadata=True)
     subscription = pubsub.Subscription(
         name=planned.name,
         topic=planned.topic,
@@ -651,12 +666,16 @@ def _desired(planned: PushSubscription) -> pubsub.Subscription:
 
 
 def _merged_push_config(existing: pubsub.PushConfig, planned: PushSubscription) -> Any:
-    """The planned endpoint and token on a copy of the existing push config, so settings the
-    plan does not manage (an unwrapped payload, attributes) survive the update."""
+    """The planned endpoint, token and shape on a copy of the existing push config, so settings
+    the plan does not manage (push attributes) survive the update."""
     from google.pubsub_v1 import types as pubsub
 
     push = pubsub.PushConfig(existing)
     push.push_endpoint = planned.push_endpoint
+    if planned.unwrapped:
+        push.no_wrapper = pubsub.PushConfig.NoWrapper(write_metadata=True)
+    elif "no_wrapper" in push:
+        push.pubsub_wrapper = pubsub.PushConfig.PubsubWrapper()
     if planned.push_auth is None:
         del push.oidc_token
     else:
@@ -673,6 +692,8 @@ def _compare(existing: pubsub.Subscription, planned: PushSubscription) -> list[D
         ("topic", existing.topic, planned.topic),
         ("ack_deadline_seconds", existing.ack_deadline_seconds, planned.ack_deadline_seconds),
         ("push_config.push_endpoint", push.push_endpoint or None, planned.push_endpoint),
+        # The shape decides what the service receives: drift here is every push refused.
+        ("push_config.shape", _push_shape(push), _UNWRAPPED if planned.unwrapped else _WRAPPED),
     ]
     token = push.oidc_token if "oidc_token" in push else None
     auth = planned.push_auth
@@ -732,6 +753,18 @@ def _compare(existing: pubsub.Subscription, planned: PushSubscription) -> list[D
         for field, actual, planned_value in found
         if actual != planned_value
     ]
+
+
+_WRAPPED = "wrapped"
+_UNWRAPPED = "unwrapped (no_wrapper, write_metadata)"
+
+
+def _push_shape(push: Any) -> str:
+    if "no_wrapper" not in push:
+        return _WRAPPED
+    if push.no_wrapper.write_metadata:
+        return _UNWRAPPED
+    return "unwrapped without write_metadata (no attributes: no signature reaches the service)"
 
 
 def _group(
