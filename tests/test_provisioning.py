@@ -24,7 +24,11 @@ from homing.provisioning import (
     Plan,
     PushAuth,
     apply_iam,
+    eventarc_trigger,
+    has_member,
     plan,
+    render_eventarc_gcloud,
+    render_eventarc_terraform,
     render_gcloud,
     render_terraform,
 )
@@ -550,9 +554,16 @@ def names() -> Names:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    """Exit status, stdout lines and stderr of the command; stderr without the note that IAM
+    was not compared on the emulator (`test_check_on_the_emulator_says_iam_was_not_compared`)."""
     code = main(list(argv))
     captured = capsys.readouterr()
-    return code, captured.out.splitlines(), captured.err
+    err = "".join(
+        line
+        for line in captured.err.splitlines(keepends=True)
+        if not line.startswith("iam: not compared, the emulator at ")
+    )
+    return code, captured.out.splitlines(), err
 
 
 def test_provision_creates_everything(
@@ -880,3 +891,109 @@ def test_an_unwrapped_subscription_is_provisioned_and_checked(
     assert (
         "push_config.shape is unwrapped (no_wrapper, write_metadata), plan says wrapped" in (out[0])
     )
+
+
+# --- Eventarc ---------------------------------------------------------------------------------
+
+TRIGGER_ACCOUNT = "trigger@homing-test.iam.gserviceaccount.com"
+
+
+def eventarc_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "project": PROJECT,
+        "topic": "events",
+        "push_endpoint": "https://users-api-xyz.a.run.app/events",
+        "push_service_account": TRIGGER_ACCOUNT,
+        "push_shape": "eventarc",
+        "run_service": "users-api",
+        "region": "europe-west1",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_the_eventarc_trigger_is_printed_for_gcloud_with_its_iam() -> None:
+    script = render_eventarc_gcloud(eventarc_trigger(eventarc_settings()))
+    assert (
+        "gcloud eventarc triggers create homing-events \\\n"
+        "    --project=homing-test \\\n"
+        "    --location=europe-west1 \\\n"
+        "    --destination-run-service=users-api \\\n"
+        "    --destination-run-region=europe-west1 \\\n"
+        "    --destination-run-path=/events \\\n"
+        "    --event-filters=type=google.cloud.pubsub.topic.v1.messagePublished \\\n"
+        "    --transport-topic=projects/homing-test/topics/events \\\n"
+        f"    --service-account={TRIGGER_ACCOUNT}\n"
+    ) in script
+    assert (
+        "gcloud run services add-iam-policy-binding users-api \\\n"
+        "    --project=homing-test \\\n"
+        "    --region=europe-west1 \\\n"
+        f"    --member=serviceAccount:{TRIGGER_ACCOUNT} \\\n"
+        "    --role=roles/run.invoker\n"
+    ) in script
+    assert f"gcloud iam service-accounts add-iam-policy-binding {TRIGGER_ACCOUNT}" in script
+    assert "gcloud pubsub subscriptions" not in script  # Eventarc makes its own
+
+
+def test_the_eventarc_trigger_is_printed_for_terraform_with_its_iam() -> None:
+    hcl = render_eventarc_terraform(eventarc_trigger(eventarc_settings(subscription="orders")))
+    assert 'resource "google_eventarc_trigger" "homing" {\n  project         = "homing-test"\n' in (
+        hcl
+    )
+    assert '  name            = "orders"\n' in hcl
+    assert "    cloud_run_service {\n" in hcl
+    assert '      path    = "/events"\n' in hcl
+    assert "      topic = google_pubsub_topic.homing.id\n" in hcl
+    assert 'resource "google_cloud_run_service_iam_member" "homing_trigger_invoker"' in hcl
+    assert f'  member   = "serviceAccount:{TRIGGER_ACCOUNT}"\n' in hcl
+    assert "{\n\n" not in hcl  # no blank line opens a block
+
+
+def test_the_eventarc_trigger_names_every_missing_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        eventarc_trigger(eventarc_settings(run_service=None, region=None))
+    assert str(info.value) == (
+        "missing setting(s) for the Eventarc trigger: set HOMING_RUN_SERVICE, HOMING_REGION"
+    )
+
+
+def test_plan_prints_the_trigger_and_provision_says_who_creates_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    flags = ["--project", PROJECT, "--topic", "events", "--push-shape", "eventarc"]
+    flags += ["--push-endpoint", "https://users-api-xyz.a.run.app/events"]
+    flags += ["--push-service-account", TRIGGER_ACCOUNT, "--run-service", "users-api"]
+    flags += ["--region", "europe-west1"]
+    code, out, _ = run(capsys, "plan", *flags)
+    assert code == 0
+    assert "gcloud eventarc triggers create homing-events \\" in out
+    code, out, err = run(capsys, "provision", *flags)
+    assert code == 2
+    assert "the Eventarc trigger makes its own subscription" in err
+
+
+def test_iam_bindings_are_compared_by_role_member_and_condition() -> None:
+    from google.iam.v1 import policy_pb2
+
+    agent = "serviceAccount:service-123@gcp-sa-pubsub.iam.gserviceaccount.com"
+    policy = policy_pb2.Policy()
+    assert not has_member(policy, "roles/pubsub.publisher", agent)
+    policy.bindings.add(role="roles/pubsub.publisher", members=["user:someone@example.com"])
+    assert not has_member(policy, "roles/pubsub.publisher", agent)
+    conditional = policy.bindings.add(role="roles/pubsub.publisher", members=[agent])
+    conditional.condition.expression = "request.time < timestamp('2020-01-01T00:00:00Z')"
+    assert not has_member(policy, "roles/pubsub.publisher", agent)  # expired, conditionally
+    policy.bindings.add(role="roles/pubsub.subscriber", members=[agent])
+    assert not has_member(policy, "roles/pubsub.publisher", agent)
+    assert has_member(policy, "roles/pubsub.subscriber", agent)
+
+
+def test_check_on_the_emulator_says_iam_was_not_compared(
+    capsys: pytest.CaptureFixture[str], emulator: str, names: Names
+) -> None:
+    assert run(capsys, "provision", *names.flags())[0] == 0
+    assert main(["check", *names.flags()]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "no drift\n"
+    assert captured.err.startswith("iam: not compared, the emulator at ")
