@@ -3,7 +3,8 @@
 Eventarc sends CloudEvents 1.0 over HTTP in binary content mode (the event's attributes in
 ``ce-*`` headers, its data — the wrapped push envelope — as the body) or in structured mode
 (``Content-Type: application/cloudevents+json``, attributes and data in one JSON object).
-Either way the Pub/Sub message is read from the envelope by :mod:`homing.ingress.wrapped`.
+Either way the Pub/Sub message is read from the envelope by :mod:`homing.ingress.wrapped`
+(Eventarc's envelope names the message id, as a push's does; ``ce-id`` repeats it).
 
 The CloudEvent's attributes only say what the request is: the message inside is authenticated
 like any other push (homing's signature; Google's OIDC token). The names below are the
@@ -20,7 +21,7 @@ import orjson
 
 from homing.errors import MalformedPush
 from homing.ingress.message import PushMessage
-from homing.ingress.wrapped import message_from_envelope
+from homing.ingress.wrapped import parse_push
 
 #: The CloudEvent type of a message published to a Pub/Sub topic.
 MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -43,13 +44,11 @@ def parse_cloudevent(body: bytes, headers: Mapping[str, str]) -> PushMessage:
     if is_structured(headers.get("content-type")):
         event = _json(body, "the structured CloudEvent")
         _check({name: event.get(name) for name in _REQUIRED})
-        envelope = _structured_data(event)
-        event_id = event["id"]
+        # The data, the wrapped envelope, is read as the body of a wrapped push would be.
+        body = orjson.dumps(_structured_data(event))
     else:
         _check({name: headers.get("ce-" + name) for name in _REQUIRED})
-        envelope = _json(body, "the CloudEvent's data")
-        event_id = headers["ce-id"]
-    return message_from_envelope(envelope, message_id=event_id)
+    return parse_push(body)
 
 
 def _check(attributes: Mapping[str, Any]) -> None:

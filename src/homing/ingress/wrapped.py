@@ -44,13 +44,6 @@ def parse_push(body: bytes) -> PushMessage:
         raise MalformedPush(f"the body is not valid JSON: {exc}") from None
     if type(envelope) is not dict:
         raise MalformedPush("the body must be a JSON object")
-    return message_from_envelope(envelope)
-
-
-def message_from_envelope(
-    envelope: dict[str, Any], *, message_id: str | None = None
-) -> PushMessage:
-    """The message in a parsed wrapped envelope; ``message_id`` stands in when it names none."""
     message = envelope.get("message")
     if type(message) is not dict:
         raise MalformedPush("the body has no 'message' object")
@@ -78,7 +71,7 @@ def message_from_envelope(
         if type(value) is not str:
             raise MalformedPush("message.attributes values must be strings")
 
-    message_id = _text(message, "messageId", "message_id") or message_id
+    message_id = _text(message, "messageId", "message_id")
     if not message_id:
         raise MalformedPush("the message has no messageId")
 
