@@ -418,3 +418,15 @@ def test_as_wrapped_keeps_the_message() -> None:
     push = parse_unwrapped(b"d", {"x-goog-pubsub-message-id": "1", "a": "b"})
     again = read_push("wrapped", as_wrapped(push), None)[1]
     assert (again.data, dict(again.attributes), again.message_id) == (b"d", {"a": "b"}, "1")
+
+
+async def test_homings_context_attributes_are_signed_and_read_from_an_unwrapped_push(
+    client: httpx.AsyncClient, homing: Homing, recorder: Recorder
+) -> None:
+    assert homing.signer is not None
+    data = orjson.dumps({"order_id": 16, "total_cents": 1})
+    context = {"homing-traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    attributes = homing.signer.sign(data, "order.placed", context=context)
+    assert (await post(client, unwrapped(data, attributes, "m-16"))).status_code == 204
+    [(_, delivery)] = recorder.seen
+    assert delivery.attributes["homing-traceparent"] == context["homing-traceparent"]

@@ -6,8 +6,8 @@ attributes with the headers every request carries, so which headers are attribut
 here:
 
 * a message signed with homing's ``v1`` scheme names its attributes: homing's own
-  (``event-type``, ``homing-*``) and, when the publisher set others, the list in
-  ``homing-attributes`` (which restores their case); nothing else is taken, so a header added
+  (``event-type`` and every ``homing-*`` header) and, when the publisher set others, the list
+  in ``homing-attributes`` (which restores their case); nothing else is taken, so a header added
   on the way (a proxy's, Cloud Run's) cannot break or join what was signed;
 * any other message (the article's format, or unsigned under ``auth="oidc"``): every header that
   is not an HTTP or Google transport header.
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from homing.errors import MalformedPush
 from homing.ingress.message import PushMessage
-from homing.signing import ATTRIBUTE_NAMES, EVENT_ID, EVENT_TYPE, KEY_ID, SIGNATURE, TIMESTAMP
+from homing.signing import ATTRIBUTE_NAMES, EVENT_TYPE, SIGNATURE
 
 MESSAGE_ID = "x-goog-pubsub-message-id"
 PUBLISH_TIME = "x-goog-pubsub-publish-time"
@@ -36,8 +36,6 @@ ORDERING_KEYS = ("x-goog-pubsub-ordering-key", "x-goog-ordering-key")
 MAX_ATTRIBUTES = 100
 MAX_NAME_BYTES = 256
 MAX_VALUE_BYTES = 1024
-
-_HOMING_ATTRIBUTES = (EVENT_TYPE, EVENT_ID, TIMESTAMP, KEY_ID, SIGNATURE, ATTRIBUTE_NAMES)
 
 #: Attributes Pub/Sub adds to a dead-lettered copy, by their header (lower-case) names.
 _PUBSUB_ADDED = {
@@ -140,7 +138,9 @@ def check_bounds(headers: Mapping[str, str]) -> None:
 def _attributes(headers: Mapping[str, str]) -> dict[str, str]:
     check_bounds(headers)
     if SIGNATURE in headers:
-        names = list(_HOMING_ATTRIBUTES)
+        # homing's own (its fixed ones and any context it adds, such as the trace context),
+        # then the publisher's, by the names it listed.
+        names = [EVENT_TYPE, *(name for name in headers if name.startswith("homing-"))]
         listed = headers.get(ATTRIBUTE_NAMES)
         if listed:
             names += listed.split(",")
