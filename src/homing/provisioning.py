@@ -779,15 +779,18 @@ def provision(plan: Plan, *, apply_iam_bindings: bool = True) -> Iterator[Outcom
             yield from apply_iam(plan, publisher, subscriber, _project_number(plan.project))
 
 
-def check(plan: Plan, *, compare_iam_bindings: bool = True) -> list[Difference]:
+def check(plan: Plan, *, compare_iam_bindings: bool | None = None) -> list[Difference]:
     """Every difference between Pub/Sub and ``plan``: resources, subscription settings (the push
-    shape included) and, when ``compare_iam_bindings`` (the emulator has no IAM), the IAM
+    shape included) and, when ``compare_iam_bindings`` (by default: unless
+    ``PUBSUB_EMULATOR_HOST`` names an emulator or local broker, which have no IAM), the IAM
     bindings on the dead-letter topic and the subscription. The binding on the push service
     account needs the IAM API, which google-cloud-pubsub does not include: it is not compared.
 
     Raises:
         ProvisioningFailed: Pub/Sub refused or could not be reached; one line says why.
     """
+    if compare_iam_bindings is None:
+        compare_iam_bindings = not os.environ.get("PUBSUB_EMULATOR_HOST")
     differences: list[Difference] = []
     with _clients() as (publisher, subscriber):
         for topic in plan.topics:
