@@ -5,7 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,8 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from homing.auth import (
+    FAILED_FETCH_INTERVAL,
     GOOGLE_CERTS_URL,
     GOOGLE_ISSUERS,
+    MAX_AUTHORIZATION_LENGTH,
+    MIN_CERTS_TTL,
     MIN_REFETCH_INTERVAL,
     OIDCVerifier,
     PushToken,
@@ -162,6 +165,9 @@ async def refused(
     return info.value.detail
 
 
+NOT_JSON = "the header and payload must be JSON objects in UTF-8"
+
+
 def bearer(token: str) -> str:
     return f"Bearer {token}"
 
@@ -239,12 +245,13 @@ async def test_a_header_that_is_not_bearer_is_refused(
         ("!!!." + b64json({}) + ".c2ln", "the header is not base64url"),
         ("eyJ+YWxnIjo.e30.c2ln", "the header is not base64url"),
         ("a." + b64json({}) + ".c2ln", "the header is not base64url"),
-        (b64(b"{not json") + ".e30.c2ln", "the header is not JSON"),
-        (b64(b"\xff\xfe") + ".e30.c2ln", "the header is not JSON"),
-        (b64json(["RS256"]) + ".e30.c2ln", "the header is not a JSON object"),
+        (b64(b"{not json") + ".e30.c2ln", NOT_JSON),
+        (b64(b"\xff\xfe") + ".e30.c2ln", NOT_JSON),
+        (b64json(["RS256"]) + ".e30.c2ln", NOT_JSON),
         (b64json({"alg": "RS256", "kid": KID}) + ".%%%.c2ln", "the payload is not base64url"),
-        (b64json({"alg": "RS256", "kid": KID}) + "." + b64(b"{") + ".c2ln", "payload is not JSON"),
-        (b64json({"alg": "RS256", "kid": KID}) + "." + b64json(7) + ".c2ln", "not a JSON object"),
+        (b64json({"alg": "RS256", "kid": KID}) + "." + b64(b"{") + ".c2ln", NOT_JSON),
+        (b64json({"alg": "RS256", "kid": KID}) + "." + b64json(7) + ".c2ln", NOT_JSON),
+        ("eyJhb.e30.c2ln", "the header is not base64url"),
         (b64json({"alg": "RS256", "kid": KID}) + ".e30.c2l*", "the signature is not base64url"),
     ],
 )
@@ -520,8 +527,8 @@ async def test_an_unknown_key_id_on_the_first_fetch_fails_without_a_second(
         (200, b"<html>", "did not answer JSON"),
         (200, b"[]", "did not answer a JSON object of certificates"),
         (200, b"{}", "did not answer a JSON object of certificates"),
-        (200, json.dumps({KID: 7}).encode(), f"the certificate of key id {KID!r} is not a string"),
-        (200, json.dumps({KID: "junk"}).encode(), f"the certificate of key id {KID!r} does not"),
+        (200, json.dumps({KID: 7}).encode(), "answered no usable RSA certificate"),
+        (200, json.dumps({KID: "junk"}).encode(), "answered no usable RSA certificate"),
     ],
 )
 async def test_a_failed_fetch_is_an_authentication_failure(
@@ -539,7 +546,7 @@ async def test_a_failed_fetch_is_an_authentication_failure(
 
 
 async def test_an_unreachable_certs_endpoint_is_an_authentication_failure(
-    verifier: OIDCVerifier, server: CertServer, google_key: rsa.RSAPrivateKey
+    verifier: OIDCVerifier, server: CertServer, clock: Clock, google_key: rsa.RSAPrivateKey
 ) -> None:
     server.down = True
     token = bearer(rs256(google_key, claims()))
@@ -547,16 +554,27 @@ async def test_an_unreachable_certs_endpoint_is_an_authentication_failure(
     assert detail == "could not fetch the token certificates: ConnectError: connection refused"
 
     server.down = False
+    clock.now += FAILED_FETCH_INTERVAL
     assert (await verifier.verify(token)).email == PUSHER
 
 
-async def test_a_non_rsa_certificate_is_a_fetch_failure(
-    verifier: OIDCVerifier, server: CertServer, google_key: rsa.RSAPrivateKey
+@pytest.mark.parametrize(
+    "entry",
+    [pytest.param("ec", id="an EC certificate"), "junk", 7, None],
+)
+async def test_an_unusable_certificate_is_skipped_and_logged(
+    verifier: OIDCVerifier,
+    server: CertServer,
+    google_key: rsa.RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
+    entry: object,
 ) -> None:
-    server.certs[KID] = certificate_pem(ec.generate_private_key(ec.SECP256R1()))
-    detail = await refused(verifier, bearer(rs256(google_key, claims())))
-    assert detail.startswith("could not fetch the token certificates: ")
-    assert detail.endswith(f"the certificate of key id {KID!r} is not an RSA key")
+    if entry == "ec":
+        entry = certificate_pem(ec.generate_private_key(ec.SECP256R1()))
+    server.certs["odd-one"] = entry  # type: ignore[assignment]
+    assert (await verifier.verify(bearer(rs256(google_key, claims())))).email == PUSHER
+    [record] = [r for r in caplog.records if r.name == "homing.auth"]
+    assert "skipped the token certificate of key id 'odd-one'" in record.getMessage()
 
 
 async def test_concurrent_requests_share_a_failed_fetch(
@@ -637,3 +655,91 @@ async def test_aclose_leaves_a_given_client_open(
 ) -> None:
     await verifier.aclose()
     assert not client.is_closed
+
+
+# -- faults found by the differential run --------------------------------------------------------
+
+
+async def test_junk_key_ids_while_the_endpoint_fails_fetch_at_most_once_per_interval(
+    verifier: OIDCVerifier, server: CertServer, clock: Clock, google_key: rsa.RSAPrivateKey
+) -> None:
+    await verifier.verify(bearer(rs256(google_key, claims())))
+    server.status = 503
+    clock.now += MIN_REFETCH_INTERVAL
+    for n in range(200):  # no key needed: the kid is looked up before the signature
+        await refused(verifier, bearer(rs256(google_key, claims(clock.now), kid=f"junk-{n}")))
+    assert server.requests == 2
+
+
+async def test_a_cold_start_with_the_endpoint_down_does_not_fetch_per_request(
+    verifier: OIDCVerifier, server: CertServer, clock: Clock, google_key: rsa.RSAPrivateKey
+) -> None:
+    server.down = True
+    token = bearer(rs256(google_key, claims()))
+    details = {await refused(verifier, token) for _ in range(50)}
+    assert details == {"could not fetch the token certificates: ConnectError: connection refused"}
+    assert server.requests == 1
+    clock.now += FAILED_FETCH_INTERVAL
+    await refused(verifier, token)
+    assert server.requests == 2
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda text: text.encode("utf-16"), id="UTF-16 with a byte-order mark"),
+        pytest.param(lambda text: text.encode("utf-16-le"), id="UTF-16 without one"),
+        pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="UTF-8 with a BOM"),
+        pytest.param(
+            lambda text: text.replace("}", ', "x": "\udc80"}').encode("utf-8", "surrogatepass"),
+            id="a lone surrogate",
+        ),
+    ],
+)
+@pytest.mark.parametrize("segment", ["header", "payload"])
+async def test_json_segments_must_be_utf8(
+    verifier: OIDCVerifier,
+    google_key: rsa.RSAPrivateKey,
+    encode: Callable[[str], bytes],
+    segment: str,
+) -> None:
+    header = {"alg": "RS256", "kid": KID, "typ": "JWT"}
+    parts = [json.dumps(header), json.dumps(claims())]
+    index = 0 if segment == "header" else 1
+    raw = [part.encode() for part in parts]
+    raw[index] = encode(parts[index])
+    signed = f"{b64(raw[0])}.{b64(raw[1])}"
+    signature = google_key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    assert await refused(verifier, bearer(f"{signed}.{b64(signature)}")) == (
+        "malformed token: " + NOT_JSON
+    )
+
+
+async def test_a_huge_authorization_header_is_refused_before_any_work(
+    verifier: OIDCVerifier, server: CertServer
+) -> None:
+    detail = await refused(verifier, "Bearer " + "a" * 1_000_000)
+    assert detail == (
+        f"the Authorization header is longer than {MAX_AUTHORIZATION_LENGTH} characters"
+    )
+    assert server.requests == 0
+
+
+async def test_a_token_older_than_an_hour_is_refused_whatever_its_exp(
+    verifier: OIDCVerifier, google_key: rsa.RSAPrivateKey
+) -> None:
+    old = claims(iat=int(NOW) - 7200, exp=int(NOW) + 86400)
+    detail = await refused(verifier, bearer(rs256(google_key, old)))
+    assert detail == "token issued 7200 s ago, more than the 3600 s a push token lives"
+
+
+async def test_max_age_zero_keeps_the_certificates_for_the_floor(
+    verifier: OIDCVerifier, server: CertServer, clock: Clock, google_key: rsa.RSAPrivateKey
+) -> None:
+    server.cache_control = "max-age=0"
+    for _ in range(5):
+        await verifier.verify(bearer(rs256(google_key, claims(clock.now))))
+    assert server.requests == 1
+    clock.now += MIN_CERTS_TTL + 1
+    await verifier.verify(bearer(rs256(google_key, claims(clock.now))))
+    assert server.requests == 2

@@ -27,6 +27,7 @@ from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
 from tests.e2e.conftest import ROOT, free_port
 from tests.test_endpoint import BAD_INPUT
+from tests.test_ingress import SHAPES
 
 ORDER = OrderPlaced(order_id=1, total_cents=999)
 
@@ -101,6 +102,21 @@ def test_a_signed_push_runs_the_handler_once(
         assert (response.status_code, response.data) == (204, b"")
     [(event, delivery)] = recorder.seen
     assert (event, delivery.event_id) == (ORDER, "e-flask")
+
+
+@pytest.mark.parametrize("shape", ["unwrapped", "cloudevents-binary", "cloudevents-structured"])
+def test_every_push_shape_runs_the_handler_once(
+    flask_client: FlaskClient, flask_homing: FlaskHoming, recorder: Recorder, shape: str
+) -> None:
+    message = flask_homing.homing.sign(ORDER, event_id="e-shape", attributes={"Tenant": "a"})
+    body, headers = SHAPES[shape](message.data, message.attributes, "m-shape")
+    for _ in range(2):
+        response = flask_client.post(
+            "/events", data=body, headers={k: v.decode("latin-1") for k, v in headers.items()}
+        )
+        assert (response.status_code, response.data) == (204, b"")
+    [(_, delivery)] = recorder.seen
+    assert (delivery.event_id, delivery.attributes["Tenant"]) == ("e-shape", "a")
 
 
 def test_other_methods_get_405_as_from_the_asgi_endpoint(flask_client: FlaskClient) -> None:

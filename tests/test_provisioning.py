@@ -24,7 +24,11 @@ from homing.provisioning import (
     Plan,
     PushAuth,
     apply_iam,
+    eventarc_trigger,
+    has_member,
     plan,
+    render_eventarc_gcloud,
+    render_eventarc_terraform,
     render_gcloud,
     render_terraform,
 )
@@ -550,9 +554,16 @@ def names() -> Names:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    """Exit status, stdout lines and stderr of the command; stderr without the note that IAM
+    was not compared on the emulator (`test_check_on_the_emulator_says_iam_was_not_compared`)."""
     code = main(list(argv))
     captured = capsys.readouterr()
-    return code, captured.out.splitlines(), captured.err
+    err = "".join(
+        line
+        for line in captured.err.splitlines(keepends=True)
+        if not line.startswith("iam: not compared, the emulator at ")
+    )
+    return code, captured.out.splitlines(), err
 
 
 def test_provision_creates_everything(
@@ -827,3 +838,162 @@ def test_plan_type_is_frozen() -> None:
     assert isinstance(the_plan, Plan)
     with pytest.raises(AttributeError):
         the_plan.project = "other"  # type: ignore[misc]
+
+
+# --- the push shape ---------------------------------------------------------------------------
+
+
+def test_an_unwrapped_plan_renders_no_wrapper_with_write_metadata() -> None:
+    unwrapped = plan(full_settings(push_shape="unwrapped"))
+    assert unwrapped.subscription.unwrapped
+    gcloud = render_gcloud(unwrapped)
+    assert "--push-no-wrapper \\\n    --push-no-wrapper-write-metadata" in gcloud
+    assert "no_wrapper {\n      write_metadata = true\n    }" in render_terraform(unwrapped)
+    wrapped = plan(full_settings())
+    assert "no-wrapper" not in render_gcloud(wrapped)
+    assert "no_wrapper" not in render_terraform(wrapped)
+
+
+def test_a_subscription_switched_to_no_wrapper_by_hand_is_drift_and_provisioned_back(
+    capsys: pytest.CaptureFixture[str], names: Names, subscriber: Any
+) -> None:
+    from google.pubsub_v1 import types as pubsub
+
+    assert run(capsys, "provision", *names.flags())[0] == 0
+    existing = subscriber.get_subscription(subscription=names.subscription_path)
+    push = pubsub.PushConfig(existing.push_config)
+    push.no_wrapper = pubsub.PushConfig.NoWrapper(write_metadata=False)
+    subscriber.modify_push_config(subscription=names.subscription_path, push_config=push)
+
+    code, out, _ = run(capsys, "check", *names.flags())
+    assert code == 1
+    assert out == [
+        f"subscription {names.subscription_path}: push_config.shape is unwrapped without "
+        "write_metadata (no attributes: no signature reaches the service), plan says wrapped"
+    ]
+    code, out, _ = run(capsys, "provision", *names.flags())
+    assert f"subscription {names.subscription_path}: updated (push_config)" in out
+    assert run(capsys, "check", *names.flags())[:2] == (0, ["no drift"])
+
+
+def test_an_unwrapped_subscription_is_provisioned_and_checked(
+    capsys: pytest.CaptureFixture[str], names: Names, subscriber: Any
+) -> None:
+    flags = names.flags("--push-shape", "unwrapped")
+    assert run(capsys, "provision", *flags)[0] == 0
+    stored = subscriber.get_subscription(subscription=names.subscription_path).push_config
+    assert "no_wrapper" in stored
+    assert stored.no_wrapper.write_metadata
+    assert run(capsys, "check", *flags)[:2] == (0, ["no drift"])
+    # The same subscription, checked against a wrapped plan, has drifted.
+    code, out, _ = run(capsys, "check", *names.flags())
+    assert code == 1
+    assert (
+        "push_config.shape is unwrapped (no_wrapper, write_metadata), plan says wrapped" in (out[0])
+    )
+
+
+# --- Eventarc ---------------------------------------------------------------------------------
+
+TRIGGER_ACCOUNT = "trigger@homing-test.iam.gserviceaccount.com"
+
+
+def eventarc_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "project": PROJECT,
+        "topic": "events",
+        "push_endpoint": "https://users-api-xyz.a.run.app/events",
+        "push_service_account": TRIGGER_ACCOUNT,
+        "push_shape": "eventarc",
+        "run_service": "users-api",
+        "region": "europe-west1",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_the_eventarc_trigger_is_printed_for_gcloud_with_its_iam() -> None:
+    script = render_eventarc_gcloud(eventarc_trigger(eventarc_settings()))
+    assert (
+        "gcloud eventarc triggers create homing-events \\\n"
+        "    --project=homing-test \\\n"
+        "    --location=europe-west1 \\\n"
+        "    --destination-run-service=users-api \\\n"
+        "    --destination-run-region=europe-west1 \\\n"
+        "    --destination-run-path=/events \\\n"
+        "    --event-filters=type=google.cloud.pubsub.topic.v1.messagePublished \\\n"
+        "    --transport-topic=projects/homing-test/topics/events \\\n"
+        f"    --service-account={TRIGGER_ACCOUNT}\n"
+    ) in script
+    assert (
+        "gcloud run services add-iam-policy-binding users-api \\\n"
+        "    --project=homing-test \\\n"
+        "    --region=europe-west1 \\\n"
+        f"    --member=serviceAccount:{TRIGGER_ACCOUNT} \\\n"
+        "    --role=roles/run.invoker\n"
+    ) in script
+    assert f"gcloud iam service-accounts add-iam-policy-binding {TRIGGER_ACCOUNT}" in script
+    assert "gcloud pubsub subscriptions" not in script  # Eventarc makes its own
+
+
+def test_the_eventarc_trigger_is_printed_for_terraform_with_its_iam() -> None:
+    hcl = render_eventarc_terraform(eventarc_trigger(eventarc_settings(subscription="orders")))
+    assert 'resource "google_eventarc_trigger" "homing" {\n  project         = "homing-test"\n' in (
+        hcl
+    )
+    assert '  name            = "orders"\n' in hcl
+    assert "    cloud_run_service {\n" in hcl
+    assert '      path    = "/events"\n' in hcl
+    assert "      topic = google_pubsub_topic.homing.id\n" in hcl
+    assert 'resource "google_cloud_run_service_iam_member" "homing_trigger_invoker"' in hcl
+    assert f'  member   = "serviceAccount:{TRIGGER_ACCOUNT}"\n' in hcl
+    assert "{\n\n" not in hcl  # no blank line opens a block
+
+
+def test_the_eventarc_trigger_names_every_missing_setting() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        eventarc_trigger(eventarc_settings(run_service=None, region=None))
+    assert str(info.value) == (
+        "missing setting(s) for the Eventarc trigger: set HOMING_RUN_SERVICE, HOMING_REGION"
+    )
+
+
+def test_plan_prints_the_trigger_and_provision_says_who_creates_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    flags = ["--project", PROJECT, "--topic", "events", "--push-shape", "eventarc"]
+    flags += ["--push-endpoint", "https://users-api-xyz.a.run.app/events"]
+    flags += ["--push-service-account", TRIGGER_ACCOUNT, "--run-service", "users-api"]
+    flags += ["--region", "europe-west1"]
+    code, out, _ = run(capsys, "plan", *flags)
+    assert code == 0
+    assert "gcloud eventarc triggers create homing-events \\" in out
+    code, out, err = run(capsys, "provision", *flags)
+    assert code == 2
+    assert "the Eventarc trigger makes its own subscription" in err
+
+
+def test_iam_bindings_are_compared_by_role_member_and_condition() -> None:
+    from google.iam.v1 import policy_pb2
+
+    agent = "serviceAccount:service-123@gcp-sa-pubsub.iam.gserviceaccount.com"
+    policy = policy_pb2.Policy()
+    assert not has_member(policy, "roles/pubsub.publisher", agent)
+    policy.bindings.add(role="roles/pubsub.publisher", members=["user:someone@example.com"])
+    assert not has_member(policy, "roles/pubsub.publisher", agent)
+    conditional = policy.bindings.add(role="roles/pubsub.publisher", members=[agent])
+    conditional.condition.expression = "request.time < timestamp('2020-01-01T00:00:00Z')"
+    assert not has_member(policy, "roles/pubsub.publisher", agent)  # expired, conditionally
+    policy.bindings.add(role="roles/pubsub.subscriber", members=[agent])
+    assert not has_member(policy, "roles/pubsub.publisher", agent)
+    assert has_member(policy, "roles/pubsub.subscriber", agent)
+
+
+def test_check_on_the_emulator_says_iam_was_not_compared(
+    capsys: pytest.CaptureFixture[str], emulator: str, names: Names
+) -> None:
+    assert run(capsys, "provision", *names.flags())[0] == 0
+    assert main(["check", *names.flags()]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "no drift\n"
+    assert captured.err.startswith("iam: not compared, the emulator at ")

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
 
 from homing.dispatch import Delivery, Drop, Effects, Handler, HandlerTable, Retry, _Bound
-from homing.envelope import PushMessage, parse_push
 from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
 from homing.events import EventRegistry, decode_event, encode_event
 from homing.hooks import Hook
+from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
+from homing.ingress.wrapped import parse_push
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
 from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
@@ -268,25 +269,44 @@ class Homing:
 
     # -- the push endpoint --------------------------------------------------------------------
 
-    async def handle_push(self, body: bytes, *, authorization: str | None = None) -> PushResult:
-        """Authenticate, decode and dispatch one push; never raises for bad input.
+    async def handle_push(
+        self,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        authorization: str | None = None,
+        shapes: tuple[Shape, ...] = SHAPES,
+    ) -> PushResult:
+        """Read, authenticate and dispatch one push; never raises for bad input.
 
-        ``authorization`` is the request's ``Authorization`` header (Pub/Sub's OIDC token).
+        Args:
+            body: the request body.
+            headers: the request's headers (lower-case names, values as ASGI servers give
+                them), from which its shape is recognised: wrapped, unwrapped or CloudEvents
+                (:mod:`homing.ingress`). ``None`` reads a wrapped push.
+            authorization: the ``Authorization`` header (Pub/Sub's OIDC token); taken from
+                ``headers`` when not given.
+            shapes: the request shapes accepted; others are refused with 400.
         """
         hooks = self.hooks
         if hooks:
             self._hook("on_push_received")
+        if authorization is None and headers is not None:
+            authorization = headers.get("authorization")
         try:
+            shape = recognise(headers, shapes)  # from the headers alone, bounds included
             if self.oidc is not None and self.auth in ("oidc", "both"):
-                await self.oidc.verify(authorization)
-            push = parse_push(body)
-            verified = self._authenticate(push)
+                await self.oidc.verify(authorization)  # the sender, before the body is parsed
+            shape, push = read_push(shape, body, headers, shapes, self.auth in ("oidc", "none"))
+            verified = self._authenticate(push)  # the message: homing's signature
         except PushRejected as exc:
             logger.warning("push refused (%s): %s", exc.code, exc.detail)
             result = PushResult(exc.status_code, exc.code, exc.detail)
         else:
             if hooks:
                 self._hook("on_authenticated", push, verified)
+            if shape != "wrapped":
+                body = as_wrapped(push)  # the quarantine keeps every shape as a wrapped envelope
             result = await self._dispatch(body, push, verified, replay=False)
         if hooks:
             self._hook("on_push_handled", result)
@@ -523,21 +543,21 @@ class Homing:
 
     # -- serving ------------------------------------------------------------------------------
 
-    def endpoint(self) -> PushEndpoint:
-        """The push endpoint as a plain ASGI app (``POST`` only)."""
+    def endpoint(self, *, shapes: tuple[Shape, ...] = SHAPES) -> PushEndpoint:
+        """The push endpoint as a plain ASGI app (``POST`` only), accepting ``shapes``."""
         from homing.asgi import PushEndpoint
 
-        return PushEndpoint(self)
+        return PushEndpoint(self, shapes=shapes)
 
-    def route(self, path: str = "/events") -> Route:
+    def route(self, path: str = "/events", *, shapes: tuple[Shape, ...] = SHAPES) -> Route:
         """A Starlette ``Route`` serving the push endpoint at ``path``."""
-        return Route(path, self.endpoint(), methods=["POST"], name="homing_push")
+        return Route(path, self.endpoint(shapes=shapes), methods=["POST"], name="homing_push")
 
-    def router(self, path: str = "/events") -> APIRouter:
+    def router(self, path: str = "/events", *, shapes: tuple[Shape, ...] = SHAPES) -> APIRouter:
         """A FastAPI ``APIRouter`` serving the push endpoint at ``path`` (needs ``fastapi``)."""
         from homing.fastapi import push_router
 
-        return push_router(self, path)
+        return push_router(self, path, shapes=shapes)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:

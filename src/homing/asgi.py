@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from homing.errors import PayloadTooLarge
+from homing.ingress import SHAPES, Shape
+from homing.ingress.cloudevents import is_structured
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -22,13 +24,18 @@ _JSON = (b"content-type", b"application/json")
 
 
 class PushEndpoint:
-    """``POST`` a Pub/Sub push envelope; answered by :meth:`homing.Homing.handle_push`.
+    """``POST`` a push in any shape Google sends; answered by :meth:`homing.Homing.handle_push`.
+
+    Args:
+        homing: the service's events and handlers.
+        shapes: the request shapes accepted (by default all: wrapped, unwrapped, cloudevents).
 
     Bodies larger than ``homing.max_body_size`` are refused with 413 before they are read whole.
     """
 
-    def __init__(self, homing: Homing) -> None:
+    def __init__(self, homing: Homing, *, shapes: tuple[Shape, ...] = SHAPES) -> None:
         self.homing = homing
+        self.shapes = shapes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,11 +44,22 @@ class PushEndpoint:
             await _respond(send, 405, {"outcome": "method_not_allowed"}, [(b"allow", b"POST")])
             return
         declared_length = authorization = None
+        marked = False  # a header of another shape than the wrapped push
         for name, value in scope["headers"]:  # one pass: this is every push's path
-            if name == b"content-length":
-                declared_length = value
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
+            first = name[0]  # an int compare first: most names are none of these
+            if first == 99:  # c
+                if name == b"content-length":
+                    declared_length = value
+                elif name == b"content-type":
+                    if value != b"application/json":  # Google's, byte for byte, when wrapped
+                        marked = marked or is_structured(value.decode("latin-1"))
+                elif name.startswith(b"ce-"):
+                    marked = True
+            elif first == 97:  # a
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+            elif first == 120 and name.startswith(b"x-goog-"):  # x
+                marked = True
         limit = self.homing.max_body_size
         try:
             # Refused before reading when the declared length is over the limit; counted as it
@@ -63,7 +81,11 @@ class PushEndpoint:
             self.homing.refused(exc)  # logged and counted like any other push
             await _respond(send, exc.status_code, {"outcome": exc.code, "detail": exc.detail})
             return
-        result = await self.homing.handle_push(body, authorization=authorization)
+        # The wrapped push, the common case, needs no headers but the two read above.
+        headers = _headers(scope["headers"]) if marked else None
+        result = await self.homing.handle_push(
+            body, headers, authorization=authorization, shapes=self.shapes
+        )
         if result.status == 204:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -72,6 +94,16 @@ class PushEndpoint:
         if result.detail:
             payload["detail"] = result.detail
         await _respond(send, result.status, payload)
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    # Repeated names are joined as HTTP folds them (RFC 9110 5.3): a repeated attribute header
+    # then fails its signature rather than one copy being picked.
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
 
 
 async def _read_rest(receive: Receive, first: bytes, limit: int) -> bytes:

@@ -4,12 +4,16 @@ A push subscription with ``pushConfig.oidcToken`` sends ``Authorization: Bearer 
 RS256 token signed by Google, naming the push service account. :class:`OIDCVerifier` checks, in
 this order, and refuses with :class:`~homing.errors.AuthenticationFailed` (401) unless:
 
-1. the header is ``Bearer <token>`` and the token is three base64url JSON segments;
+1. the header is at most :data:`MAX_AUTHORIZATION_LENGTH` characters of ``Bearer <token>`` and
+   the token is three base64url segments, whose header and payload google-auth reads as JSON
+   objects in UTF-8 (RFC 7515 §5.2);
 2. the token header says ``alg: RS256`` (``none``, ``HS256`` and the rest are refused before any
    key is looked up, which closes the algorithm-confusion hole) and names a ``kid``;
-3. the signature verifies under Google's certificate for that ``kid``;
-4. ``iss`` is Google, ``aud`` is this service's audience, ``exp`` has not passed and ``iat``
-   is present and not in the future (both with a small leeway), ``sub`` is present;
+3. the signature verifies (google-auth's RSA verifier) under Google's certificate for that
+   ``kid``;
+4. ``iss`` is Google, ``aud`` is this service's audience, ``exp`` has not passed, ``iat`` is
+   present, not in the future and at most ``max_token_age`` ago (a token whose ``exp`` lies far
+   ahead still ages out: Google's push tokens live an hour), ``sub`` is present;
 
 and then refuses with :class:`~homing.errors.Forbidden` (403) unless ``email`` is one of the
 allowed push service accounts and ``email_verified`` is true.
@@ -18,41 +22,61 @@ Every step matters: a valid signature alone accepts any Google-signed token (any
 for their own service account), and a matching audience alone accepts a forged token. Checking
 only one of them is a known bug class.
 
-Google's certificates are cached for the ``max-age`` their response gives and re-fetched, at most
-once per :data:`MIN_REFETCH_INTERVAL`, when a token names an unknown ``kid`` (key rotation).
-The token itself never appears in an error message.
+Parsing and the signature check are google-auth's (``google.auth.jwt``, ``google.auth.crypt``);
+the rules above are homing's, on top: google-auth's own ``verify_oauth2_token`` checks neither the
+sender nor ``email_verified``, fetches the certificates on every call, and accepts other
+algorithms. ``tests/test_auth_differential.py`` runs both over a matrix of forged and malformed
+tokens.
+
+Google's certificates are cached for the ``max-age`` their response gives (at least
+:data:`MIN_CERTS_TTL`); entries that are not RSA certificates are skipped and logged. Every
+fetch attempt counts: after one, a token naming an unknown ``kid`` (key rotation, or junk)
+fetches again only after :data:`MIN_REFETCH_INTERVAL`, and after a failed one nothing fetches
+for :data:`FAILED_FETCH_INTERVAL` — requests meanwhile get the failure — so neither junk
+tokens nor a cold start with Google's endpoint down make a fetch per request. The token itself
+never appears in an error message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
+import logging
 import math
 import re
 import time
+from base64 import urlsafe_b64decode
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from google.auth import exceptions as google_exceptions
+from google.auth import jwt as google_jwt
+from google.auth.crypt import RSAVerifier
 
 from homing.errors import AuthenticationFailed, ConfigurationError, Forbidden
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 
-#: Seconds between two fetches caused by an unknown ``kid``, so junk tokens cannot make every
-#: request hit Google.
+logger = logging.getLogger("homing.auth")
+
+#: Seconds after any fetch attempt before an unknown ``kid`` may fetch again, so junk tokens
+#: cannot make every request hit Google.
 MIN_REFETCH_INTERVAL = 30.0
+#: Seconds after a failed fetch before any request may fetch again.
+FAILED_FETCH_INTERVAL = 5.0
+#: The least time certificates are kept, whatever ``max-age`` says (``max-age=0`` included).
+MIN_CERTS_TTL = 60.0
+#: A push token is about 1 KB; longer headers are refused before any other work.
+MAX_AUTHORIZATION_LENGTH = 8192
+#: Google's push tokens live an hour.
+DEFAULT_MAX_TOKEN_AGE = 3600.0
 
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_SEGMENTS = ("header", "payload", "signature")
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 _FETCH_TIMEOUT = 10.0
 
@@ -82,6 +106,8 @@ class OIDCVerifier:
         clock: returns the current time in seconds since the epoch.
         leeway: seconds of clock skew allowed on ``exp`` and ``iat``.
         certs_ttl: seconds to keep the certificates when the response gives no ``max-age``.
+        max_token_age: seconds after ``iat`` past which a token is refused, whatever its
+            ``exp`` says.
 
     Example::
 
@@ -102,6 +128,7 @@ class OIDCVerifier:
         clock: Callable[[], float] = time.time,
         leeway: float = 10.0,
         certs_ttl: float = 3600.0,
+        max_token_age: float = DEFAULT_MAX_TOKEN_AGE,
     ) -> None:
         if not audience:
             raise ConfigurationError("OIDC verification needs an audience")
@@ -117,11 +144,11 @@ class OIDCVerifier:
         self._clock = clock
         self._leeway = leeway
         self._certs_ttl = certs_ttl
+        self._max_token_age = max_token_age
         self._lock = asyncio.Lock()
-        self._keys: dict[str, RSAPublicKey] = {}
+        self._keys: dict[str, RSAVerifier] = {}
         self._expires_at: float | None = None
-        self._fetched_at: float | None = None
-        self._attempts = 0
+        self._attempted_at: float | None = None
         self._last_failure: str | None = None
 
     async def verify(self, authorization: str | None) -> PushToken:
@@ -131,26 +158,38 @@ class OIDCVerifier:
             AuthenticationFailed: no token, a malformed or badly signed one, or wrong claims.
             Forbidden: a valid token from a service account that is not allowed.
         """
+        if authorization is not None and len(authorization) > MAX_AUTHORIZATION_LENGTH:
+            raise AuthenticationFailed(
+                f"the Authorization header is longer than {MAX_AUTHORIZATION_LENGTH} characters"
+            )
         token = _bearer_token(authorization)
         segments = token.split(".")
         if len(segments) != 3:
             raise AuthenticationFailed(f"malformed token: {len(segments)} segments, expected 3")
-        header = _json_segment(segments[0], "header")
+        for segment, name in zip(segments, _SEGMENTS, strict=True):
+            # google-auth's base64 decoding skips characters outside the alphabet: refuse them.
+            if not _BASE64URL.match(segment) or len(segment) % 4 == 1:
+                raise AuthenticationFailed(f"malformed token: the {name} is not base64url")
+        try:
+            # Parsed only: the signature is checked below, once the key is known.
+            header = google_jwt.decode_header(token)  # type: ignore[no-untyped-call]
+            claims = google_jwt.decode(token, verify=False)  # type: ignore[no-untyped-call]
+        except (google_exceptions.GoogleAuthError, ValueError, TypeError, RecursionError):
+            # The library's message quotes the token: say what is wrong without it.
+            raise AuthenticationFailed(
+                "malformed token: the header and payload must be JSON objects in UTF-8"
+            ) from None
         algorithm = header.get("alg")
         if algorithm != "RS256":
             raise AuthenticationFailed(f"token algorithm {_show(algorithm)} is not RS256")
         key_id = header.get("kid")
         if not isinstance(key_id, str) or not key_id:
             raise AuthenticationFailed("token header names no key id (kid)")
-        claims = _json_segment(segments[1], "payload")
-        signature = _decode_segment(segments[2], "signature")
 
         key = await self._key(key_id)
-        signed = f"{segments[0]}.{segments[1]}".encode("ascii")
-        try:
-            key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
-            raise AuthenticationFailed("token signature does not verify") from None
+        signed, _, signature = token.rpartition(".")
+        if not key.verify(signed.encode("ascii"), _base64url(signature)):
+            raise AuthenticationFailed("token signature does not verify")
         return self._check_claims(claims)
 
     async def aclose(self) -> None:
@@ -174,6 +213,11 @@ class OIDCVerifier:
         issued_at = _timestamp(claims, "iat")
         if issued_at > now + self._leeway:
             raise AuthenticationFailed(f"token issued {int(issued_at - now)} s in the future")
+        if now - issued_at > self._max_token_age + self._leeway:
+            raise AuthenticationFailed(
+                f"token issued {int(now - issued_at)} s ago, more than the "
+                f"{int(self._max_token_age)} s a push token lives"
+            )
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise AuthenticationFailed("token has no sub claim")
@@ -194,44 +238,47 @@ class OIDCVerifier:
             expires_at=expires_at,
         )
 
-    async def _key(self, key_id: str) -> RSAPublicKey:
+    async def _key(self, key_id: str) -> RSAVerifier:
         if self._is_fresh() and key_id in self._keys:
             return self._keys[key_id]
-        attempts_seen = self._attempts
         async with self._lock:
-            if self._attempts != attempts_seen and self._last_failure is not None:
-                # Another request fetched while this one waited, and failed: share its answer
-                # rather than queueing one more fetch behind each waiting request.
-                raise AuthenticationFailed(self._last_failure)
-            if not self._is_fresh() or (
-                key_id not in self._keys
-                and self._fetched_at is not None
-                and self._clock() - self._fetched_at >= MIN_REFETCH_INTERVAL
-            ):
+            # Decided under the lock, so requests that waited see the attempt made meanwhile.
+            if self._may_fetch(key_id):
                 await self._fetch()
-        key = self._keys.get(key_id)
+            elif self._last_failure is not None:
+                raise AuthenticationFailed(self._last_failure)
+        key = self._keys.get(key_id) if self._is_fresh() else None
         if key is None:
             raise AuthenticationFailed(f"no Google certificate has key id {_show(key_id)}")
         return key
+
+    def _may_fetch(self, key_id: str) -> bool:
+        if self._attempted_at is None:
+            return True
+        since = self._clock() - self._attempted_at
+        if self._last_failure is not None:
+            return since >= FAILED_FETCH_INTERVAL
+        if not self._is_fresh():
+            return True
+        return key_id not in self._keys and since >= MIN_REFETCH_INTERVAL
 
     def _is_fresh(self) -> bool:
         return self._expires_at is not None and self._clock() < self._expires_at
 
     async def _fetch(self) -> None:
+        self._attempted_at = self._clock()
         try:
             keys, max_age = await self._download()
         except AuthenticationFailed as exc:
             self._last_failure = exc.detail
             raise
-        finally:
-            self._attempts += 1
         now = self._clock()
+        ttl = max_age if max_age is not None else self._certs_ttl
         self._keys = keys
-        self._fetched_at = now
-        self._expires_at = now + (max_age if max_age is not None else self._certs_ttl)
+        self._expires_at = now + max(ttl, MIN_CERTS_TTL)
         self._last_failure = None
 
-    async def _download(self) -> tuple[dict[str, RSAPublicKey], float | None]:
+    async def _download(self) -> tuple[dict[str, RSAVerifier], float | None]:
         def failed(reason: str) -> AuthenticationFailed:
             return AuthenticationFailed(f"could not fetch the token certificates: {reason}")
 
@@ -247,19 +294,34 @@ class OIDCVerifier:
             raise failed(f"{self.certs_url} did not answer JSON") from exc
         if not isinstance(body, dict) or not body:
             raise failed(f"{self.certs_url} did not answer a JSON object of certificates")
-        keys: dict[str, RSAPublicKey] = {}
+        keys: dict[str, RSAVerifier] = {}
         for key_id, pem in body.items():
-            if not isinstance(pem, str):
-                raise failed(f"the certificate of key id {_show(key_id)} is not a string")
             try:
-                public_key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+                keys[key_id] = _rsa_verifier(pem)
             except ValueError as exc:
-                raise failed(f"the certificate of key id {_show(key_id)} does not load") from exc
-            if not isinstance(public_key, RSAPublicKey):
-                raise failed(f"the certificate of key id {_show(key_id)} is not an RSA key")
-            keys[key_id] = public_key
+                # One bad entry must not make every token fail: the others still verify.
+                logger.warning(
+                    "skipped the token certificate of key id %s from %s: %s",
+                    _show(key_id),
+                    self.certs_url,
+                    exc,
+                )
+        if not keys:
+            raise failed(f"{self.certs_url} answered no usable RSA certificate")
         match = _MAX_AGE.search(response.headers.get("cache-control", ""))
         return keys, float(match.group(1)) if match else None
+
+
+def _rsa_verifier(pem: object) -> RSAVerifier:
+    if not isinstance(pem, str):
+        raise ValueError("it is not a string")
+    try:
+        public_key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    except ValueError:
+        raise ValueError("it is not a PEM certificate") from None
+    if not isinstance(public_key, RSAPublicKey):
+        raise ValueError(f"its key is {type(public_key).__name__}, not RSA")
+    return RSAVerifier(public_key)  # type: ignore[no-untyped-call]
 
 
 def _bearer_token(authorization: str | None) -> str:
@@ -274,24 +336,8 @@ def _bearer_token(authorization: str | None) -> str:
     return token
 
 
-def _decode_segment(segment: str, name: str) -> bytes:
-    if not _BASE64URL.match(segment):
-        raise AuthenticationFailed(f"malformed token: the {name} is not base64url")
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise AuthenticationFailed(f"malformed token: the {name} is not base64url") from None
-
-
-def _json_segment(segment: str, name: str) -> dict[str, Any]:
-    raw = _decode_segment(segment, name)
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise AuthenticationFailed(f"malformed token: the {name} is not JSON") from None
-    if not isinstance(value, dict):
-        raise AuthenticationFailed(f"malformed token: the {name} is not a JSON object")
-    return value
+def _base64url(segment: str) -> bytes:
+    return urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 def _timestamp(claims: Mapping[str, Any], name: str) -> int:

@@ -64,6 +64,9 @@ _INFRA_FLAGS = {
     "--subscription": ("subscription", "SUBSCRIPTION"),
     "--push-endpoint": ("push_endpoint", "URL"),
     "--dead-letter-topic": ("dead_letter_topic", "TOPIC"),
+    "--push-shape": ("push_shape", "SHAPE"),
+    "--run-service": ("run_service", "SERVICE"),
+    "--region": ("region", "REGION"),
     "--push-service-account": ("push_service_account", "EMAIL"),
     "--audience": ("oidc_audience", "AUDIENCE"),
     "--ack-deadline": ("ack_deadline", "SECONDS"),
@@ -75,6 +78,11 @@ _INFRA_FLAGS = {
 
 def _infra_plan(args: argparse.Namespace) -> provisioning.Plan:
     """The plan from the environment's settings, overridden by the flags given."""
+    return provisioning.plan(_infra_settings(args))
+
+
+def _infra_settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings, overridden by the flags given."""
     settings = Settings.from_env()
     overrides: dict[str, Any] = {}
     for flag, (name, _) in _INFRA_FLAGS.items():
@@ -89,11 +97,19 @@ def _infra_plan(args: argparse.Namespace) -> provisioning.Plan:
             overrides[name] = spec.metadata["parse"](raw)
         except ValueError as exc:
             raise ConfigurationError(f"{flag}: {exc}") from None
-    return provisioning.plan(dataclasses.replace(settings, **overrides))
+    return dataclasses.replace(settings, **overrides)
 
 
 def _plan(args: argparse.Namespace) -> int:
-    plan = _infra_plan(args)
+    settings = _infra_settings(args)
+    if settings.push_shape == "eventarc":
+        trigger = provisioning.eventarc_trigger(settings)
+        if args.format == "terraform":
+            sys.stdout.write(provisioning.render_eventarc_terraform(trigger))
+        else:
+            sys.stdout.write(provisioning.render_eventarc_gcloud(trigger))
+        return 0
+    plan = provisioning.plan(settings)
     if args.format == "terraform":
         sys.stdout.write(provisioning.render_terraform(plan))
     else:
@@ -115,9 +131,16 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    differences = provisioning.check(_infra_plan(args))
+    plan = _infra_plan(args)
+    emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+    differences = provisioning.check(plan, compare_iam_bindings=not emulator)
     for difference in differences:
         print(difference)
+    if emulator and plan.bindings:
+        print(
+            f"iam: not compared, the emulator at {emulator} (PUBSUB_EMULATOR_HOST) has no IAM",
+            file=sys.stderr,
+        )
     if differences:
         return 1
     print("no drift")

@@ -8,13 +8,16 @@ from fastapi import APIRouter
 from starlette.routing import Route
 
 from homing.asgi import PushEndpoint
+from homing.ingress import SHAPES, Shape
 
 if TYPE_CHECKING:
     from homing.app import Homing
 
 
-def push_router(homing: Homing, path: str = "/events") -> APIRouter:
-    """An ``APIRouter`` with ``POST path`` serving ``homing``'s push endpoint.
+def push_router(
+    homing: Homing, path: str = "/events", *, shapes: tuple[Shape, ...] = SHAPES
+) -> APIRouter:
+    """An ``APIRouter`` with ``POST path`` serving ``homing``'s push endpoint (``shapes`` only).
 
     Example::
 
@@ -24,7 +27,7 @@ def push_router(homing: Homing, path: str = "/events") -> APIRouter:
     router.routes.append(
         Route(
             path,
-            PushEndpoint(homing),
+            PushEndpoint(homing, shapes=shapes),
             methods=["POST"],
             name="homing_push",
             include_in_schema=False,

@@ -187,8 +187,9 @@ class FlaskHoming:
             if size > limit:
                 return _json(413, too_large)
         body = b"".join(chunks)
-        authorization = request.headers.get("Authorization")
-        result = self.run(self.homing.handle_push(body, authorization=authorization))
+        # Every shape Google sends is told by its headers (WSGI gives them as latin-1 text).
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        result = self.run(self.homing.handle_push(body, headers))
         return _answer(result)
 
     def publish(

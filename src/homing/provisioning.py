@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DeadLetter",
     "Difference",
+    "EventarcTrigger",
     "IamBinding",
     "Outcome",
     "Plan",
@@ -38,8 +39,12 @@ __all__ = [
     "Topic",
     "apply_iam",
     "check",
+    "eventarc_trigger",
+    "has_member",
     "plan",
     "provision",
+    "render_eventarc_gcloud",
+    "render_eventarc_terraform",
     "render_gcloud",
     "render_terraform",
 ]
@@ -109,13 +114,16 @@ class PushSubscription:
     max_backoff: int
     dead_letter: DeadLetter | None
     expires_after: int | None = None
+    #: Pushed unwrapped (``noWrapper`` with write-metadata: the data as the body, attributes
+    #: and metadata as headers) rather than in Pub/Sub's JSON envelope.
+    unwrapped: bool = False
 
 
 @dataclass(frozen=True)
 class IamBinding:
     """A role the Pub/Sub service agent needs on one resource, and why."""
 
-    kind: Literal["topic", "subscription", "service_account"]
+    kind: Literal["topic", "subscription", "service_account", "run_service"]
     resource: str
     role: str
     reason: str
@@ -162,6 +170,11 @@ def plan(settings: Settings) -> Plan:
         ConfigurationError: a required setting is missing (all missing ones are named) or a
             value cannot work.
     """
+    if settings.push_shape == "eventarc":
+        raise ConfigurationError(
+            f"{Settings.variable('push_shape')}=eventarc: the Eventarc trigger makes its own "
+            "subscription; `homing plan` prints the trigger, to create with gcloud or Terraform"
+        )
     missing = [name for name in _REQUIRED if not getattr(settings, name)]
     if missing:
         raise ConfigurationError(
@@ -263,6 +276,7 @@ def plan(settings: Settings) -> Plan:
             min_backoff=settings.min_backoff,
             max_backoff=settings.max_backoff,
             dead_letter=dead_letter,
+            unwrapped=settings.push_shape == "unwrapped",
         ),
         bindings=tuple(bindings),
     )
@@ -317,6 +331,8 @@ def render_gcloud(plan: Plan) -> str:
             f"--push-auth-service-account={sub.push_auth.service_account_email}",
             f"--push-auth-token-audience={sub.push_auth.audience}",
         ]
+    if sub.unwrapped:
+        flags += ["--push-no-wrapper", "--push-no-wrapper-write-metadata"]
     flags += [
         f"--ack-deadline={sub.ack_deadline_seconds}",
         f"--min-retry-delay={sub.min_backoff}s",
@@ -404,6 +420,8 @@ def render_terraform(plan: Plan) -> str:
                 ],
             )
         )
+    if sub.unwrapped:
+        push.append(_block("no_wrapper", [("write_metadata", "true")]))
     body: list[tuple[str, str] | str] = [
         ("project", _hcl(project)),
         ("name", _hcl(name)),
@@ -491,7 +509,8 @@ def _block(header: str, body: list[tuple[str, str] | str]) -> str:
             run.append(item)
             continue
         flush()
-        lines.append("")
+        if len(lines) > 1:  # a blank line between a block and what precedes it in its parent
+            lines.append("")
         lines.extend(("  " + line) if line else "" for line in item.rstrip("\n").split("\n"))
     flush()
     lines.append("}")
@@ -501,6 +520,215 @@ def _block(header: str, body: list[tuple[str, str] | str]) -> str:
 def _hcl(value: str) -> str:
     """A quoted HCL string; ``${`` and ``%{`` are escaped so nothing is interpolated."""
     return json.dumps(value).replace("${", "$${").replace("%{", "%%{")
+
+
+# --- Eventarc ---------------------------------------------------------------------------------
+
+#: The CloudEvent type Eventarc gives a message published to a Pub/Sub topic.
+PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+_EVENTARC_REQUIRED = ("project", "topic", "push_endpoint", "push_service_account")
+_EVENTARC_NAMED = ("run_service", "region")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]")
+_SERVICE = re.compile(r"[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class EventarcTrigger:
+    """An Eventarc trigger delivering a topic's messages to a Cloud Run service as CloudEvents.
+
+    Eventarc creates (and owns) the push subscription itself; ``service_account`` is the
+    identity of the push token and needs ``roles/run.invoker`` on the service.
+    """
+
+    project: str
+    name: str
+    region: str
+    topic: str
+    run_service: str
+    path: str
+    service_account: str
+
+    @property
+    def bindings(self) -> tuple[IamBinding, ...]:
+        return (
+            IamBinding(
+                "run_service",
+                self.run_service,
+                "roles/run.invoker",
+                "so the trigger's push, with this account's token, may call the service",
+            ),
+            IamBinding(
+                "service_account",
+                self.service_account,
+                "roles/iam.serviceAccountTokenCreator",
+                "to mint the push OIDC token as this account",
+            ),
+        )
+
+
+def eventarc_trigger(settings: Settings) -> EventarcTrigger:
+    """The Eventarc trigger ``settings`` call for (``HOMING_PUSH_SHAPE=eventarc``).
+
+    Raises:
+        ConfigurationError: a required setting is missing (all are named) or cannot work.
+    """
+    missing = [n for n in (*_EVENTARC_REQUIRED, *_EVENTARC_NAMED) if not getattr(settings, n)]
+    if missing:
+        raise ConfigurationError(
+            "missing setting(s) for the Eventarc trigger: set "
+            + ", ".join(Settings.variable(name) for name in missing)
+        )
+    assert settings.project  # all checked above
+    assert settings.topic
+    assert settings.push_endpoint
+    assert settings.push_service_account
+    assert settings.run_service
+    assert settings.region
+    if not _PROJECT.fullmatch(settings.project):
+        raise ConfigurationError(
+            f"{Settings.variable('project')}: {settings.project!r} is not a project id"
+        )
+    topic = _name(settings.topic, "topics", settings.project, "topic")
+    if not _REGION.fullmatch(settings.region):
+        raise ConfigurationError(
+            f"{Settings.variable('region')}: {settings.region!r} is not a region "
+            "(e.g. europe-west1)"
+        )
+    if not _SERVICE.fullmatch(settings.run_service):
+        raise ConfigurationError(
+            f"{Settings.variable('run_service')}: {settings.run_service!r} is not a Cloud Run "
+            "service name (lowercase letters, digits and hyphens, at most 49)"
+        )
+    if not _EMAIL.fullmatch(settings.push_service_account):
+        raise ConfigurationError(
+            f"{Settings.variable('push_service_account')}: {settings.push_service_account!r} "
+            "is not a service account email"
+        )
+    trigger_id = (settings.subscription or "").rpartition("/")[2] or (
+        "homing-" + topic.rpartition("/")[2]
+    )
+    return EventarcTrigger(
+        project=settings.project,
+        name=trigger_id,
+        region=settings.region,
+        topic=topic,
+        run_service=settings.run_service,
+        path=urlsplit(settings.push_endpoint).path or "/",
+        service_account=settings.push_service_account,
+    )
+
+
+def render_eventarc_gcloud(trigger: EventarcTrigger) -> str:
+    """The trigger, its topic and its IAM bindings as a shell script of gcloud commands."""
+    project = shlex.quote(trigger.project)
+    number = f"$(gcloud projects describe {project} --format='value(projectNumber)')"
+    lines = [
+        "#!/bin/sh",
+        f"# homing plan: Eventarc delivers {trigger.topic} to Cloud Run service "
+        f"{trigger.run_service} as CloudEvents",
+        "set -eu",
+        "",
+        _command(["gcloud", "pubsub", "topics", "create", trigger.topic]),
+        _command(
+            [
+                "gcloud",
+                "eventarc",
+                "triggers",
+                "create",
+                trigger.name,
+                f"--project={trigger.project}",
+                f"--location={trigger.region}",
+                f"--destination-run-service={trigger.run_service}",
+                f"--destination-run-region={trigger.region}",
+                f"--destination-run-path={trigger.path}",
+                f"--event-filters=type={PUBSUB_MESSAGE_PUBLISHED}",
+                f"--transport-topic={trigger.topic}",
+                f"--service-account={trigger.service_account}",
+            ]
+        ),
+        "",
+        *(
+            f"# {b.role} on {b.kind.replace('_', ' ')} {b.resource}, {b.reason}"
+            for b in trigger.bindings
+        ),
+        _command(
+            [
+                "gcloud",
+                "run",
+                "services",
+                "add-iam-policy-binding",
+                trigger.run_service,
+                f"--project={trigger.project}",
+                f"--region={trigger.region}",
+                f"--member=serviceAccount:{trigger.service_account}",
+                "--role=roles/run.invoker",
+            ]
+        ),
+        f'{_AGENT_VARIABLE}="serviceAccount:{service_agent(number)}"',
+        _gcloud_binding(trigger.bindings[1], f'"${{{_AGENT_VARIABLE}}}"'),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_eventarc_terraform(trigger: EventarcTrigger) -> str:
+    """The trigger, its topic and its IAM bindings as Terraform (hashicorp/google provider)."""
+    account = _hcl(trigger.service_account)
+    blocks = [
+        _block('data "google_project" "homing"', [("project_id", _hcl(trigger.project))]),
+        _block(
+            "locals",
+            [
+                (
+                    "pubsub_service_agent",
+                    f'"serviceAccount:{service_agent("${data.google_project.homing.number}")}"',
+                )
+            ],
+        ),
+        _topic_block("homing", trigger.topic),
+        _block(
+            'resource "google_eventarc_trigger" "homing"',
+            [
+                ("project", _hcl(trigger.project)),
+                ("name", _hcl(trigger.name)),
+                ("location", _hcl(trigger.region)),
+                ("service_account", account),
+                _block(
+                    "matching_criteria",
+                    [("attribute", _hcl("type")), ("value", _hcl(PUBSUB_MESSAGE_PUBLISHED))],
+                ),
+                _block(
+                    "destination",
+                    [
+                        _block(
+                            "cloud_run_service",
+                            [
+                                ("service", _hcl(trigger.run_service)),
+                                ("region", _hcl(trigger.region)),
+                                ("path", _hcl(trigger.path)),
+                            ],
+                        )
+                    ],
+                ),
+                _block(
+                    "transport",
+                    [_block("pubsub", [("topic", "google_pubsub_topic.homing.id")])],
+                ),
+            ],
+        ),
+        f"# The trigger's account needs roles/run.invoker {trigger.bindings[0].reason}.\n"
+        + _block(
+            'resource "google_cloud_run_service_iam_member" "homing_trigger_invoker"',
+            [
+                ("project", _hcl(trigger.project)),
+                ("location", _hcl(trigger.region)),
+                ("service", _hcl(trigger.run_service)),
+                ("role", _hcl("roles/run.invoker")),
+                ("member", _hcl(f"serviceAccount:{trigger.service_account}")),
+            ],
+        ),
+        _terraform_binding(trigger.bindings[1], {}),
+    ]
+    return "\n".join(blocks)
 
 
 # --- talking to Pub/Sub -----------------------------------------------------------------------
@@ -551,12 +779,18 @@ def provision(plan: Plan, *, apply_iam_bindings: bool = True) -> Iterator[Outcom
             yield from apply_iam(plan, publisher, subscriber, _project_number(plan.project))
 
 
-def check(plan: Plan) -> list[Difference]:
-    """Every difference between Pub/Sub and ``plan`` (IAM bindings are not compared).
+def check(plan: Plan, *, compare_iam_bindings: bool | None = None) -> list[Difference]:
+    """Every difference between Pub/Sub and ``plan``: resources, subscription settings (the push
+    shape included) and, when ``compare_iam_bindings`` (by default: unless
+    ``PUBSUB_EMULATOR_HOST`` names an emulator or local broker, which have no IAM), the IAM
+    bindings on the dead-letter topic and the subscription. The binding on the push service
+    account needs the IAM API, which google-cloud-pubsub does not include: it is not compared.
 
     Raises:
         ProvisioningFailed: Pub/Sub refused or could not be reached; one line says why.
     """
+    if compare_iam_bindings is None:
+        compare_iam_bindings = not os.environ.get("PUBSUB_EMULATOR_HOST")
     differences: list[Difference] = []
     with _clients() as (publisher, subscriber):
         for topic in plan.topics:
@@ -567,7 +801,31 @@ def check(plan: Plan) -> list[Difference]:
             differences.append(Difference(f"subscription {plan.subscription.name}"))
         else:
             differences += _compare(existing, plan.subscription)
+        pubsub_bindings = [b for b in plan.bindings if b.kind in ("topic", "subscription")]
+        if compare_iam_bindings and pubsub_bindings and not differences:
+            member = f"serviceAccount:{service_agent(_project_number(plan.project))}"
+            for binding in pubsub_bindings:
+                client = publisher if binding.kind == "topic" else subscriber
+                with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}"):
+                    policy = client.get_iam_policy(
+                        request={"resource": binding.resource}, **_call()
+                    )
+                if not has_member(policy, binding.role, member):
+                    differences.append(Difference(_iam_resource(binding, member)))
     return differences
+
+
+def has_member(policy: Any, role: str, member: str) -> bool:
+    """Whether an IAM ``policy`` grants ``role`` to ``member`` without a condition."""
+    return any(
+        member in b.members
+        for b in policy.bindings
+        if b.role == role and not b.HasField("condition")
+    )
+
+
+def _iam_resource(binding: IamBinding, member: str) -> str:
+    return f"iam {binding.role} for {member} on {binding.kind} {binding.resource}"
 
 
 def _ensure_topic(publisher: Any, name: str) -> Outcome:
@@ -628,6 +886,8 @@ def _desired(planned: PushSubscription) -> pubsub.Subscription:
             service_account_email=planned.push_auth.service_account_email,
             audience=planned.push_auth.audience,
         )
+    if planned.unwrapped:
+        push.no_wrapper = pubsub.PushConfig.NoWrapper(write_metadata=True)
     subscription = pubsub.Subscription(
         name=planned.name,
         topic=planned.topic,
@@ -651,12 +911,16 @@ def _desired(planned: PushSubscription) -> pubsub.Subscription:
 
 
 def _merged_push_config(existing: pubsub.PushConfig, planned: PushSubscription) -> Any:
-    """The planned endpoint and token on a copy of the existing push config, so settings the
-    plan does not manage (an unwrapped payload, attributes) survive the update."""
+    """The planned endpoint, token and shape on a copy of the existing push config, so settings
+    the plan does not manage (push attributes) survive the update."""
     from google.pubsub_v1 import types as pubsub
 
     push = pubsub.PushConfig(existing)
     push.push_endpoint = planned.push_endpoint
+    if planned.unwrapped:
+        push.no_wrapper = pubsub.PushConfig.NoWrapper(write_metadata=True)
+    elif "no_wrapper" in push:
+        push.pubsub_wrapper = pubsub.PushConfig.PubsubWrapper()
     if planned.push_auth is None:
         del push.oidc_token
     else:
@@ -673,6 +937,8 @@ def _compare(existing: pubsub.Subscription, planned: PushSubscription) -> list[D
         ("topic", existing.topic, planned.topic),
         ("ack_deadline_seconds", existing.ack_deadline_seconds, planned.ack_deadline_seconds),
         ("push_config.push_endpoint", push.push_endpoint or None, planned.push_endpoint),
+        # The shape decides what the service receives: drift here is every push refused.
+        ("push_config.shape", _push_shape(push), _UNWRAPPED if planned.unwrapped else _WRAPPED),
     ]
     token = push.oidc_token if "oidc_token" in push else None
     auth = planned.push_auth
@@ -734,6 +1000,18 @@ def _compare(existing: pubsub.Subscription, planned: PushSubscription) -> list[D
     ]
 
 
+_WRAPPED = "wrapped"
+_UNWRAPPED = "unwrapped (no_wrapper, write_metadata)"
+
+
+def _push_shape(push: Any) -> str:
+    if "no_wrapper" not in push:
+        return _WRAPPED
+    if push.no_wrapper.write_metadata:
+        return _UNWRAPPED
+    return "unwrapped without write_metadata (no attributes: no signature reaches the service)"
+
+
 def _group(
     name: str, actual: dict[str, object] | None, planned: dict[str, object] | None
 ) -> list[tuple[str, object, object]]:
@@ -779,12 +1057,12 @@ def apply_iam(
         client = publisher if binding.kind == "topic" else subscriber
         with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}"):
             policy = client.get_iam_policy(request={"resource": binding.resource}, **_call())
+        if has_member(policy, binding.role, member):
+            yield Outcome(resource, "unchanged")
+            continue
         granted = [
             b for b in policy.bindings if b.role == binding.role and not b.HasField("condition")
         ]
-        if any(member in b.members for b in granted):
-            yield Outcome(resource, "unchanged")
-            continue
         if granted:
             granted[0].members.append(member)
         else:

@@ -19,6 +19,9 @@ from homing.signing import KeyRing
 
 PublisherKind = Literal["loopback", "memory", "pubsub"]
 LogFormat = Literal["auto", "json", "text"]
+#: How Pub/Sub delivers to the service: its default JSON envelope, the unwrapped push (with
+#: write-metadata), or an Eventarc trigger (CloudEvents).
+PushShape = Literal["wrapped", "unwrapped", "eventarc"]
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -77,6 +80,10 @@ class Settings:
         subscription: the push subscription that delivers them.
         push_endpoint: the URL Pub/Sub pushes to (this service's ``/events``).
         dead_letter_topic: where Pub/Sub moves messages after ``max_delivery_attempts``.
+        push_shape: ``wrapped`` (Pub/Sub's JSON envelope), ``unwrapped`` (``noWrapper`` with
+            write-metadata) or ``eventarc`` (a trigger delivering CloudEvents) — what
+            ``homing plan`` sets up; the endpoint accepts all three.
+        run_service, region: the Cloud Run service and its region (for an Eventarc trigger).
         push_service_account: the service account whose OIDC token Pub/Sub attaches.
         oidc_audience: the token audience to require (default: ``push_endpoint``).
         oidc_service_accounts: accepted token emails, comma-separated (default:
@@ -107,6 +114,9 @@ class Settings:
     subscription: str | None = _setting(None)
     push_endpoint: str | None = _setting(None)
     dead_letter_topic: str | None = _setting(None)
+    push_shape: PushShape = _setting("wrapped", _choice(get_args(PushShape)))
+    run_service: str | None = _setting(None)
+    region: str | None = _setting(None)
     push_service_account: str | None = _setting(None)
     oidc_audience: str | None = _setting(None)
     oidc_service_accounts: tuple[str, ...] = _setting((), _names)

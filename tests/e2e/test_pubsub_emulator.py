@@ -170,3 +170,40 @@ def test_a_failing_handler_is_redelivered_then_dead_lettered(
     verified = signer.verify(message.data, dict(message.attributes), message_id=message.message_id)
     assert verified.event_type == "test.flaky"
     subscriber.close()
+
+
+def test_change_name_through_an_unwrapped_push(
+    pubsub_emulator: str,
+    service_factory: Start,
+    names: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # noWrapper with write-metadata: the emulator pushes the raw data, the attributes as
+    # headers of their own names and the metadata as x-goog-pubsub-* headers; homing's
+    # signature verifies on them and the handler runs once.
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/events"
+    _provision(pubsub_emulator, monkeypatch, names, endpoint, "--push-shape", "unwrapped")
+    service = service_factory(
+        {
+            "PORT": str(port),
+            "HOMING_SIGNING_KEYS": KEYS,
+            "HOMING_PUBLISHER": "pubsub",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "HOMING_TOPIC": names["topic"],
+            "PUBSUB_EMULATOR_HOST": pubsub_emulator,
+        }
+    )
+    user = httpx.post(f"{service.url}/users", json={"name": "Ann", "email": "a@example.com"}).json()
+    changed = httpx.post(f"{service.url}/change-name", json={"user_id": user["id"], "name": "Bea"})
+    assert changed.status_code == 200
+
+    def notes() -> list[dict[str, str]]:
+        return httpx.get(f"{service.url}/users/{user['id']}/notifications").json()  # type: ignore[no-any-return]
+
+    found = poll(notes, deadline=20)
+    assert isinstance(found, list)
+    assert found[0]["text"] == "Your name was changed from 'Ann' to 'Bea'."
+    time.sleep(1.5)
+    assert len(notes()) == 1
+    assert service.stop()
