@@ -75,9 +75,13 @@ def test_database_connections_cut_and_refused_mid_load(
         f"answered 200={len(ok)} refused={len(refused)} "
         f"(statuses {sorted({r.status or 0 for r in refused})}, slowest {slowest:.2f}s) "
         f"unanswered={len(unanswered)} committed but refused={len(committed_but_refused)} "
+        f"answered 200 after waiting out the cut={sum(r.seconds >= CUT * 0.8 for r in results)} "
         f"outbox empty {drained:.1f}s after the load"
     )
-    assert refused, "the cut should have refused some renames"
+    # A rename in flight when the connections went is refused, or — caught in its COMMIT —
+    # waits until the database can say whether it committed.
+    waited = [r for r in results if r.status == 200 and r.seconds >= CUT * 0.8]
+    assert refused or waited, "the cut should have refused or held some renames"
     assert {r.status for r in refused} == {503}
     assert committed_but_refused == []
     assert unanswered == []
