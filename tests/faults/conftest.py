@@ -411,3 +411,40 @@ def renamed_to(database: Database) -> set[str]:
 
 def outbox_rows(database: Database) -> int:
     return int(database.rows("SELECT count(*) FROM homing_outbox")[0][0])
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a rename load came to, once the outbox is empty and every event handled."""
+
+    ok: set[str]  # event ids of the renames answered 200
+    refused: list[Rename]  # answered, but not 200
+    unanswered: list[Rename]
+    committed_but_refused: list[Rename]  # refused, yet their new name was handled
+    tally: Tally
+    drained: float  # seconds from the load's end until the outbox was empty
+
+
+def settle(database: Database, results: list[Rename], *, drain_within: float = 30) -> Settled:
+    """Wait (no flush by anyone) for the outbox to empty and the answered events' effects."""
+    from tests.e2e.conftest import poll
+
+    ended = time.monotonic()
+    poll(lambda: outbox_rows(database) == 0, deadline=drain_within, interval=0.25)
+    drained = time.monotonic() - ended
+    ok = {r.event_id for r in results if r.status == 200 and r.event_id}
+    poll(
+        lambda: all(database.notifications_by_event().get(e, 0) == 1 for e in ok),
+        deadline=60,
+        interval=0.25,
+    )
+    refused = [r for r in results if r.status is not None and r.status != 200]
+    handled = renamed_to(database)
+    return Settled(
+        ok=ok,
+        refused=refused,
+        unanswered=[r for r in results if r.status is None],
+        committed_but_refused=[r for r in refused if r.name in handled],
+        tally=Tally.of(ok, database.notifications_by_event()),
+        drained=drained,
+    )

@@ -4,8 +4,6 @@ outbox is published by their successors within 30 s, with no flush by hand or sc
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.e2e.conftest import free_port, poll
@@ -14,13 +12,12 @@ from tests.faults.conftest import (
     PushSetup,
     RenameLoad,
     Services,
-    Tally,
     create_users,
     kill_9,
     outbox_rows,
     pubsub_env,
-    renamed_to,
     service_env,
+    settle,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -56,27 +53,16 @@ def test_killed_three_times_and_the_outbox_drains_itself(
         poll(lambda: load.count(200) >= answered + 20, deadline=60, interval=0.05)
     finally:
         results = load.stop()
-    ended = time.monotonic()
-    poll(lambda: outbox_rows(db) == 0, deadline=30, interval=0.25)
-    drained = time.monotonic() - ended
-
-    ok = {r.event_id for r in results if r.status == 200 and r.event_id}
-    poll(
-        lambda: all(db.notifications_by_event().get(e, 0) == 1 for e in ok),
-        deadline=60,
-        interval=0.25,
-    )
-    refused = [r for r in results if r.status is not None and r.status != 200]
-    committed_but_refused = [r for r in refused if r.name in renamed_to(db)]
+    settled = settle(db, results)
     in_db = db.notifications_by_event()
-    tally = Tally.of(ok, in_db)
     print(
-        f"\n[kill -9 x{KILLS}] {tally.line()} renames={len(results)} answered 200={len(ok)} "
-        f"refused={len(refused)} unanswered={sum(r.status is None for r in results)} "
-        f"committed but refused={len(committed_but_refused)} outbox rows right after each "
-        f"kill={left_behind}, outbox empty {drained:.1f}s after the load"
+        f"\n[kill -9 x{KILLS}] {settled.tally.line()} renames={len(results)} "
+        f"answered 200={len(settled.ok)} refused={len(settled.refused)} "
+        f"unanswered={len(settled.unanswered)} "
+        f"committed but refused={len(settled.committed_but_refused)} outbox rows right after "
+        f"each kill={left_behind}, outbox empty {settled.drained:.1f}s after the load"
     )
-    assert committed_but_refused == []
+    assert settled.committed_but_refused == []
     assert max(in_db.values()) == 1  # also the events of renames that died with a process
-    assert tally.lost == 0
-    assert tally.doubled == 0
+    assert settled.tally.lost == 0
+    assert settled.tally.doubled == 0
