@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Route
 
-from homing.dispatch import Delivery, Drop, Effects, Handler, HandlerTable, Retry, _Bound
+from homing.dispatch import BoundHandler, Delivery, Drop, Effects, Handler, HandlerTable, Retry
 from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
 from homing.events import EventRegistry, decode_event, encode_event
 from homing.hooks import Hook
@@ -402,7 +402,7 @@ class Homing:
             return PushResult(500, "handler_failed", reason)
 
     async def _run_in_transaction(
-        self, handler: _Bound, event: BaseModel, delivery: Delivery, *, replay: bool
+        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, replay: bool
     ) -> PushResult:
         """``effects="database"``: the done mark, the effect and one commit (or none)."""
         async with self.dedupe.transaction(delivery.event_id, force=replay) as transaction:
@@ -417,7 +417,7 @@ class Homing:
         return _DONE
 
     async def _run_under_claim(
-        self, handler: _Bound, event: BaseModel, delivery: Delivery, *, replay: bool
+        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, replay: bool
     ) -> PushResult:
         """``effects="external"``: claim the event, keep the claim alive, run, mark done."""
         event_id = delivery.event_id

@@ -110,7 +110,7 @@ Handler = Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
-class _Bound:
+class BoundHandler:
     handler: Handler
     wants_delivery: bool
     effects: Effects = "external"
@@ -126,7 +126,7 @@ class HandlerTable:
     """One handler per event type name."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, _Bound] = {}
+        self._handlers: dict[str, BoundHandler] = {}
 
     def add(self, type_name: str, handler: Handler, *, effects: Effects = "external") -> None:
         if effects not in get_args(Effects):
@@ -147,9 +147,9 @@ class HandlerTable:
             raise EventRegistrationError(
                 f"the handler for {type_name!r} must take (event) or (event, delivery)"
             )
-        self._handlers[type_name] = _Bound(handler, len(params) == 2, effects)
+        self._handlers[type_name] = BoundHandler(handler, len(params) == 2, effects)
 
-    def get(self, type_name: str) -> _Bound | None:
+    def get(self, type_name: str) -> BoundHandler | None:
         return self._handlers.get(type_name)
 
     def __contains__(self, type_name: Any) -> bool:
