@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,27 +35,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tests.emulator import find_emulator, running_emulator
 
+from bench.run import free_port, wait_up
+
 PROJECT = "homing-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_up(url: str, process: subprocess.Popen[bytes], deadline: float = 30) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.05)
-        else:
-            return
-    raise RuntimeError(f"{url} did not answer within {deadline}s")
 
 
 def receiver() -> Starlette:
