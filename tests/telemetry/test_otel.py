@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -204,3 +206,33 @@ async def test_the_requests_headers_win_over_a_span_in_another_trace(
     create = _by_name(exporter)["create order.placed"]
     assert create.parent is not None
     assert f"{create.parent.span_id:016x}" == request.span_id
+
+
+@pytest.mark.parametrize("with_otel", [False, True])
+async def test_a_handled_push_leaves_nothing_for_the_cycle_collector(
+    service: Homing, provider: TracerProvider, json_lines: JsonLines, with_otel: bool
+) -> None:
+    """Each push ends with no reference cycle (a trace token kept in the state its own context
+    holds made one per push: the collector's work, on every push)."""
+    if not with_otel:
+        service.hooks[:] = [Telemetry(service.events)]
+    pushes = []
+    for order_id in range(20):
+        with provider.get_tracer("web").start_as_current_span("POST /orders"):
+            await service.publish(OrderPlaced(order_id=order_id, total_cents=5))
+        assert isinstance(service.publisher, MemoryPublisher)
+        message_id, message = service.publisher.messages[-1]
+        pushes.append(
+            build_push(message.data, message.attributes, message_id=message_id, subscription="s")
+        )
+    await asyncio.create_task(service.handle_push(pushes[0]))  # imports and caches, first
+    gc.collect()
+    gc.disable()
+    try:
+        for body in pushes[1:] + pushes[1:]:  # new events, then duplicates
+            await asyncio.create_task(service.handle_push(body))  # a server's task per push
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage == 0
+    assert len(json_lines.summaries()) == 39

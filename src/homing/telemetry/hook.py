@@ -22,9 +22,8 @@ from homing.telemetry.context import (
     TraceContext,
     current_trace,
     parse_traceparent,
-    reset_current_trace,
-    set_current_trace,
 )
+from homing.telemetry.context import _current as _trace
 from homing.telemetry.logs import installed_handler
 
 if TYPE_CHECKING:
@@ -69,12 +68,11 @@ push_logger = logging.getLogger("homing.push")
 class _Push:
     """What the telemetry knows about the push under way (one per push, in a context var)."""
 
-    __slots__ = ("handled", "process", "push", "received", "received_ns", "token", "verified")
+    __slots__ = ("handled", "process", "push", "received", "token", "verified")
 
-    def __init__(self, received: float, received_ns: int) -> None:
+    def __init__(self, received: float) -> None:
         self.handled = False
-        self.received = received
-        self.received_ns = received_ns
+        self.received = received  # time.perf_counter()
         self.push: PushMessage | None = None
         self.verified: VerifiedMessage | None = None
         self.token: Any = None
@@ -168,7 +166,7 @@ class Telemetry(Hook):
     # -- pushes -------------------------------------------------------------------------------
 
     def on_push_received(self) -> None:
-        self._push.set(_Push(time.perf_counter(), time.time_ns()))
+        self._push.set(_Push(time.perf_counter()))
 
     def on_authenticated(self, push: PushMessage, verified: VerifiedMessage) -> None:
         state = self._push.get()
@@ -178,12 +176,11 @@ class Telemetry(Hook):
         state.verified = verified
         context = message_trace(push, verified)
         if self.opentelemetry is not None:
-            state.process = self.opentelemetry.start_process(
-                context, push, verified, state.received_ns
-            )
+            received_ns = time.time_ns() - int((time.perf_counter() - state.received) * 1e9)
+            state.process = self.opentelemetry.start_process(context, push, verified, received_ns)
             context = state.process.context or context
         if context is not None:
-            state.token = set_current_trace(context)
+            state.token = _trace.set(context)
 
     def on_push_handled(self, result: PushResult) -> None:
         state = self._push.get()
@@ -196,21 +193,28 @@ class Telemetry(Hook):
             event_type = UNAUTHENTICATED
             age = None
         else:
-            event_type = self._label(verified.event_type)
-            age = message_age(push.publish_time, state.received_ns / 1e9)
+            event_type = verified.event_type
+            if self.events.model(event_type) is None:
+                event_type = UNREGISTERED
+            age = message_age(push.publish_time, time.time() - seconds)
         try:
             if self.metrics is not None:
                 self.metrics.record_push(event_type, result.outcome, seconds, age)
             if self.opentelemetry is not None:
-                if state.process is not None:
-                    self.opentelemetry.end_process(state.process, result)
+                process, state.process = state.process, None  # (its token: the cycle below)
+                if process is not None:
+                    self.opentelemetry.end_process(process, result)
                 outcome = result.outcome if result.outcome in OUTCOMES else OTHER
                 self.opentelemetry.handled(event_type, outcome, seconds, age)
             if self.summary:
                 self._summarise(result, push, verified, seconds, age)
         finally:
-            if state.token is not None:
-                reset_current_trace(state.token)
+            token = state.token
+            if token is not None:
+                # The token refers to the context that holds this state: dropping it here
+                # leaves no reference cycle for the garbage collector to find on every push.
+                state.token = None
+                _trace.reset(token)
 
     def _label(self, event_type: str) -> str:
         return event_type if self.events.model(event_type) is not None else UNREGISTERED
@@ -223,33 +227,40 @@ class Telemetry(Hook):
         seconds: float,
         age: float | None,
     ) -> None:
-        level = logging.INFO if result.acked else logging.WARNING
+        level = logging.INFO if result.status < 300 else logging.WARNING
         if not push_logger.isEnabledFor(level):
             return
         milliseconds = round(seconds * 1000, 3)
-        fields: dict[str, Any] = {
-            "outcome": result.outcome,
-            "status": result.status,
-            "duration_ms": milliseconds,
-        }
+        outcome = result.outcome
         if verified is None or push is None:
-            message = f"push {result.outcome} ({result.status}) in {milliseconds:.1f} ms"
+            message = f"push {outcome} ({result.status}) in {milliseconds:.1f} ms"
+            fields: dict[str, Any] = {
+                "outcome": outcome,
+                "status": result.status,
+                "duration_ms": milliseconds,
+            }
         else:
-            fields["event_type"] = verified.event_type
-            fields["event_id"] = verified.event_id
-            fields["message_id"] = push.message_id
-            fields["delivery_attempt"] = push.delivery_attempt
+            attempt = push.delivery_attempt
+            message = (
+                f"push {outcome}: {verified.event_type} {verified.event_id} (message "
+                f"{push.message_id}, attempt {'?' if attempt is None else attempt}) "
+                f"in {milliseconds:.1f} ms"
+            )
+            fields = {
+                "outcome": outcome,
+                "status": result.status,
+                "duration_ms": milliseconds,
+                "event_type": verified.event_type,
+                "event_id": verified.event_id,
+                "message_id": push.message_id,
+                "delivery_attempt": attempt,
+            }
             if push.subscription:
                 fields["subscription"] = push.subscription
             if age is not None:
                 fields["message_age_s"] = round(age, 3)
-            attempt = push.delivery_attempt if push.delivery_attempt is not None else "?"
-            message = (
-                f"push {result.outcome}: {verified.event_type} {verified.event_id} "
-                f"(message {push.message_id}, attempt {attempt}) in {milliseconds:.1f} ms"
-            )
         if self.log is not None:
-            self.log.summary(level, push_logger.name, message, fields)
+            self.log.summary(level, "homing.push", message, fields)
             return
         # The record is made directly: Logger.log() would also look up its caller's frame.
         record = push_logger.makeRecord(push_logger.name, level, __file__, 0, message, (), None)

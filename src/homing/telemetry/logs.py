@@ -18,11 +18,13 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping
+from threading import get_ident
+from types import EllipsisType
 from typing import Any, Literal, TextIO
 
 import orjson
 
-from homing.telemetry.context import current_trace
+from homing.telemetry.context import TraceContext, _current
 
 LogFormat = Literal["auto", "json", "text"]
 
@@ -74,7 +76,7 @@ class CloudLoggingFormatter(logging.Formatter):
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._second_text}.{int((created - second) * 1e6):06d}Z"
+        return "%s.%06dZ" % (self._second_text, (created - second) * 1e6)  # noqa: UP031 (quicker)
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -98,9 +100,14 @@ class CloudLoggingFormatter(logging.Formatter):
         message: str,
         created: float,
         fields: Mapping[str, Any] | None = None,
+        trace: TraceContext | EllipsisType | None = ...,
     ) -> str:
-        """One entry, without a ``LogRecord`` (the per-push summary is written this way)."""
-        severity, stamp = _severity(levelno), self._time(created)
+        """One entry, without a ``LogRecord`` (the per-push summary is written this way).
+
+        ``trace`` is the trace the entry belongs to; the current one unless given.
+        """
+        severity = _SEVERITY.get(levelno) or _severity(levelno)
+        stamp = self._time(created)
         entry: dict[str, Any] = {
             "severity": severity,
             "message": message,
@@ -111,7 +118,8 @@ class CloudLoggingFormatter(logging.Formatter):
             entry.update(fields)
             if len(entry) < 4 + len(fields):
                 entry.update(severity=severity, message=message, time=stamp, logger=logger)
-        trace = current_trace()
+        if trace is ...:
+            trace = _current.get()
         if trace is not None:
             if self._trace_prefix is not None:
                 entry[TRACE_FIELD] = self._trace_prefix + trace.trace_id
@@ -138,16 +146,18 @@ class TextFormatter(logging.Formatter):
         message: str,
         created: float,
         fields: Mapping[str, Any] | None = None,
+        trace: TraceContext | EllipsisType | None = ...,
     ) -> str:
         """One line, without a ``LogRecord`` (the fields are in the message already)."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
         milliseconds = int((created - int(created)) * 1000)
         name = logging.getLevelName(levelno)
-        return self._traced(f"{stamp},{milliseconds:03d} {name} {logger}: {message}")
+        return self._traced(f"{stamp},{milliseconds:03d} {name} {logger}: {message}", trace)
 
     @staticmethod
-    def _traced(line: str) -> str:
-        trace = current_trace()
+    def _traced(line: str, trace: TraceContext | EllipsisType | None = ...) -> str:
+        if trace is ...:
+            trace = _current.get()
         if trace is None:
             return line
         first, newline, rest = line.partition("\n")
@@ -158,9 +168,10 @@ class LogHandler(logging.Handler):
     """Writes formatted lines to a stream; the per-push summary lines once per loop turn.
 
     A log record is written at once (after any summary lines still waiting, so the order
-    holds). :meth:`summary` writes an entry without making a ``LogRecord``; on the event loop's
-    thread summaries are gathered and written together, with one flush, as soon as the loop
-    has run what is ready: under load many pushes share one write.
+    holds). :meth:`summary` writes an entry without making a ``LogRecord``; on an event loop's
+    thread summaries are gathered and written together, with one write, as soon as the loop
+    has run what is ready: under load many pushes share one write. Only that loop's thread
+    touches the gathered lines, so gathering takes no lock.
     """
 
     def __init__(self, stream: TextIO, formatter: CloudLoggingFormatter | TextFormatter) -> None:
@@ -168,16 +179,19 @@ class LogHandler(logging.Handler):
         self.stream = stream
         self.setFormatter(formatter)
         self.line = formatter.line
-        self._pending: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Summaries gathered this loop turn, formatted when written: (level, logger, message,
+        # time, fields, trace).
+        self._pending: list[tuple[int, str, str, float, Mapping[str, Any], Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # whose thread gathers lines
+        self._thread: int | None = None  # that loop's thread
 
     def emit(self, record: logging.LogRecord) -> None:
         # Written at once: a process may be killed right after (uvicorn re-raises SIGTERM once
         # it has logged its shutdown), and nothing gathered would be written then.
         try:
             line = self.format(record)
-            if self._pending:
-                self.flush()
+            if self._pending and self._thread == get_ident():
+                self._write_pending()
             self.stream.write(line + "\n")
             self.stream.flush()
         except Exception:
@@ -188,35 +202,51 @@ class LogHandler(logging.Handler):
         if levelno < self.level:
             return
         try:
-            line = self.line(levelno, logger, message, time.time(), fields)
-            with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
-                self._write(line)
+            entry = (levelno, logger, message, time.time(), fields, _current.get())
+            loop = self._loop
+            # The quick test first: asyncio's own (get_running_loop) costs a getpid() system
+            # call on Python 3.11, on every push.
+            if loop is not None and self._thread == get_ident() and loop.is_running():
+                self._pending.append(entry)
+                return
+            with self._lock():
+                loop = asyncio._get_running_loop()
+                if loop is not None and (self._loop is None or not self._loop.is_running()):
+                    self._write_pending()  # any left by a loop that stopped before writing them
+                    self._loop, self._thread = loop, get_ident()
+                    loop.call_soon(self._write_pending)
+                if loop is not None and loop is self._loop:
+                    self._pending.append(entry)
+                    return
+                # Another thread, or another loop's.
+                self.stream.write(self.line(*entry) + "\n")
+                self.stream.flush()
         except Exception:  # logging failing must never fail a push
             sys.stderr.write("homing: could not write a log line\n")
 
-    def _write(self, line: str) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None or (self._loop is not None and self._loop is not loop):
-            self.flush()
-            with self._lock():
-                self.stream.write(line + "\n")
-                self.stream.flush()
+    def _write_pending(self) -> None:
+        """Write the gathered entries (on the gathering loop's thread, or once it has stopped)."""
+        self._loop = None
+        if not self._pending:
             return
-        self._pending.append(line)
-        if self._loop is None:
-            self._loop = loop
-            loop.call_soon(self.flush)
+        entries, self._pending = self._pending, []
+        line = self.line
+        lines = []
+        for entry in entries:
+            try:
+                lines.append(line(*entry))
+            except Exception:  # one entry that cannot be written never costs the others
+                lines.append(f"homing: could not write a log line ({entry[2][:200]!r})")
+        with self._lock():
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
 
     def flush(self) -> None:
-        self._loop = None
+        # logging.shutdown() calls this at exit, after the loop has stopped.
+        loop = self._loop
+        if loop is None or not loop.is_running() or asyncio._get_running_loop() is loop:
+            self._write_pending()
         with self._lock():
-            if not self._pending:
-                return
-            lines, self._pending = self._pending, []
-            self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
 
     def _lock(self) -> Any:
