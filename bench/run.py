@@ -51,6 +51,10 @@ HAND_PG = "hand-written consumer, SQLAlchemy + asyncpg"
 RAW_SQLITE = "raw consumer, stdlib sqlite3 inline"
 RAW_PG = "raw consumer, asyncpg pool"
 TELEMETRY_ON = "homing, memory dedupe, telemetry on"
+REFERENCE = "reference service (make run)"
+REFERENCE_OFF = "reference service, telemetry off"
+REFERENCE_NEW = "reference service, new events"
+REFERENCE_NEW_OFF = "reference service, telemetry off, new events"
 HAND_RENAME = "hand-written rename, then publish (raw client)"
 
 RENAME_TOPIC = "projects/bench/topics/rename"
@@ -65,7 +69,7 @@ def fresh_envelopes(kind: str, count: int) -> bytes:
         else ('{"n":%d}', "bench.noop")
     )
     secret = KEYS.partition(":")[2]
-    context = TRACE_CONTEXT if kind == "traced" else None
+    context = TRACE_CONTEXT if kind in ("traced", "users_api") else None
     run = uuid.uuid4().hex[:8]  # ids never seen by a server that outlives one load
     lines = []
     for n in range(count):
@@ -96,9 +100,11 @@ def envelope(kind: str) -> bytes:
         return build_push(
             DATA, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
         )
-    if kind == "users_api":
+    if kind == "users_api":  # as the service publishes it with telemetry on: traced
         data = b'{"user_id":1,"old_name":"a","new_name":"b"}'
-        attributes = Signer(KeyRing.from_string(KEYS)).sign(data, "user.name.changed")
+        attributes = Signer(KeyRing.from_string(KEYS)).sign(
+            data, "user.name.changed", context=TRACE_CONTEXT
+        )
         return build_push(
             data, attributes, message_id="bench-1", subscription="projects/b/subscriptions/b"
         )
@@ -181,9 +187,10 @@ def cases(workdir: Path) -> list[HttpCase]:
     sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
     postgres = _bench_database()
     hand_postgres = _bench_database("homing_bench_hand")
+    sqlite_dir = f"sqlite+aiosqlite:///{workdir}"
     service_env = {
         "HOMING_SIGNING_KEYS": KEYS,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/svc.db",
+        "DATABASE_URL": f"{sqlite_dir}/svc.db",
         "PORT": "{port}",
         "PYTHONPATH": str(ROOT / "examples"),
     }
@@ -198,10 +205,19 @@ def cases(workdir: Path) -> list[HttpCase]:
         ),
         HttpCase(NAIVE, _uvicorn("naive_fastapi"), envelope="legacy"),
         HttpCase(
-            "reference service (make run)",
+            REFERENCE,
             [sys.executable, "-m", "users_api"],
             envelope="users_api",
             env=service_env,
+            baselines=(CEILING, REFERENCE_OFF),
+            prepare=_create_user,
+        ),
+        # The same service with TELEMETRY=off: what its summary lines, trace and metrics cost.
+        HttpCase(
+            REFERENCE_OFF,
+            [sys.executable, "-m", "users_api"],
+            envelope="users_api",
+            env={**service_env, "TELEMETRY": "off", "DATABASE_URL": f"{sqlite_dir}/svc-off.db"},
             prepare=_create_user,
         ),
         # New events: every request claims, runs the handler and marks done.
@@ -240,11 +256,20 @@ def cases(workdir: Path) -> list[HttpCase]:
             fresh=True,
         ),
         HttpCase(
-            "reference service, new events",
+            REFERENCE_NEW,
             [sys.executable, "-m", "users_api"],
             envelope="users_api",
-            env={**service_env, "DATABASE_URL": service_env["DATABASE_URL"].replace("svc", "new")},
-            baselines=(CEILING, HAND_SQLITE),
+            env={**service_env, "DATABASE_URL": f"{sqlite_dir}/new.db"},
+            baselines=(CEILING, HAND_SQLITE, REFERENCE_NEW_OFF),
+            prepare=_create_user,
+            fresh=True,
+        ),
+        HttpCase(
+            REFERENCE_NEW_OFF,
+            [sys.executable, "-m", "users_api"],
+            envelope="users_api",
+            env={**service_env, "TELEMETRY": "off", "DATABASE_URL": f"{sqlite_dir}/new-off.db"},
+            baselines=(HAND_SQLITE,),
             prepare=_create_user,
             fresh=True,
         ),

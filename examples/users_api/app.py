@@ -48,11 +48,15 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./users_api.db"
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
-    """The service's own settings (``PORT``, ``HOST``, ``DATABASE_URL``) plus homing's."""
+    """The service's own settings (``PORT``, ``HOST``, ``DATABASE_URL``, ``TELEMETRY``) plus
+    homing's."""
 
     port: int = 8080
     host: str = "127.0.0.1"
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    #: A summary line per push, the publisher's trace continued, ``GET /metrics`` (``TELEMETRY``:
+    #: ``on``, the default, or ``off``).
+    telemetry: bool = True
     homing: Settings = field(default_factory=Settings)
 
     @classmethod
@@ -61,10 +65,14 @@ class ServiceConfig:
         port = env.get("PORT", "8080")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigurationError(f"PORT must be a port number, not {port!r}")
+        telemetry = env.get("TELEMETRY", "on").strip().lower()
+        if telemetry not in ("on", "off"):
+            raise ConfigurationError(f"TELEMETRY must be on or off, not {telemetry!r}")
         return cls(
             port=int(port),
             host=env.get("HOST", "127.0.0.1"),
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            telemetry=telemetry == "on",
             homing=Settings.from_env(env),
         )
 
@@ -282,9 +290,10 @@ def create_app(
     homing = build_homing(config, engine, publisher, quarantine)
     # One summary log line per push, the publishing request's trace continued, metrics; spans
     # when the deployment installs an OpenTelemetry SDK (e.g. with `opentelemetry-instrument`).
-    metrics = PrometheusMetrics()
-    otel = OpenTelemetry() if sdk_configured() else None
-    homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=otel))
+    metrics = PrometheusMetrics() if config.telemetry else None
+    if metrics is not None:
+        otel = OpenTelemetry() if sdk_configured() else None
+        homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=otel))
     outbox = SQLOutbox(engine, publisher, on_published=homing.published)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
@@ -312,8 +321,11 @@ def create_app(
     app.state.outbox = outbox
     app.include_router(api_router(homing, outbox, engine, sessions))
     app.include_router(homing.router("/events"))
-    app.add_middleware(TraceContextMiddleware)
-    app.router.routes.append(Route("/metrics", metrics.endpoint(), methods=["GET"], name="metrics"))
+    if metrics is not None:
+        app.add_middleware(TraceContextMiddleware)
+        app.router.routes.append(
+            Route("/metrics", metrics.endpoint(), methods=["GET"], name="metrics")
+        )
     flush = _flush_route(config.homing, outbox)
     if flush is not None:
         app.router.routes.append(flush)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
+import pytest
 from fastapi import FastAPI
 
-from homing import Homing, MemoryPublisher
+from homing import ConfigurationError, Homing, MemoryPublisher
 from homing.telemetry import TRACEPARENT_ATTRIBUTE
 from tests.telemetry.conftest import JsonLines, json_lines
 from tests.users_api.test_service import client, service
+from users_api.app import ServiceConfig, create_app
 
 __all__ = ["client", "json_lines", "service"]  # fixtures
 
@@ -44,3 +48,40 @@ async def test_a_rename_and_its_notification_are_one_trace(
     assert 'homing_pushes_total{event_type="user.name.changed",outcome="done"} 1.0' in text
     assert 'homing_events_published_total{event_type="user.name.changed"} 1.0' in text
     assert "homing_message_age_seconds_bucket" in text
+
+
+async def test_telemetry_off_leaves_out_the_summary_the_trace_and_the_metrics(
+    tmp_path: Path, json_lines: JsonLines
+) -> None:
+    config = ServiceConfig.from_env(
+        {
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/off.db",
+            "HOMING_PUBLISHER": "memory",
+            "HOMING_SIGNING_KEYS": "k1:a-test-secret-long-enough-to-sign",
+            "TELEMETRY": "off",
+        }
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            user = (
+                await client.post("/users", json={"name": "A", "email": "a@example.com"})
+            ).json()
+            headers = {"x-cloud-trace-context": f"{TRACE}/12345;o=1"}
+            rename = {"user_id": user["id"], "name": "B"}
+            assert (await client.post("/change-name", json=rename, headers=headers)).is_success
+            homing: Homing = app.state.homing
+            assert isinstance(homing.publisher, MemoryPublisher)
+            [(message_id, message)] = homing.publisher.messages
+            assert TRACEPARENT_ATTRIBUTE not in message.attributes
+            body = homing.publisher.envelope(message_id, message)
+            assert (await client.post("/events", content=body)).status_code == 204
+            assert (await client.get("/metrics")).status_code == 404
+    assert json_lines.summaries() == []
+
+
+@pytest.mark.parametrize("value", ["yes", "0", ""])
+def test_telemetry_takes_on_or_off(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="TELEMETRY"):
+        ServiceConfig.from_env({"TELEMETRY": value})
