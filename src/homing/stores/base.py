@@ -50,6 +50,14 @@ class Transaction:
         raise ConfigurationError(f"{type(self).__name__} has no ORM session")
 
 
+@contextlib.asynccontextmanager
+async def _no_transaction(store: str) -> AsyncIterator[Transaction]:
+    raise ConfigurationError(
+        f"{store} keeps no database transaction; effects='database' handlers need SQLDedupeStore"
+    )
+    yield  # pragma: no cover - makes this an async generator
+
+
 class DedupeStore(ABC):
     """Remembers which event ids were handled, with leased claims for those in flight.
 
@@ -100,10 +108,9 @@ class DedupeStore(ABC):
             f"{type(self).__name__} cannot join a database transaction; use SQLDedupeStore"
         )
 
-    @contextlib.asynccontextmanager
-    async def transaction(
+    def transaction(
         self, event_id: str, *, force: bool = False
-    ) -> AsyncIterator[Transaction]:
+    ) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """A database transaction that marks ``event_id`` done first and commits at the end.
 
         Of two deliveries of one event, one commits; the other finds the mark (a unique key)
@@ -111,11 +118,7 @@ class DedupeStore(ABC):
         the mark together. ``force`` (a replay by an operator) claims even an event marked
         done.
         """
-        raise ConfigurationError(
-            f"{type(self).__name__} keeps no database transaction; "
-            "effects='database' handlers need SQLDedupeStore"
-        )
-        yield  # pragma: no cover - makes this an async generator
+        return _no_transaction(type(self).__name__)
 
     def note_done(self, event_id: str) -> None:  # noqa: B027 - optional hook
         """Told once a transaction that called :meth:`done_in` for ``event_id`` committed."""

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -172,20 +172,36 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@contextlib.asynccontextmanager
-async def translate_errors(doing: str, engine: AsyncEngine | None = None) -> AsyncIterator[None]:
+class translate_errors:
     """Turn driver and connection errors into :class:`StoreError`, saying what was being done.
 
-    Every store method runs its database work inside it, so callers handle one error.
+    Every store method runs its database work inside it (``with`` or ``async with``), so
+    callers handle one error. A class rather than a generator: it is on every event's path.
     """
-    # The driver's own errors too, where a store calls the driver directly.
-    driver: tuple[type[BaseException], ...] = (
-        (engine.dialect.loaded_dbapi.Error,) if engine is not None else ()
-    )
-    try:
-        yield
-    except (*DRIVER_ERRORS, *driver) as exc:
-        raise StoreError(f"the database failed while {doing}: {_describe(exc)}") from exc
+
+    __slots__ = ("doing", "engine")
+
+    def __init__(self, doing: str, engine: AsyncEngine | None = None) -> None:
+        self.doing = doing
+        self.engine = engine  # for the driver's own errors, where a store calls the driver
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        if exc is None:
+            return
+        errors = DRIVER_ERRORS
+        if self.engine is not None:
+            errors = (*errors, self.engine.dialect.loaded_dbapi.Error)
+        if isinstance(exc, errors):
+            raise StoreError(f"the database failed while {self.doing}: {_describe(exc)}") from exc
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        self.__exit__(exc_type, exc, traceback)
 
 
 def _describe(exc: BaseException) -> str:
@@ -410,42 +426,11 @@ class SQLDedupeStore(DedupeStore):
             lambda cursor: self._release(cursor, event_id=event_id),
         )
 
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, event_id: str, *, force: bool = False
-    ) -> AsyncIterator[Transaction]:
+    def transaction(self, event_id: str, *, force: bool = False) -> _EventTransaction:
         # The done mark is the transaction's first statement: of two deliveries racing, the
         # second waits on the first's row (PostgreSQL) or lock (SQLite) and then finds it.
-        # Nothing is committed unless the body finishes: effect and mark go together. homing's
-        # own part runs in two greenlets (open + mark, then commit + close) rather than one per
-        # call: most of a short transaction's cost is SQLAlchemy's asyncio bridge.
-        mark = self._done if force else self._done_first
-        async with translate_errors(f"opening the transaction of event {event_id!r}", self.engine):
-            claim, connection = await greenlet_spawn(self._open, mark, event_id)
-        if connection is None:
-            if claim is Claim.DUPLICATE:
-                self._remember_done(event_id)
-            yield Transaction(claim)
-            return
-        transaction = _SQLTransaction(claim, AsyncConnection(self.engine, connection))
-        committed = False
-        try:
-            try:
-                yield transaction
-            except (DBAPIError, OSError, TimeoutError) as exc:
-                if not _lost_connection(exc):
-                    raise  # the handler's own mistake (a constraint, bad SQL): its failure
-                raise StoreError(
-                    f"the database failed during the handler of event {event_id!r}: "
-                    f"{_describe(exc)}"
-                ) from exc
-            async with translate_errors(f"committing event {event_id!r}", self.engine):
-                await greenlet_spawn(_commit, connection, transaction._session)
-            committed = True
-        finally:
-            if not committed:
-                await greenlet_spawn(_discard, connection, transaction._session)
-        self._remember_done(event_id)
+        # Nothing is committed unless the body finishes: effect and mark go together.
+        return _EventTransaction(self, event_id, force)
 
     def _open(self, mark: CompiledStatement, event_id: str) -> tuple[Claim, Connection | None]:
         connection = self.engine.sync_engine.connect()
@@ -461,6 +446,53 @@ class SQLDedupeStore(DedupeStore):
         connection.close()  # rolled back: the race was lost
         state = None if row is None else row[0]
         return (Claim.DUPLICATE if state == _DONE else Claim.IN_PROGRESS), None
+
+
+class _EventTransaction:
+    """``SQLDedupeStore.transaction()``: homing's part runs in two greenlets (open + mark, then
+    commit + close) rather than one per call, since most of a short transaction's cost is
+    SQLAlchemy's asyncio bridge; and in a class, not a generator, for the same reason."""
+
+    __slots__ = ("_connection", "_event_id", "_force", "_store", "_transaction")
+
+    def __init__(self, store: SQLDedupeStore, event_id: str, force: bool) -> None:
+        self._store, self._event_id, self._force = store, event_id, force
+        self._connection: Connection | None = None
+        self._transaction: _SQLTransaction | None = None
+
+    async def __aenter__(self) -> Transaction:
+        store, event_id = self._store, self._event_id
+        mark = store._done if self._force else store._done_first
+        with translate_errors(f"opening the transaction of event {event_id!r}", store.engine):
+            claim, connection = await greenlet_spawn(store._open, mark, event_id)
+        if connection is None:
+            if claim is Claim.DUPLICATE:
+                store._remember_done(event_id)
+            return Transaction(claim)
+        self._connection = connection
+        self._transaction = _SQLTransaction(claim, AsyncConnection(store.engine, connection))
+        return self._transaction
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        connection, transaction = self._connection, self._transaction
+        if connection is None or transaction is None:
+            return
+        self._connection = self._transaction = None
+        if exc is not None:
+            await greenlet_spawn(_discard, connection, transaction._session)
+            if isinstance(exc, DBAPIError | OSError | TimeoutError) and _lost_connection(exc):
+                raise StoreError(
+                    f"the database failed during the handler of event {self._event_id!r}: "
+                    f"{_describe(exc)}"
+                ) from exc
+            return  # the handler's own mistake (a constraint, bad SQL): its failure, raised on
+        try:
+            with translate_errors(f"committing event {self._event_id!r}", self._store.engine):
+                await greenlet_spawn(_commit, connection, transaction._session)
+        except BaseException:
+            await greenlet_spawn(_discard, connection, transaction._session)
+            raise
+        self._store._remember_done(self._event_id)
 
 
 class _SQLTransaction(Transaction):
