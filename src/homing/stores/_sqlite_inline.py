@@ -51,11 +51,12 @@ def _await_nothing() -> None:
 class InlineCursor:
     """The stdlib cursor, but a locked database is waited for off the event loop."""
 
-    __slots__ = ("_connection", "_cursor")
+    __slots__ = ("_awaits", "_connection", "_cursor")
 
-    def __init__(self, connection: InlineConnection) -> None:
+    def __init__(self, connection: InlineConnection, *, awaits: bool = True) -> None:
         self._connection = connection
         self._cursor = connection._connection.cursor()
+        self._awaits = awaits  # for SQLAlchemy's statements; not for homing's own
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> InlineCursor:
         try:
@@ -65,7 +66,8 @@ class InlineCursor:
                 raise
             self._connection.wait_for_lock(self._cursor.execute, sql, parameters)
         else:
-            _await_nothing()
+            if self._awaits:
+                _await_nothing()
         return self
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> InlineCursor:
@@ -77,7 +79,8 @@ class InlineCursor:
                 raise
             self._connection.wait_for_lock(self._cursor.executemany, sql, rows)
         else:
-            _await_nothing()
+            if self._awaits:
+                _await_nothing()
         return self
 
     def fetchone(self) -> Any:
@@ -206,6 +209,11 @@ class InlineConnection:
 
     def cursor(self, server_side: bool = False) -> InlineCursor:
         return InlineCursor(self)
+
+    def quiet_cursor(self) -> InlineCursor:
+        """A cursor for statements run outside SQLAlchemy's execution (homing's own): it does
+        not await, which only SQLAlchemy's ``AsyncConnection.execute`` asks for."""
+        return InlineCursor(self, awaits=False)
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> InlineCursor:
         return self.cursor().execute(sql, parameters)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -235,32 +235,45 @@ class CompiledStatement:
         return cursor
 
 
-@contextlib.contextmanager
-def driver_cursor(connection: Connection) -> Iterator[Any]:
+class driver_cursor:
     """The driver's own cursor on ``connection``, inside its SQLAlchemy transaction.
 
     SQLAlchemy does not see what fails on it, so a failure other than a constraint's
     invalidates the connection here, as SQLAlchemy would after a lost connection: the pool then
     opens a new one instead of lending the dead one out again (a restarted server).
     """
-    dbapi_connection = connection.connection
-    cursor = dbapi_connection.cursor()
-    try:
-        yield cursor
-    except Exception as exc:
-        dbapi = connection.dialect.loaded_dbapi
-        if not isinstance(exc, dbapi.IntegrityError):
-            lost = isinstance(exc, OSError) or (
-                isinstance(exc, dbapi.Error)
-                and connection.dialect.is_disconnect(exc, dbapi_connection.dbapi_connection, cursor)
-            )
-            connection.invalidate(exc)
-            if lost:  # the server went away: its other pooled connections are as dead
-                connection.engine.dispose(close=False)
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            cursor.close()
+
+    __slots__ = ("_connection", "_cursor")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._cursor: Any = None
+
+    def __enter__(self) -> Any:
+        pooled = self._connection.connection
+        # homing's inline SQLite gives a cursor that skips the await SQLAlchemy's own
+        # statements must make (homing's run in greenlets that do not check for one).
+        quiet = getattr(pooled.dbapi_connection, "quiet_cursor", None)
+        self._cursor = quiet() if quiet is not None else pooled.cursor()
+        return self._cursor
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        cursor, connection = self._cursor, self._connection
+        try:
+            if isinstance(exc, Exception):
+                dbapi = connection.dialect.loaded_dbapi
+                if not isinstance(exc, dbapi.IntegrityError):
+                    dbapi_connection = connection.connection.dbapi_connection
+                    lost = isinstance(exc, OSError) or (
+                        isinstance(exc, dbapi.Error)
+                        and connection.dialect.is_disconnect(exc, dbapi_connection, cursor)
+                    )
+                    connection.invalidate(exc)
+                    if lost:  # the server went away: its other pooled connections are as dead
+                        connection.engine.dispose(close=False)
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
 
 
 def _insert_ignoring_conflicts(engine: AsyncEngine, table: Table) -> Insert:
