@@ -188,3 +188,19 @@ def test_outside_an_event_loop_lines_are_written_at_once(installed: CountingStre
     logging.getLogger("svc").warning("now")
     assert installed.writes == 1
     assert json.loads(installed.getvalue())["severity"] == "WARNING"
+
+
+@pytest.mark.parametrize("created", [1_800_000_000.0, 1_800_000_000.999, 1_800_000_061.5005])
+def test_a_line_without_a_record_reads_as_one_with(created: float) -> None:
+    """The per-push summary skips ``LogRecord``: its time and trace read as a record's do,
+    whichever second it falls in (the formatters keep the second's text between lines)."""
+    record = _record(logging.WARNING, "slow")
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    text = TextFormatter()
+    for formatter_created in (created - 7, created):  # a line of an earlier second first
+        line = text.line(logging.WARNING, "svc", "slow", formatter_created, trace=TRACE)
+    assert line == text.format(record) + f" [trace={TRACE.trace_id}]"
+    cloud = CloudLoggingFormatter("p")
+    cloud.line(logging.WARNING, "svc", "slow", created - 7)
+    entry = json.loads(cloud.line(logging.WARNING, "svc", "slow", created, trace=None))
+    assert entry == json.loads(cloud.format(record))

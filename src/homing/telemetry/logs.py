@@ -135,6 +135,8 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
         return self._traced(super().format(record))
@@ -149,10 +151,14 @@ class TextFormatter(logging.Formatter):
         trace: TraceContext | EllipsisType | None = ...,
     ) -> str:
         """One line, without a ``LogRecord`` (the fields are in the message already)."""
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
-        milliseconds = int((created - int(created)) * 1000)
+        second = int(created)
+        if second != self._second:  # the local time up to the second, made once per second
+            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second = second
+        milliseconds = int((created - second) * 1000)
         name = logging.getLevelName(levelno)
-        return self._traced(f"{stamp},{milliseconds:03d} {name} {logger}: {message}", trace)
+        line = f"{self._second_text},{milliseconds:03d} {name} {logger}: {message}"
+        return self._traced(line, trace)
 
     @staticmethod
     def _traced(line: str, trace: TraceContext | EllipsisType | None = ...) -> str:
