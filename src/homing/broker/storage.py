@@ -188,14 +188,21 @@ class Storage:
 
     @staticmethod
     def ack(subscription: str, seq: int) -> Callable[[sqlite3.Connection], None]:
+        return Storage.acks(subscription, [seq])
+
+    @staticmethod
+    def acks(subscription: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
+        """Delete the deliveries ``seqs`` of ``subscription``, and the messages nobody owes."""
+
         def operation(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "DELETE FROM deliveries WHERE subscription = ? AND seq = ?", (subscription, seq)
+            connection.executemany(
+                "DELETE FROM deliveries WHERE subscription = ? AND seq = ?",
+                [(subscription, seq) for seq in seqs],
             )
-            connection.execute(
+            connection.executemany(
                 "DELETE FROM messages WHERE seq = ? AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries WHERE seq = ?)",
-                (seq, seq),
+                [(seq, seq) for seq in seqs],
             )
 
         return operation
