@@ -295,13 +295,12 @@ class SocketPusher:
         future: asyncio.Future[int] = loop.create_future()
         try:
             pool, head = self._target(url)
-            request = b"".join(
-                [head, *map(self._line, headers.items()), b"content-length: %d\r\n\r\n" % len(body)]
-            )
+            lines = [head, *map(self._line, headers.items())]
         except PushFailed as exc:
             future.set_exception(exc)
             return future
-        exchange = _Exchange(request + body, future, timeout)
+        lines += (b"content-length: %d\r\n\r\n" % len(body), body)
+        exchange = _Exchange(b"".join(lines), future, timeout)
         exchange.timer = loop.call_later(timeout, exchange.expire)
         pool.dispatch(exchange)
         return future
