@@ -135,3 +135,27 @@ async def test_no_answer_within_the_timeout_abandons_the_connection() -> None:
         async with asyncio.timeout(5):
             await ended.wait()
     await pusher.aclose()
+
+
+async def test_an_endpoint_that_hangs_holds_up_no_other_endpoint() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            if request.startswith(b"POST /hangs "):
+                await reader.read()  # never answers
+                break
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        writer.close()
+
+    pusher = SocketPusher(max_connections=2)
+    async with _server(handle) as url:
+        hanging = url.replace("/events", "/hangs")
+        stuck = [pusher.push(hanging, b"x", {}, 5) for _ in range(4)]
+        assert await pusher.push(url, b"x", {}, 1) == 204
+        await pusher.aclose()
+        failed = await asyncio.gather(*stuck, return_exceptions=True)
+        assert all(isinstance(exc, PushFailed) for exc in failed)
+        await asyncio.sleep(0.05)

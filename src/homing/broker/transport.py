@@ -31,13 +31,12 @@ from urllib.parse import urlsplit
 import httptools
 import httpx
 
-#: Connections one :class:`SocketPusher` keeps open to one endpoint (scheme, host, port).
+#: Connections one :class:`SocketPusher` keeps open to one endpoint (push URL): endpoints
+#: never share connections, so one that hangs holds up none of the others.
 MAX_CONNECTIONS = 64
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_IN_VALUE = re.compile(r"[\r\n\0]")
 _CACHED_LINES = 1024
-
-Origin = tuple[str, str, int]
 
 
 class PushFailed(Exception):
@@ -190,8 +189,12 @@ class _Connection(asyncio.Protocol):
 class _Pool:
     """The connections to one endpoint, at most ``limit`` of them."""
 
-    def __init__(self, origin: Origin, tls: ssl.SSLContext | None, limit: int) -> None:
-        self.origin = origin
+    def __init__(
+        self, host: str, port: int, head: bytes, tls: ssl.SSLContext | None, limit: int
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.head = head  # the request line and host header
         self.tls = tls
         self.limit = limit
         self.idle: list[_Connection] = []
@@ -239,7 +242,7 @@ class _Pool:
             self.dispatch(waiting.popleft(), fresh=True)
 
     async def _connect(self, exchange: _Exchange) -> None:
-        _, host, port = self.origin
+        host, port = self.host, self.port
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
@@ -283,9 +286,8 @@ class SocketPusher:
 
     def __init__(self, *, max_connections: int = MAX_CONNECTIONS) -> None:
         self.max_connections = max_connections
-        self._pools: dict[Origin, _Pool] = {}
+        self._pools: dict[str, _Pool] = {}
         self._tls: ssl.SSLContext | None = None
-        self._targets: dict[str, tuple[_Pool, bytes]] = {}
         self._lines: dict[tuple[str, str], bytes] = {}
 
     def push(
@@ -294,8 +296,8 @@ class SocketPusher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         try:
-            pool, head = self._target(url)
-            lines = [head, *map(self._line, headers.items())]
+            pool = self._pools.get(url) or self._pool(url)
+            lines = [pool.head, *map(self._line, headers.items())]
         except PushFailed as exc:
             future.set_exception(exc)
             return future
@@ -305,31 +307,20 @@ class SocketPusher:
         pool.dispatch(exchange)
         return future
 
-    def _target(self, url: str) -> tuple[_Pool, bytes]:
-        known = self._targets.get(url)
-        if known is not None:
-            return known
+    def _pool(self, url: str) -> _Pool:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PushFailed(f"cannot push to {url!r}: not an http(s) URL")
-        origin = (
-            parts.scheme,
-            parts.hostname,
-            parts.port or (443 if parts.scheme == "https" else 80),
-        )
-        pool = self._pools.get(origin)
-        if pool is None:
-            tls = None
-            if parts.scheme == "https":
-                self._tls = tls = self._tls or ssl.create_default_context()
-            pool = self._pools[origin] = _Pool(origin, tls, self.max_connections)
+        tls = None
+        if parts.scheme == "https":
+            self._tls = tls = self._tls or ssl.create_default_context()
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        found = (pool, f"POST {path} HTTP/1.1\r\nhost: {parts.netloc}\r\n".encode("latin-1"))
-        if len(self._targets) < 1000:
-            self._targets[url] = found
-        return found
+        head = f"POST {path} HTTP/1.1\r\nhost: {parts.netloc}\r\n".encode("latin-1")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        pool = self._pools[url] = _Pool(parts.hostname, port, head, tls, self.max_connections)
+        return pool
 
     def _line(self, header: tuple[str, str]) -> bytes:
         """``name: value\\r\\n``, checked (and remembered: most headers repeat push to push)."""
@@ -351,4 +342,3 @@ class SocketPusher:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
-        self._targets.clear()
