@@ -298,8 +298,10 @@ class SubscriptionWorker:
     def _pushed(
         self, pending: Pending, slot: tuple[int, int], attempt: int, future: asyncio.Future[int]
     ) -> None:
-        if self._stopped:
-            return  # stopped while under way: still owed, and handed on by the broker
+        if self._stopped:  # stopped while under way: still owed, and handed on by the broker
+            if not future.cancelled():
+                future.exception()  # retrieved: never reported as "never retrieved"
+            return
         del self.in_flight[slot]
         del self._pushes[slot]
         pending.attempts = attempt
