@@ -7,7 +7,10 @@ wrapped push subscription to the same receiver process (uvicorn, uvloop + httpto
 - throughput: ``--messages`` published as fast as google-cloud-pubsub sends them; messages per
   second from the first publish to the last push received;
 - latency: ``--latency`` messages published one at a time (each after the last was received);
-  publish-to-handler time (the publisher's clock in an attribute, read by the receiver) p50/p99.
+  publish-to-handler time (the publisher's clock in an attribute, read by the receiver) p50/p99;
+- drain: ``--messages`` published to a subscription without a push endpoint, which keeps them,
+  then the endpoint set (ModifyPushConfig); messages per second from that call to the last push
+  received. Pushing alone, without the publishing client competing for the same cores.
 
 Short by design (a few seconds per broker); run it on a quiet machine and read the spread.
 """
@@ -172,6 +175,26 @@ def _measure(host: str, receiver_url: str, messages: int, latency_runs: int) -> 
         while received()["count"] <= n:
             time.sleep(0.001)
     latencies = sorted(received()["latencies"])
+
+    backlog = f"{topic}-backlog"
+    publisher.create_topic(name=backlog)
+    held = backlog.replace("/topics/", "/subscriptions/")
+    subscriber.create_subscription(
+        request={"name": held, "topic": backlog, "ack_deadline_seconds": 10}
+    )
+    for future in [publisher.publish(backlog, b'{"n":%d}' % n) for n in range(messages)]:
+        future.result(timeout=60)
+    client.post("/reset")
+    drain_started = time.time()
+    subscriber.modify_push_config(
+        request={"subscription": held, "push_config": {"push_endpoint": receiver_url + "/push"}}
+    )
+    deadline = time.monotonic() + 120
+    while (stats := received())["count"] < messages:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {stats['count']} of {messages} backlog pushes arrived")
+        time.sleep(0.05)
+    drain = messages / (stats["last"] - drain_started)
     subscriber.close()
     publisher.stop()
     return {
@@ -179,6 +202,7 @@ def _measure(host: str, receiver_url: str, messages: int, latency_runs: int) -> 
         "publish_seconds": round(published - started, 3),
         "latency_p50_ms": round(statistics.median(latencies) * 1000, 2),
         "latency_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        "drain_msg_s": round(drain, 1),
     }
 
 
@@ -205,12 +229,16 @@ def main() -> int:
     for name, figures in results.items():
         print(
             f"{name:34} {figures['throughput_msg_s']:>9.0f} msg/s   "
-            f"p50 {figures['latency_p50_ms']:6.2f} ms   p99 {figures['latency_p99_ms']:6.2f} ms"
+            f"p50 {figures['latency_p50_ms']:6.2f} ms   p99 {figures['latency_p99_ms']:6.2f} ms   "
+            f"drain {figures['drain_msg_s']:>7.0f} msg/s"
         )
     print(json.dumps(results, indent=1))
     if len(results) == 2:
         ours, theirs = results.values()
-        print(f"throughput ratio: {ours['throughput_msg_s'] / theirs['throughput_msg_s']:.2f}x")
+        print(
+            f"throughput ratio: {ours['throughput_msg_s'] / theirs['throughput_msg_s']:.2f}x   "
+            f"drain ratio: {ours['drain_msg_s'] / theirs['drain_msg_s']:.2f}x"
+        )
     return 0
 
 

@@ -50,6 +50,17 @@ async def test_each_push_carries_a_token_the_production_verifier_accepts(
         await verifier._client.aclose()
 
 
+async def test_a_signed_token_is_reused_for_the_next_pushes(
+    broker: Broker, topic: str, receiver: Receiver
+) -> None:
+    await broker.create_subscription(
+        subscription(oidc_token=pubsub.PushConfig.OidcToken(service_account_email=ACCOUNT))
+    )
+    await broker.publish(topic, [(b"x", {}, ""), (b"y", {}, ""), (b"z", {}, "")])
+    requests_ = await receiver.wait_for(3)
+    assert len({request.headers["authorization"] for request in requests_}) == 1
+
+
 async def test_the_configured_audience_is_used_and_others_refuse_it(
     broker: Broker, topic: str, receiver: Receiver
 ) -> None:

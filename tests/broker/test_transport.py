@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from homing.broker.transport import PushFailed, SocketPusher
+from homing.broker.transport import PushFailed, PushTimeout, SocketPusher
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -49,7 +49,9 @@ async def test_posts_and_reuses_the_connection() -> None:
     pusher = SocketPusher()
     async with _server(handle) as url:
         for _ in range(3):
-            assert await pusher.post(url, b'{"a":1}', {"content-type": "application/json"}) == 204
+            assert (
+                await pusher.push(url, b'{"a":1}', {"content-type": "application/json"}, 5) == 204
+            )
         await pusher.aclose()
         await asyncio.sleep(0.05)  # the server sees the end of the connection and closes it
     assert connections == 1
@@ -71,7 +73,7 @@ async def test_no_proper_answer_is_a_push_failure(answer: bytes) -> None:
     pusher = SocketPusher()
     async with _server(handle) as url:
         with pytest.raises(PushFailed):
-            await pusher.post(url, b"x", {})
+            await pusher.push(url, b"x", {}, 5)
     await pusher.aclose()
 
 
@@ -82,7 +84,7 @@ async def test_a_refused_connection_is_a_push_failure() -> None:
     async with _server(handle) as url:
         pass  # closed: nothing listens there any more
     with pytest.raises(PushFailed, match="cannot connect"):
-        await SocketPusher().post(url, b"x", {})
+        await SocketPusher().push(url, b"x", {}, 5)
 
 
 @pytest.mark.parametrize(
@@ -90,4 +92,70 @@ async def test_a_refused_connection_is_a_push_failure() -> None:
 )
 async def test_headers_that_are_not_http_headers_are_refused(name: str, value: str) -> None:
     with pytest.raises(PushFailed, match="cannot send header"):
-        await SocketPusher().post("http://127.0.0.1:9/events", b"x", {name: value})
+        await SocketPusher().push("http://127.0.0.1:9/events", b"x", {name: value}, 5)
+
+
+async def test_pushes_beyond_the_connection_limit_wait_for_a_free_connection() -> None:
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            await asyncio.sleep(0.01)
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        writer.close()
+
+    pusher = SocketPusher(max_connections=2)
+    async with _server(handle) as url:
+        statuses = await asyncio.gather(*(pusher.push(url, b"x", {}, 5) for _ in range(10)))
+        await pusher.aclose()
+        await asyncio.sleep(0.05)  # the server sees the end of the connections and closes them
+    assert statuses == [204] * 10
+    assert connections == 2
+
+
+async def test_no_answer_within_the_timeout_abandons_the_connection() -> None:
+    ended = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await reader.read()  # never answers; returns when the client closes
+        ended.set()
+        writer.close()
+
+    pusher = SocketPusher()
+    async with _server(handle) as url:
+        with pytest.raises(PushTimeout):
+            await pusher.push(url, b"x", {}, 0.1)
+        async with asyncio.timeout(5):
+            await ended.wait()
+    await pusher.aclose()
+
+
+async def test_an_endpoint_that_hangs_holds_up_no_other_endpoint() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            if request.startswith(b"POST /hangs "):
+                await reader.read()  # never answers
+                break
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        writer.close()
+
+    pusher = SocketPusher(max_connections=2)
+    async with _server(handle) as url:
+        hanging = url.replace("/events", "/hangs")
+        stuck = [pusher.push(hanging, b"x", {}, 5) for _ in range(4)]
+        assert await pusher.push(url, b"x", {}, 1) == 204
+        await pusher.aclose()
+        failed = await asyncio.gather(*stuck, return_exceptions=True)
+        assert all(isinstance(exc, PushFailed) for exc in failed)
+        await asyncio.sleep(0.05)

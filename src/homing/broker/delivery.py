@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from homing.broker.model import Delivery
 from homing.broker.storage import Pending, Storage
-from homing.broker.transport import Pusher, PushFailed
+from homing.broker.transport import Pusher, PushFailed, PushTimeout
 from homing.envelope import ACK_STATUSES, build_push
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ logger = logging.getLogger("homing.broker")
 NO_POLICY_BACKOFF = (0.1, 10.0)
 #: Seconds between two warnings about one subscription's failing deliveries.
 WARNING_INTERVAL = 10.0
+#: Seconds one signed push token is reused for (it is valid for an hour).
+TOKEN_REUSE = 60.0
 
 
 class SlowStart:
@@ -78,6 +82,7 @@ def backoff(delivery: Delivery, attempts: int) -> float:
     return min(high, max(low, jittered))
 
 
+@functools.lru_cache(maxsize=256)  # a publish's messages share one time: format it once
 def _rfc3339(seconds: float) -> str:
     moment = datetime.fromtimestamp(seconds, UTC)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -95,7 +100,7 @@ def push_request(
             message.attributes,
             message_id=message.message_id,
             subscription=delivery.name,
-            publish_time=datetime.fromtimestamp(message.publish_time, UTC),
+            publish_time=_rfc3339(message.publish_time),
             ordering_key=message.ordering_key or None,
             delivery_attempt=attempt if delivery.dead_letter_topic else None,
         )
@@ -151,7 +156,6 @@ class SubscriptionWorker:
         self._pusher = pusher
         self._issuer = issuer
         self._dead_letter = dead_letter
-        self._push_timeout = push_timeout
         self._heap: list[tuple[float, int, Pending]] = []
         self._keys: dict[str, deque[Pending]] = {}
         self._order = itertools.count()
@@ -161,6 +165,12 @@ class SubscriptionWorker:
         self._failures_since_warning = 0
         self._warned_at = 0.0
         self._leases: dict[str, tuple[Pending, float]] = {}
+        self._deadline = push_timeout or delivery.ack_deadline
+        self._pushes: dict[tuple[int, int], asyncio.Future[int]] = {}
+        self._acks: list[int] = []
+        self._stopped = False
+        self._sleep_until = math.inf
+        self._bearer: tuple[str, float] | None = None
 
     # Queue ------------------------------------------------------------------------------
 
@@ -195,7 +205,8 @@ class SubscriptionWorker:
             if len(queue) > 1:
                 return  # waits until the messages before it on its key are done
         heapq.heappush(self._heap, (pending.due, next(self._order), pending))
-        self._wake.set()
+        if pending.due < self._sleep_until and len(self.in_flight) < self.window.allowed:
+            self._wake.set()
 
     def _finished(self, pending: Pending) -> None:
         """``pending`` is acked or dead-lettered: the next message on its key may go."""
@@ -211,6 +222,10 @@ class SubscriptionWorker:
             del self._keys[pending.message.ordering_key]
 
     # Loop -------------------------------------------------------------------------------
+    #
+    # Pushes are started by _pump and finished by _pushed, a callback on the pusher's future:
+    # no task per push, and a finished push starts the next one without waking the runner,
+    # which only sleeps until the next message falls due (or is woken by add()).
 
     def start(self) -> None:
         if self._runner is None and self.delivery.endpoint:
@@ -220,6 +235,9 @@ class SubscriptionWorker:
 
     async def stop(self) -> None:
         """Stop pushing; pushes under way are cancelled (and so not acknowledged)."""
+        self._stopped = True
+        for future in self._pushes.values():
+            future.cancel()
         tasks = [t for t in (self._runner, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -228,26 +246,111 @@ class SubscriptionWorker:
 
     async def _run(self) -> None:
         while True:
-            now = time.time()
+            self._sleep_until = -math.inf  # awake: _pump need not wake it
+            self._pump()
             heap = self._heap
-            while heap and heap[0][0] <= now and len(self.in_flight) < self.window.allowed:
-                _, order, pending = heapq.heappop(heap)
-                if pending.message.publish_time + self.delivery.retention < now:
-                    self._expired(pending)
-                    continue
-                self.in_flight[(pending.message.seq, order)] = pending
-                task = asyncio.create_task(self._attempt(pending, (pending.message.seq, order)))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
             timeout = None
             if heap and len(self.in_flight) < self.window.allowed:
-                timeout = max(heap[0][0] - now, 0.0)
+                timeout = max(heap[0][0] - time.time(), 0.0)
+            self._sleep_until = math.inf if timeout is None else time.time() + timeout
             self._wake.clear()
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _pump(self) -> None:
+        """Start the pushes that are due, as far as the window allows."""
+        if self._runner is None or self._stopped:
+            return
+        heap = self._heap
+        if not heap:
+            return
+        now = time.time()
+        allowed = self.window.allowed
+        in_flight = self.in_flight
+        while heap and heap[0][0] <= now and len(in_flight) < allowed:
+            _, order, pending = heapq.heappop(heap)
+            if pending.message.publish_time + self.delivery.retention < now:
+                self._expired(pending)
+                continue
+            self._dispatch(pending, (pending.message.seq, order))
+        if heap and len(in_flight) < allowed and heap[0][0] < self._sleep_until:
+            self._wake.set()  # the runner sleeps past the next due message
+
+    def _dispatch(self, pending: Pending, slot: tuple[int, int]) -> None:
+        delivery = self.delivery
+        assert delivery.endpoint is not None
+        self.in_flight[slot] = pending
+        attempt = pending.attempts + 1
+        try:
+            body, headers = push_request(delivery, pending, attempt)
+            if delivery.oidc_email:
+                headers["authorization"] = self._authorization(delivery.oidc_email)
+            future = self._pusher.push(delivery.endpoint, body, headers, self._deadline)
+        except Exception as exc:  # a bug here must not strand the message: a failed push
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        self._pushes[slot] = future
+        future.add_done_callback(functools.partial(self._pushed, pending, slot, attempt))
+
+    def _pushed(
+        self, pending: Pending, slot: tuple[int, int], attempt: int, future: asyncio.Future[int]
+    ) -> None:
+        if self._stopped:  # stopped while under way: still owed, and handed on by the broker
+            if not future.cancelled():
+                future.exception()  # retrieved: never reported as "never retrieved"
+            return
+        del self.in_flight[slot]
+        del self._pushes[slot]
+        pending.attempts = attempt
+        error: str | None = None
+        exc = None if future.cancelled() else future.exception()
+        if future.cancelled():
+            error = "the push was cancelled"
+        elif exc is None:
+            status = future.result()
+            if status not in ACK_STATUSES:
+                error = f"HTTP {status}"
+        elif isinstance(exc, PushTimeout):
+            error = f"no answer within the ack deadline ({self._deadline:g} s)"
+        elif isinstance(exc, PushFailed):
+            error = str(exc)
+        else:
+            logger.error(
+                "push of message %s failed inside the broker", pending.message.seq, exc_info=exc
+            )
+            error = f"the broker failed to push: {type(exc).__name__}: {exc}"
+        if error is None:
+            self.window.success()
+            self.acked += 1
+            self._ack(pending.message.seq)
+            self._finished(pending)
+        else:
+            self._nacked(pending, error)
+        self._pump()
+
+    def _authorization(self, email: str) -> str:
+        """A bearer token, signed anew once the last is :data:`TOKEN_REUSE` seconds old.
+
+        Signing costs ~0.2 ms of CPU, several times a push; a token stays valid for an hour.
+        """
+        now = time.time()
+        if self._bearer is None or now - self._bearer[1] >= TOKEN_REUSE:
+            audience = self.delivery.oidc_audience or self.delivery.endpoint or ""
+            self._bearer = (f"Bearer {self._issuer.token(email, audience, now=now)}", now)
+        return self._bearer[0]
+
+    def _ack(self, seq: int) -> None:
+        """Record an ack with the others of this loop turn, in one storage operation."""
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._store_acks)
+        self._acks.append(seq)
+
+    def _store_acks(self) -> None:
+        seqs, self._acks = self._acks, []
+        self._storage.later(Storage.acks(self.delivery.name, seqs))
 
     def _expired(self, pending: Pending) -> None:
         """Older than the subscription's retention: Pub/Sub deletes it, and so does the broker."""
@@ -261,44 +364,7 @@ class SubscriptionWorker:
         self._storage.later(Storage.ack(self.delivery.name, pending.message.seq))
         self._finished(pending)
 
-    async def _attempt(self, pending: Pending, slot: tuple[int, int]) -> None:
-        delivery = self.delivery
-        assert delivery.endpoint is not None
-        attempt = pending.attempts + 1
-        deadline = self._push_timeout or delivery.ack_deadline
-        error: str | None = None
-        try:
-            body, headers = push_request(delivery, pending, attempt)
-            if delivery.oidc_email:
-                token = self._issuer.token(
-                    delivery.oidc_email, delivery.oidc_audience or delivery.endpoint
-                )
-                headers["authorization"] = f"Bearer {token}"
-            async with asyncio.timeout(deadline):
-                status = await self._pusher.post(delivery.endpoint, body, headers)
-            if status not in ACK_STATUSES:
-                error = f"HTTP {status}"
-        except TimeoutError:
-            error = f"no answer within the ack deadline ({deadline:g} s)"
-        except PushFailed as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug here must not strand the message: count it a nack
-            logger.exception("push of message %s failed inside the broker", pending.message.seq)
-            error = f"the broker failed to push: {type(exc).__name__}: {exc}"
-        pending.attempts = attempt
-        del self.in_flight[slot]
-        try:
-            if error is None:
-                self.window.success()
-                self.acked += 1
-                self._storage.later(Storage.ack(delivery.name, pending.message.seq))
-                self._finished(pending)
-            else:
-                await self._nacked(pending, error)
-        finally:
-            self._wake.set()
-
-    async def _nacked(self, pending: Pending, error: str) -> None:
+    def _nacked(self, pending: Pending, error: str) -> None:
         delivery = self.delivery
         self.window.failure()
         self.nacked += 1
@@ -306,12 +372,18 @@ class SubscriptionWorker:
         pending.last_error = error
         self._warn(pending, error)
         if delivery.dead_letter_topic and pending.attempts >= delivery.max_delivery_attempts:
-            await self._dead_letter(self, pending)
-            self._finished(pending)
+            task = asyncio.create_task(self._dead_lettered(pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         pending.due = time.time() + backoff(delivery, pending.attempts)
         self._storage.later(Storage.nack(pending))
         heapq.heappush(self._heap, (pending.due, next(self._order), pending))
+
+    async def _dead_lettered(self, pending: Pending) -> None:
+        await self._dead_letter(self, pending)
+        self._finished(pending)
+        self._pump()
 
     # Pull -------------------------------------------------------------------------------
 

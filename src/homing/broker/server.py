@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -75,6 +76,20 @@ async def serving(
         await broker.aclose()
 
 
+def _settle_heap() -> None:
+    """Keep the garbage collector off the push path, in a process that is only a broker.
+
+    Each push allocates a handful of short-lived objects; with the default thresholds the
+    young generation is collected every 700 allocations, and the full collections that follow
+    walk the whole start-up heap (grpc, protobuf, the Pub/Sub types): ~10% of the broker's CPU
+    under ``bench.broker``. The start-up heap is frozen out of collection and young collections
+    come less often; what pushes leave behind is still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -86,6 +101,7 @@ async def run(path: Path | str, *, host: str, port: int, http_port: int | None) 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with serving(Broker(path), host=host, port=port, http_port=http_port) as addresses:
+        _settle_heap()
         print(
             f"homing broker: Pub/Sub API on {addresses.grpc} "
             f"(PUBSUB_EMULATOR_HOST={addresses.grpc})\n"

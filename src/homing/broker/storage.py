@@ -163,16 +163,23 @@ class Storage:
         names = list(subscriptions)
 
         def operation(connection: sqlite3.Connection) -> list[StoredMessage]:
-            stored = []
-            for data, attributes, ordering_key in messages:
-                attrs = dict(attributes)
-                cursor = connection.execute(
-                    "INSERT INTO messages (topic, data, attributes, ordering_key, publish_time) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (topic, data, orjson.dumps(attrs), ordering_key, now),
-                )
-                seq = int(cursor.lastrowid or 0)
-                stored.append(StoredMessage(seq, topic, data, attrs, ordering_key, now))
+            rows = [
+                (topic, data, orjson.dumps(attributes), ordering_key, now)
+                for data, attributes, ordering_key in messages
+            ]
+            connection.executemany(
+                "INSERT INTO messages (topic, data, attributes, ordering_key, publish_time) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            # One statement in a write transaction of the only writer: AUTOINCREMENT gave the
+            # rows consecutive sequence numbers, ending at the last one inserted.
+            (last,) = connection.execute("SELECT last_insert_rowid()").fetchone()
+            first = last - len(rows) + 1
+            stored = [
+                StoredMessage(first + index, topic, data, dict(attributes), ordering_key, now)
+                for index, (data, attributes, ordering_key) in enumerate(messages)
+            ]
             if names:
                 connection.executemany(
                     "INSERT INTO deliveries (subscription, seq, due) VALUES (?, ?, ?)",
@@ -188,14 +195,21 @@ class Storage:
 
     @staticmethod
     def ack(subscription: str, seq: int) -> Callable[[sqlite3.Connection], None]:
+        return Storage.acks(subscription, [seq])
+
+    @staticmethod
+    def acks(subscription: str, seqs: Sequence[int]) -> Callable[[sqlite3.Connection], None]:
+        """Delete the deliveries ``seqs`` of ``subscription``, and the messages nobody owes."""
+
         def operation(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "DELETE FROM deliveries WHERE subscription = ? AND seq = ?", (subscription, seq)
+            connection.executemany(
+                "DELETE FROM deliveries WHERE subscription = ? AND seq = ?",
+                [(subscription, seq) for seq in seqs],
             )
-            connection.execute(
+            connection.executemany(
                 "DELETE FROM messages WHERE seq = ? AND NOT EXISTS "
                 "(SELECT 1 FROM deliveries WHERE seq = ?)",
-                (seq, seq),
+                [(seq, seq) for seq in seqs],
             )
 
         return operation
