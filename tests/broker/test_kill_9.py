@@ -50,6 +50,10 @@ def _broker(data: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes
                 str(port),
                 "--data",
                 str(data),
+                # Any free port for the web page: --port + 1 may be held by a closed connection
+                # (TIME_WAIT) on a machine busy with other tests.
+                "--http-port",
+                "0",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
