@@ -227,7 +227,7 @@ class Telemetry(Hook):
         seconds: float,
         age: float | None,
     ) -> None:
-        level = logging.INFO if result.status < 300 else logging.WARNING
+        level = logging.INFO if result.acked else logging.WARNING
         if not push_logger.isEnabledFor(level):
             return
         milliseconds = round(seconds * 1000, 3)
