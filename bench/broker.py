@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,16 @@ def _local_broker(workdir: Path) -> Iterator[str]:
         process.wait(10)
 
 
+def _all_pushed(received: Callable[[], dict[str, Any]], messages: int, what: str) -> float:
+    """Wait until the receiver has counted ``messages`` pushes; the time of the last one."""
+    deadline = time.monotonic() + 120
+    while (stats := received())["count"] < messages:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {stats['count']} of {messages} {what} arrived")
+        time.sleep(0.05)
+    return float(stats["last"])
+
+
 def _measure(host: str, receiver_url: str, messages: int, latency_runs: int) -> dict[str, float]:
     os.environ["PUBSUB_EMULATOR_HOST"] = host
     from google.cloud import pubsub_v1
@@ -162,12 +172,7 @@ def _measure(host: str, receiver_url: str, messages: int, latency_runs: int) -> 
     for future in futures:
         future.result(timeout=60)
     published = time.time()
-    deadline = time.monotonic() + 120
-    while (stats := received())["count"] < messages:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {stats['count']} of {messages} pushes arrived")
-        time.sleep(0.05)
-    throughput = messages / (stats["last"] - started)
+    throughput = messages / (_all_pushed(received, messages, "pushes") - started)
 
     client.post("/reset")
     for n in range(latency_runs):
@@ -189,12 +194,7 @@ def _measure(host: str, receiver_url: str, messages: int, latency_runs: int) -> 
     subscriber.modify_push_config(
         request={"subscription": held, "push_config": {"push_endpoint": receiver_url + "/push"}}
     )
-    deadline = time.monotonic() + 120
-    while (stats := received())["count"] < messages:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {stats['count']} of {messages} backlog pushes arrived")
-        time.sleep(0.05)
-    drain = messages / (stats["last"] - drain_started)
+    drain = messages / (_all_pushed(received, messages, "backlog pushes") - drain_started)
     subscriber.close()
     publisher.stop()
     return {

@@ -183,6 +183,25 @@ def _consumer(name: str, app: str, database_url: str) -> HttpCase:
     )
 
 
+def _reference(
+    name: str,
+    env: Mapping[str, str],
+    baselines: tuple[str, ...] = (CEILING,),
+    *,
+    fresh: bool = False,
+) -> HttpCase:
+    """The reference service as `make run` serves it, on traced pushes of its own event type."""
+    return HttpCase(
+        name,
+        [sys.executable, "-m", "users_api"],
+        envelope="users_api",
+        env=env,
+        baselines=baselines,
+        prepare=_create_user,
+        fresh=fresh,
+    )
+
+
 def cases(workdir: Path) -> list[HttpCase]:
     sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
     postgres = _bench_database()
@@ -194,6 +213,7 @@ def cases(workdir: Path) -> list[HttpCase]:
         "PORT": "{port}",
         "PYTHONPATH": str(ROOT / "examples"),
     }
+    telemetry_off = {**service_env, "TELEMETRY": "off"}
     return [
         HttpCase(CEILING, _uvicorn("bare"), baselines=()),
         HttpCase("homing, memory dedupe", _uvicorn("homing_memory"), baselines=(CEILING, NAIVE)),
@@ -204,22 +224,9 @@ def cases(workdir: Path) -> list[HttpCase]:
             "homing, postgres dedupe", _uvicorn("homing_sql"), env={"BENCH_DATABASE_URL": postgres}
         ),
         HttpCase(NAIVE, _uvicorn("naive_fastapi"), envelope="legacy"),
-        HttpCase(
-            REFERENCE,
-            [sys.executable, "-m", "users_api"],
-            envelope="users_api",
-            env=service_env,
-            baselines=(CEILING, REFERENCE_OFF),
-            prepare=_create_user,
-        ),
+        _reference(REFERENCE, service_env, (CEILING, REFERENCE_OFF)),
         # The same service with TELEMETRY=off: what its summary lines, trace and metrics cost.
-        HttpCase(
-            REFERENCE_OFF,
-            [sys.executable, "-m", "users_api"],
-            envelope="users_api",
-            env={**service_env, "TELEMETRY": "off", "DATABASE_URL": f"{sqlite_dir}/svc-off.db"},
-            prepare=_create_user,
-        ),
+        _reference(REFERENCE_OFF, {**telemetry_off, "DATABASE_URL": f"{sqlite_dir}/svc-off.db"}),
         # New events: every request claims, runs the handler and marks done.
         HttpCase("homing, memory dedupe, new events", _uvicorn("homing_memory"), fresh=True),
         HttpCase(
@@ -255,31 +262,22 @@ def cases(workdir: Path) -> list[HttpCase]:
             baselines=(CEILING, "homing, memory dedupe, new events"),
             fresh=True,
         ),
-        HttpCase(
+        _reference(
             REFERENCE_NEW,
-            [sys.executable, "-m", "users_api"],
-            envelope="users_api",
-            env={**service_env, "DATABASE_URL": f"{sqlite_dir}/new.db"},
-            baselines=(CEILING, HAND_SQLITE, REFERENCE_NEW_OFF),
-            prepare=_create_user,
+            {**service_env, "DATABASE_URL": f"{sqlite_dir}/new.db"},
+            (CEILING, HAND_SQLITE, REFERENCE_NEW_OFF),
             fresh=True,
         ),
-        HttpCase(
+        _reference(
             REFERENCE_NEW_OFF,
-            [sys.executable, "-m", "users_api"],
-            envelope="users_api",
-            env={**service_env, "TELEMETRY": "off", "DATABASE_URL": f"{sqlite_dir}/new-off.db"},
-            baselines=(HAND_SQLITE,),
-            prepare=_create_user,
+            {**telemetry_off, "DATABASE_URL": f"{sqlite_dir}/new-off.db"},
+            (HAND_SQLITE,),
             fresh=True,
         ),
-        HttpCase(
+        _reference(
             "reference service on postgres, new events",
-            [sys.executable, "-m", "users_api"],
-            envelope="users_api",
-            env={**service_env, "DATABASE_URL": postgres},
-            baselines=(HAND_PG,),
-            prepare=_create_user,
+            {**service_env, "DATABASE_URL": postgres},
+            (HAND_PG,),
             fresh=True,
         ),
         HttpCase(
