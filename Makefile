@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml requirements/dev.lock
 run: $(STAMP)
 	PYTHONPATH=examples $(BIN)/homing dev --app users_api.app:create_app --data users_api.broker.sqlite3
 
-## test: lint, types, the docs site and the whole test suite
+## test: lint, types, the docs site and the whole test suite (installs Debian's chromium for the
+## broker's web-page test when missing and apt-get is there)
 test: $(STAMP) lint docs
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null \
+	  || apt-get install -y -qq chromium >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "make: could not install chromium; the web-page test needs it" >&2
 	$(BIN)/python -m tests.schemas.asyncapi  # the pinned AsyncAPI 3.0 schema, into .cache/
 	$(BIN)/python -m pytest
 
