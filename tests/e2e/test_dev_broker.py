@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +20,11 @@ from tests.e2e.conftest import ROOT, free_port
 pytestmark = pytest.mark.e2e
 
 
-def _start(tmp_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, port: int, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
     env.pop("PUBSUB_EMULATOR_HOST", None)
     env.update(
+        extra,
         PORT=str(port),
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/users.db",
         PYTHONPATH=str(ROOT / "examples"),
@@ -104,3 +106,43 @@ async def test_kill_9_under_load_then_restart_one_effect_each(tmp_path: Path) ->
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(20)
+
+
+async def test_the_summary_line_names_the_publishing_requests_trace(tmp_path: Path) -> None:
+    """Through the broker (OIDC and homing's signature), in Cloud Logging's JSON."""
+    port, log = free_port(), tmp_path / "dev.log"
+    process = _start(tmp_path, port, log, HOMING_LOG_FORMAT="json")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            created = await client.post("/users", json={"name": "a", "email": "a@example.com"})
+            assert created.status_code == 201
+            renamed = await client.post(
+                "/change-name",
+                json={"user_id": 1, "name": "b"},
+                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+            assert renamed.status_code == 200
+            event_id = renamed.headers["x-event-id"]
+            end = time.monotonic() + 20
+            while not (await client.get("/users/1/notifications")).json():
+                assert time.monotonic() < end, log.read_text()
+                await asyncio.sleep(0.1)
+        end = time.monotonic() + 5
+        while True:
+            summaries = [
+                json.loads(line)
+                for line in log.read_text().splitlines()
+                if line.startswith("{") and '"logger":"homing.push"' in line
+            ]
+            if summaries or time.monotonic() > end:
+                break
+            await asyncio.sleep(0.1)
+        [summary] = summaries
+        assert summary["event_id"] == event_id
+        assert summary["outcome"] == "done"
+        assert summary["delivery_attempt"] == 1
+        assert summary["trace_id"] == trace_id  # no GOOGLE_CLOUD_PROJECT: the bare id
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)

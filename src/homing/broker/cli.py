@@ -208,9 +208,15 @@ def _dev(args: argparse.Namespace) -> int:
     from homing import provisioning
     from homing.loading import _import
     from homing.settings import Settings
+    from homing.telemetry import configure_logging
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    # homing's own handler, as a service's entry point installs it: summary lines name their
+    # trace, and HOMING_LOG_FORMAT=json gives Cloud Logging's lines (an invalid value is
+    # reported by the settings below).
+    log_format = os.environ.get("HOMING_LOG_FORMAT", "auto")
+    configure_logging(
+        log_format if log_format in ("json", "text") else "auto",
+        project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     data = str(Path(args.data).resolve())
