@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from homing import ConfigurationError, Settings
 from homing.telemetry import (
     CloudLoggingFormatter,
+    LogHandler,
     TextFormatter,
     TraceContext,
     configure_logging,
@@ -182,6 +184,62 @@ async def test_summaries_go_straight_to_homings_handler_one_write_per_loop_turn(
     entries = [json.loads(line) for line in installed.getvalue().splitlines()]
     assert [e.get("outcome") for e in entries] == ["done", *["duplicate"] * 5, None]
     assert entries[-1]["message"] == "a record"
+
+
+def _handler() -> LogHandler:
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, LogHandler)
+    return handler
+
+
+def _messages(stream: CountingStream) -> list[str]:
+    return [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+
+
+def test_a_summary_from_another_thread_is_written_at_once(installed: CountingStream) -> None:
+    handler = _handler()
+
+    async def gather_one_then_ask_a_thread() -> None:
+        handler.summary(logging.INFO, "homing.push", "on the loop", {})
+        assert installed.writes == 0  # gathered for the loop's turn
+        thread = threading.Thread(
+            target=handler.summary, args=(logging.INFO, "homing.push", "on a thread", {})
+        )
+        thread.start()
+        thread.join()  # (the loop does not turn meanwhile)
+        assert _messages(installed) == ["on a thread"]  # written at once, not gathered
+
+    asyncio.run(gather_one_then_ask_a_thread())
+    assert sorted(_messages(installed)) == ["on a thread", "on the loop"]
+
+
+def test_summaries_a_stopped_loop_left_are_written_not_lost(installed: CountingStream) -> None:
+    handler = _handler()
+    loop = asyncio.new_event_loop()
+
+    async def gather_and_stop() -> None:
+        handler.summary(logging.INFO, "homing.push", "left by the first loop", {})
+        loop.stop()  # before the turn that would write it; then the loop is closed
+
+    task = loop.create_task(gather_and_stop())
+    loop.run_forever()
+    loop.close()
+    assert task.done()
+    assert installed.writes == 0
+
+    async def next_loop() -> None:
+        handler.summary(logging.INFO, "homing.push", "the second loop's", {})
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert _messages(installed) == ["left by the first loop", "the second loop's"]
+
+    async def last() -> None:
+        handler.summary(logging.INFO, "homing.push", "at exit", {})
+
+    asyncio.run(last())  # asyncio.run's own last turns write it...
+    handler.flush()  # ...or logging.shutdown() at exit would
+    assert _messages(installed)[-1] == "at exit"
 
 
 def test_outside_an_event_loop_lines_are_written_at_once(installed: CountingStream) -> None:
