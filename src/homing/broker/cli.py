@@ -215,7 +215,7 @@ def _dev(args: argparse.Namespace) -> int:
     # reported by the settings below).
     log_format = os.environ.get("HOMING_LOG_FORMAT", "auto")
     configure_logging(
-        log_format if log_format in ("json", "text") else "auto",
+        "json" if log_format == "json" else "text" if log_format == "text" else "auto",
         project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
