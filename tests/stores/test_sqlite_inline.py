@@ -93,3 +93,33 @@ async def test_checkpoints_run_on_a_thread_while_the_database_is_open(tmp_path: 
             break
         await asyncio.sleep(0.05)
     assert len(_checkpointers()) == before
+
+
+async def test_the_done_marks_are_one_btree_and_an_older_table_still_works(tmp_path: Path) -> None:
+    """New databases keep the marks WITHOUT ROWID (one page written per mark); a table made by
+    an earlier version, with a rowid, is left as it is and works the same."""
+    older = tmp_path / "older.db"
+    with sqlite3.connect(older) as connection:
+        connection.execute(
+            "CREATE TABLE homing_handled_events (event_id VARCHAR(255) NOT NULL, "
+            "state VARCHAR(16) NOT NULL, lease_until DOUBLE NOT NULL, PRIMARY KEY (event_id))"
+        )
+    for path, without_rowid in ((tmp_path / "new.db", True), (older, False)):
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await create_tables(engine)
+            store = SQLDedupeStore(engine)
+            async with store.transaction("e-1") as transaction:
+                assert transaction.claim is Claim.CLAIMED
+            async with store.transaction("e-1") as transaction:
+                assert transaction.claim is Claim.DUPLICATE
+        finally:
+            await engine.dispose()
+        with sqlite3.connect(path) as connection:
+            [[sql]] = connection.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'homing_handled_events'"
+            ).fetchall()
+            assert ("WITHOUT ROWID" in sql) is without_rowid
+            assert connection.execute("SELECT state FROM homing_handled_events").fetchall() == [
+                ("done",)
+            ]
