@@ -40,6 +40,7 @@ from starlette.routing import Route
 from tests.emulator import find_emulator, running_emulator
 
 from bench.run import free_port, wait_up
+from homing.broker.cli import child_broker
 
 PROJECT = "homing-bench"
 
@@ -106,34 +107,8 @@ def _receiver() -> Iterator[str]:
 
 @contextmanager
 def _local_broker(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    log = workdir / "broker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "broker",
-                "--port",
-                str(port),
-                "--http-port",
-                "0",
-                "--data",
-                str(workdir / "bench-broker.sqlite3"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        while "Pub/Sub API on" not in log.read_text():
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text())
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with child_broker(str(workdir / "bench-broker.sqlite3")) as addresses:
+        yield addresses["grpc"]
 
 
 def _all_pushed(received: Callable[[], dict[str, Any]], messages: int, what: str) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from homing.broker.cli import child_broker
 from tests.emulator import find_emulator, running_emulator
 
 PROJECT = "homing-conformance"
@@ -107,34 +106,8 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="session")
 def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("broker")
-    log = directory / "broker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "broker",
-                "--port",
-                "0",
-                "--http-port",
-                "0",
-                "--data",
-                str(directory / "broker.sqlite3"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        end = time.monotonic() + 30
-        while "Pub/Sub API on " not in (text := log.read_text()):
-            assert process.poll() is None, text
-            assert time.monotonic() < end, text
-            time.sleep(0.05)
-        yield text.split("Pub/Sub API on ")[1].split()[0]
-    finally:
-        process.terminate()
-        process.wait(10)
+    with child_broker(str(directory / "broker.sqlite3")) as addresses:
+        yield addresses["grpc"]
 
 
 @dataclass

@@ -127,6 +127,7 @@ def child_broker(data: str, *, host: str = "127.0.0.1") -> Iterator[dict[str, st
         stdout=subprocess.PIPE,
         text=True,
     )
+    forwarding: threading.Thread | None = None
     try:
         assert process.stdout is not None
         found: dict[str, str] = {}
@@ -148,9 +149,10 @@ def child_broker(data: str, *, host: str = "127.0.0.1") -> Iterator[dict[str, st
                 raise HomingError("the broker did not start within 60 s")
         for line in lines:
             sys.stderr.write(line)
-        threading.Thread(
+        forwarding = threading.Thread(
             target=_forward, args=(process.stdout,), daemon=True, name="homing-broker-output"
-        ).start()
+        )
+        forwarding.start()
         yield found
     finally:
         process.terminate()
@@ -159,6 +161,10 @@ def child_broker(data: str, *, host: str = "127.0.0.1") -> Iterator[dict[str, st
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if forwarding is not None:
+            forwarding.join(5)  # to the end of what the broker wrote
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _forward(stream: Any) -> None:
