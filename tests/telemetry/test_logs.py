@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -102,22 +103,29 @@ def test_the_format_follows_cloud_run() -> None:
     assert resolve_format("text", {"K_SERVICE": "users-api"}) == "text"
 
 
-def test_configure_logging_installs_one_handler() -> None:
+@contextlib.contextmanager
+def _root_logger_restored() -> Iterator[None]:
+    """``configure_logging`` replaces the root logger's handlers: put them back after."""
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
-    stream = io.StringIO()
     try:
-        configure_logging("json", project="p", stream=stream)
-        configure_logging("json", project="p", stream=stream)  # twice: still one line each
-        logging.getLogger("svc").info("once")
-        [line] = stream.getvalue().splitlines()
-        assert json.loads(line)["message"] == "once"
+        yield
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
         for handler in saved:
             root.addHandler(handler)
         root.setLevel(level)
+
+
+def test_configure_logging_installs_one_handler() -> None:
+    stream = io.StringIO()
+    with _root_logger_restored():
+        configure_logging("json", project="p", stream=stream)
+        configure_logging("json", project="p", stream=stream)  # twice: still one line each
+        logging.getLogger("svc").info("once")
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["message"] == "once"
 
 
 def test_the_log_format_setting() -> None:
@@ -139,18 +147,10 @@ class CountingStream(io.StringIO):
 
 @pytest.fixture
 def installed() -> Iterator[CountingStream]:
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
     stream = CountingStream()
-    configure_logging("json", project="p", stream=stream)
-    try:
+    with _root_logger_restored():
+        configure_logging("json", project="p", stream=stream)
         yield stream
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved:
-            root.addHandler(handler)
-        root.setLevel(level)
 
 
 async def test_summaries_go_straight_to_homings_handler_one_write_per_loop_turn(
