@@ -218,7 +218,7 @@ class LogHandler(logging.Handler):
             with self._lock():
                 loop = asyncio._get_running_loop()
                 if loop is not None and (self._loop is None or not self._loop.is_running()):
-                    self._write_pending()  # any left by a loop that stopped before writing them
+                    # (lines a stopped loop left unwritten go out with this loop's)
                     self._loop, self._thread = loop, get_ident()
                     loop.call_soon(self._write_pending)
                 if loop is not None and loop is self._loop:
