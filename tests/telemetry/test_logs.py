@@ -262,3 +262,43 @@ def test_a_line_without_a_record_reads_as_one_with(created: float) -> None:
     cloud.line(logging.WARNING, "svc", "slow", created - 7)
     entry = json.loads(cloud.line(logging.WARNING, "svc", "slow", created, trace=None))
     assert entry == json.loads(cloud.format(record))
+
+
+def test_on_a_utf8_stream_summaries_go_to_its_buffer_in_order_with_records() -> None:
+    """Summary lines are written as the formatter encoded them, to the binary buffer under a
+    UTF-8 text stream (as under sys.stderr); what the text layer holds is written first."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=False)
+    with _root_logger_restored():
+        handler = configure_logging("json", project="p", stream=stream)
+
+        async def turn() -> None:
+            stream.write("a partial line from someone else, ")  # left in the text layer
+            handler.summary(logging.INFO, "homing.push", "café ☕", {"outcome": "done"})
+            handler.summary(logging.WARNING, "homing.push", "second", {"outcome": "retry"})
+            await asyncio.sleep(0)
+
+        asyncio.run(turn())
+        logging.getLogger("svc").info("a record")
+    lines = raw.getvalue().decode("utf-8").splitlines()
+    assert lines[0].startswith("a partial line from someone else, {")
+    first = json.loads(lines[0].removeprefix("a partial line from someone else, "))
+    second, record = json.loads(lines[1]), json.loads(lines[2])
+    assert first["message"] == "café ☕"
+    assert [second["severity"], second["outcome"]] == ["WARNING", "retry"]
+    assert first["time"] == second["time"]  # one loop turn's lines share its time
+    assert record["message"] == "a record"
+
+
+def test_a_stream_in_another_encoding_gets_text() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="latin-1")
+    with _root_logger_restored():
+        handler = configure_logging("text", stream=stream)
+
+        async def turn() -> None:
+            handler.summary(logging.INFO, "homing.push", "café", {})
+            await asyncio.sleep(0)
+
+        asyncio.run(turn())
+    assert raw.getvalue().endswith("INFO homing.push: café\n".encode("latin-1"))

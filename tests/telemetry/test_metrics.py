@@ -136,3 +136,25 @@ async def test_the_metrics_route(metrics: PrometheusMetrics, service: Homing) ->
     assert got.headers["content-type"].startswith("text/plain; version=")
     assert 'homing_pushes_total{event_type="order.placed",outcome="done"} 1.0' in got.text
     assert refused.status_code == 405
+
+
+def test_an_outcome_outside_the_fixed_list_is_counted_as_other(metrics: PrometheusMetrics) -> None:
+    for outcome in ("done", "made.up.by.a.hook", "done", "another", "other"):
+        metrics.record_push("order.placed", outcome, 0.001, age=-2.0)
+    counted = {
+        labels: value
+        for (name, labels), value in samples(metrics).items()
+        if name == "homing_pushes_total"
+    }
+    assert counted == {
+        (("event_type", "order.placed"), ("outcome", "done")): 2,
+        (("event_type", "order.placed"), ("outcome", "other")): 3,
+    }
+    ages = samples(metrics)
+    # A publish time ahead of this clock counts as age 0, in the lowest bucket.
+    assert (
+        ages[
+            ("homing_message_age_seconds_bucket", (("event_type", "order.placed"), ("le", "0.05")))
+        ]
+        == 5
+    )

@@ -11,6 +11,7 @@ under its request in Cloud Trace. Both formatters name the current trace
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import logging
 import os
@@ -20,7 +21,7 @@ import traceback
 from collections.abc import Mapping
 from threading import get_ident
 from types import EllipsisType
-from typing import Any, Literal, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 import orjson
 
@@ -69,14 +70,21 @@ class CloudLoggingFormatter(logging.Formatter):
         self._trace_prefix = f"projects/{project}/traces/" if project else None
         self._second = -1
         self._second_text = ""
+        self._created = -1.0
+        self._stamp = ""
 
     def _time(self, created: float) -> str:
-        # RFC 3339 in UTC; the part up to the second is made once per second.
+        # RFC 3339 in UTC. The summary lines a loop turn gathers share one time, made once;
+        # the part up to the second is made once per second.
+        if created == self._created:
+            return self._stamp
         second = int(created)
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return "%s.%06dZ" % (self._second_text, (created - second) * 1e6)  # noqa: UP031 (quicker)
+        stamp = "%s.%06dZ" % (self._second_text, (created - second) * 1e6)  # noqa: UP031
+        self._created, self._stamp = created, stamp
+        return stamp
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -102,10 +110,22 @@ class CloudLoggingFormatter(logging.Formatter):
         fields: Mapping[str, Any] | None = None,
         trace: TraceContext | EllipsisType | None = ...,
     ) -> str:
-        """One entry, without a ``LogRecord`` (the per-push summary is written this way).
+        """One entry, without a ``LogRecord``.
 
         ``trace`` is the trace the entry belongs to; the current one unless given.
         """
+        return self.encoded(levelno, logger, message, created, fields, trace).decode()
+
+    def encoded(
+        self,
+        levelno: int,
+        logger: str,
+        message: str,
+        created: float,
+        fields: Mapping[str, Any] | None = None,
+        trace: TraceContext | EllipsisType | None = ...,
+    ) -> bytes:
+        """:meth:`line` in UTF-8 (the per-push summaries are written this way)."""
         severity = _SEVERITY.get(levelno) or _severity(levelno)
         stamp = self._time(created)
         entry: dict[str, Any] = {
@@ -127,7 +147,7 @@ class CloudLoggingFormatter(logging.Formatter):
                 entry["trace_id"] = trace.trace_id
             entry[SPAN_FIELD] = trace.span_id
             entry[SAMPLED_FIELD] = trace.sampled
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -160,6 +180,20 @@ class TextFormatter(logging.Formatter):
         line = f"{self._second_text},{milliseconds:03d} {name} {logger}: {message}"
         return self._traced(line, trace)
 
+    def encoded(
+        self,
+        levelno: int,
+        logger: str,
+        message: str,
+        created: float,
+        fields: Mapping[str, Any] | None = None,
+        trace: TraceContext | EllipsisType | None = ...,
+    ) -> bytes:
+        """:meth:`line` in UTF-8."""
+        return self.line(levelno, logger, message, created, fields, trace).encode(
+            "utf-8", "backslashreplace"
+        )
+
     @staticmethod
     def _traced(line: str, trace: TraceContext | EllipsisType | None = ...) -> str:
         if trace is ...:
@@ -176,8 +210,10 @@ class LogHandler(logging.Handler):
     A log record is written at once (after any summary lines still waiting, so the order
     holds). :meth:`summary` writes an entry without making a ``LogRecord``; on an event loop's
     thread summaries are gathered and written together, with one write, as soon as the loop
-    has run what is ready: under load many pushes share one write. Only that loop's thread
-    touches the gathered lines, so gathering takes no lock.
+    has run what is ready: under load many pushes share one write, and one time stamp (when
+    they are written, within the loop turn that answered them). Only that loop's thread
+    touches the gathered lines, so gathering takes no lock. On a UTF-8 text stream (stderr,
+    stdout) the lines go to its binary buffer, as the formatter encoded them.
     """
 
     def __init__(self, stream: TextIO, formatter: CloudLoggingFormatter | TextFormatter) -> None:
@@ -185,9 +221,12 @@ class LogHandler(logging.Handler):
         self.stream = stream
         self.setFormatter(formatter)
         self.line = formatter.line
+        self.encoded = formatter.encoded
         # Summaries gathered this loop turn, formatted when written: (level, logger, message,
-        # time, fields, trace).
-        self._pending: list[tuple[int, str, str, float, Mapping[str, Any], Any]] = []
+        # fields, trace).
+        self._pending: list[tuple[int, str, str, Mapping[str, Any], Any]] = []
+        self._checked: TextIO | None = None  # the stream _buffer was found for
+        self._buffer: BinaryIO | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # whose thread gathers lines
         self._thread: int | None = None  # that loop's thread
 
@@ -203,12 +242,22 @@ class LogHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def summary(self, levelno: int, logger: str, message: str, fields: Mapping[str, Any]) -> None:
-        """Write one entry (unless below this handler's level); never raises."""
+    def summary(
+        self,
+        levelno: int,
+        logger: str,
+        message: str,
+        fields: Mapping[str, Any],
+        trace: TraceContext | EllipsisType | None = ...,
+    ) -> None:
+        """Write one entry (unless below this handler's level); never raises.
+
+        ``trace`` is the trace the entry belongs to; the current one unless given.
+        """
         if levelno < self.level:
             return
         try:
-            entry = (levelno, logger, message, time.time(), fields, _current.get())
+            entry = (levelno, logger, message, fields, _current.get() if trace is ... else trace)
             loop = self._loop
             # The quick test first: asyncio's own (get_running_loop) costs a getpid() system
             # call on Python 3.11, on every push.
@@ -225,7 +274,8 @@ class LogHandler(logging.Handler):
                     self._pending.append(entry)
                     return
                 # Another thread, or another loop's.
-                self.stream.write(self.line(*entry) + "\n")
+                line = self.line(levelno, logger, message, time.time(), fields, entry[4])
+                self.stream.write(line + "\n")
                 self.stream.flush()
         except Exception:  # logging failing must never fail a push
             sys.stderr.write("homing: could not write a log line\n")
@@ -236,16 +286,28 @@ class LogHandler(logging.Handler):
         if not self._pending:
             return
         entries, self._pending = self._pending, []
-        line = self.line
+        encoded = self.encoded
+        created = time.time()
         lines = []
-        for entry in entries:
+        for levelno, logger, message, fields, trace in entries:
             try:
-                lines.append(line(*entry))
+                lines.append(encoded(levelno, logger, message, created, fields, trace))
             except Exception:  # one entry that cannot be written never costs the others
-                lines.append(f"homing: could not write a log line ({entry[2][:200]!r})")
+                failed = f"homing: could not write a log line ({message[:200]!r})"
+                lines.append(failed.encode("utf-8", "backslashreplace"))
+        lines.append(b"")
+        data = b"\n".join(lines)
         with self._lock():
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            stream = self.stream
+            if stream is not self._checked:
+                self._checked, self._buffer = stream, _utf8_buffer(stream)
+            if self._buffer is None:
+                stream.write(data.decode("utf-8", "backslashreplace"))
+                stream.flush()
+            else:
+                stream.flush()  # what was written to the text layer goes first
+                self._buffer.write(data)
+                self._buffer.flush()
 
     def flush(self) -> None:
         # logging.shutdown() calls this at exit, after the loop has stopped.
@@ -257,6 +319,18 @@ class LogHandler(logging.Handler):
 
     def _lock(self) -> Any:
         return self.lock if self.lock is not None else contextlib.nullcontext()
+
+
+def _utf8_buffer(stream: TextIO) -> BinaryIO | None:
+    """The binary buffer under a UTF-8 text stream (``sys.stderr``), or ``None``."""
+    buffer = getattr(stream, "buffer", None)
+    encoding = getattr(stream, "encoding", None)
+    if buffer is None or not isinstance(encoding, str):
+        return None
+    try:
+        return buffer if codecs.lookup(encoding).name == "utf-8" else None
+    except LookupError:
+        return None
 
 
 def installed_handler() -> LogHandler | None:

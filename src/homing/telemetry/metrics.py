@@ -64,6 +64,17 @@ class _Histogram:
         return out
 
 
+class _PushSeries:
+    """One event type's push counts by outcome, and its two histograms."""
+
+    __slots__ = ("age", "duration", "outcomes")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.duration = _Histogram(DURATION_BUCKETS)
+        self.age = _Histogram(AGE_BUCKETS)
+
+
 class PrometheusMetrics:
     """The event metrics of one service, rendered as Prometheus text.
 
@@ -77,27 +88,25 @@ class PrometheusMetrics:
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._published: dict[str, list[int]] = {}  # by event type: [accepted, failed]
-        self._pushes: dict[tuple[str, str], int] = {}
-        self._histograms: dict[str, tuple[_Histogram, _Histogram]] = {}
+        self._pushes: dict[str, _PushSeries] = {}  # by event type
         self.registry.register(_Exposition(self))
 
     def record_push(
         self, event_type: str, outcome: str, seconds: float, age: float | None = None
     ) -> None:
         """Count one answered push. ``event_type`` must already be a bounded label value."""
-        if outcome not in OUTCOMES:
-            outcome = OTHER
-        key = (event_type, outcome)
-        self._pushes[key] = self._pushes.get(key, 0) + 1
-        histograms = self._histograms.get(event_type)
-        if histograms is None:
-            histograms = self._histograms[event_type] = (
-                _Histogram(DURATION_BUCKETS),
-                _Histogram(AGE_BUCKETS),
-            )
-        histograms[0].observe(seconds)
+        series = self._pushes.get(event_type)
+        if series is None:
+            series = self._pushes[event_type] = _PushSeries()
+        outcomes = series.outcomes
+        if outcome in outcomes:  # (only bounded names are ever keys)
+            outcomes[outcome] += 1
+        else:
+            key = outcome if outcome in OUTCOMES else OTHER
+            outcomes[key] = outcomes.get(key, 0) + 1
+        series.duration.observe(seconds)
         if age is not None:
-            histograms[1].observe(age if age > 0.0 else 0.0)
+            series.age.observe(age if age > 0.0 else 0.0)
 
     def record_publish(self, event_type: str, *, failed: bool) -> None:
         counts = self._published.get(event_type)
@@ -132,8 +141,9 @@ class PrometheusMetrics:
             "Pushes answered, by event type and outcome.",
             labels=["event_type", "outcome"],
         )
-        for (event_type, outcome), count in sorted(self._pushes.items()):
-            pushes.add_metric([event_type, outcome], count)
+        for event_type, series in sorted(self._pushes.items()):
+            for outcome, count in sorted(series.outcomes.items()):
+                pushes.add_metric([event_type, outcome], count)
         duration = HistogramMetricFamily(
             "homing_push_duration_seconds",
             "Time from a push's receipt to its answer, handler included, by event type.",
@@ -144,9 +154,9 @@ class PrometheusMetrics:
             "Now minus the message's publish time when its push is handled, by event type.",
             labels=["event_type"],
         )
-        for event_type, (durations, ages) in sorted(self._histograms.items()):
-            duration.add_metric([event_type], durations.cumulative(), durations.total)
-            age.add_metric([event_type], ages.cumulative(), ages.total)
+        for event_type, series in sorted(self._pushes.items()):
+            duration.add_metric([event_type], series.duration.cumulative(), series.duration.total)
+            age.add_metric([event_type], series.age.cumulative(), series.age.total)
         yield from (published, failures, pushes, duration, age)
 
 
