@@ -68,22 +68,23 @@ class CloudLoggingFormatter(logging.Formatter):
         super().__init__()
         self.project = project
         self._trace_prefix = f"projects/{project}/traces/" if project else None
-        self._second = -1
-        self._second_text = ""
-        self._created = -1.0
-        self._stamp = ""
+        # (time, its text) pairs, each replaced whole: threads may format at once.
+        self._second: tuple[int, str] = (-1, "")
+        self._stamp: tuple[float, str] = (-1.0, "")
 
     def _time(self, created: float) -> str:
         # RFC 3339 in UTC. The summary lines a loop turn gathers share one time, made once;
         # the part up to the second is made once per second.
-        if created == self._created:
-            return self._stamp
+        last = self._stamp
+        if created == last[0]:
+            return last[1]
         second = int(created)
-        if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        stamp = "%s.%06dZ" % (self._second_text, (created - second) * 1e6)  # noqa: UP031
-        self._created, self._stamp = created, stamp
+        second_text = self._second
+        if second != second_text[0]:
+            second_text = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = second_text
+        stamp = "%s.%06dZ" % (second_text[1], (created - second) * 1e6)  # noqa: UP031
+        self._stamp = (created, stamp)
         return stamp
 
     def format(self, record: logging.LogRecord) -> str:
@@ -155,8 +156,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._second = -1
-        self._second_text = ""
+        self._second: tuple[int, str] = (-1, "")  # replaced whole: threads may format at once
 
     def format(self, record: logging.LogRecord) -> str:
         return self._traced(super().format(record))
@@ -172,12 +172,13 @@ class TextFormatter(logging.Formatter):
     ) -> str:
         """One line, without a ``LogRecord`` (the fields are in the message already)."""
         second = int(created)
-        if second != self._second:  # the local time up to the second, made once per second
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._second = second
+        second_text = self._second
+        if second != second_text[0]:  # the local time up to the second, made once per second
+            second_text = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+            self._second = second_text
         milliseconds = int((created - second) * 1000)
         name = logging.getLevelName(levelno)
-        line = f"{self._second_text},{milliseconds:03d} {name} {logger}: {message}"
+        line = f"{second_text[1]},{milliseconds:03d} {name} {logger}: {message}"
         return self._traced(line, trace)
 
     def encoded(
