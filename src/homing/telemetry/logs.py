@@ -102,20 +102,9 @@ class CloudLoggingFormatter(logging.Formatter):
             fields if isinstance(fields, Mapping) else None,
         )
 
-    def line(
-        self,
-        levelno: int,
-        logger: str,
-        message: str,
-        created: float,
-        fields: Mapping[str, Any] | None = None,
-        trace: TraceContext | EllipsisType | None = ...,
-    ) -> str:
-        """One entry, without a ``LogRecord``.
-
-        ``trace`` is the trace the entry belongs to; the current one unless given.
-        """
-        return self.encoded(levelno, logger, message, created, fields, trace).decode()
+    def line(self, *entry: Any, **named: Any) -> str:
+        """:meth:`encoded`, as text."""
+        return self.encoded(*entry, **named).decode()
 
     def encoded(
         self,
@@ -126,7 +115,10 @@ class CloudLoggingFormatter(logging.Formatter):
         fields: Mapping[str, Any] | None = None,
         trace: TraceContext | EllipsisType | None = ...,
     ) -> bytes:
-        """:meth:`line` in UTF-8 (the per-push summaries are written this way)."""
+        """One entry, without a ``LogRecord``, in UTF-8 (per-push summaries are written so).
+
+        ``trace`` is the trace the entry belongs to; the current one unless given.
+        """
         severity = _SEVERITY.get(levelno) or _severity(levelno)
         stamp = self._time(created)
         entry: dict[str, Any] = {
@@ -181,20 +173,6 @@ class TextFormatter(logging.Formatter):
         line = f"{second_text[1]},{milliseconds:03d} {name} {logger}: {message}"
         return self._traced(line, trace)
 
-    def encoded(
-        self,
-        levelno: int,
-        logger: str,
-        message: str,
-        created: float,
-        fields: Mapping[str, Any] | None = None,
-        trace: TraceContext | EllipsisType | None = ...,
-    ) -> bytes:
-        """:meth:`line` in UTF-8."""
-        return self.line(levelno, logger, message, created, fields, trace).encode(
-            "utf-8", "backslashreplace"
-        )
-
     @staticmethod
     def _traced(line: str, trace: TraceContext | EllipsisType | None = ...) -> str:
         if trace is ...:
@@ -222,7 +200,8 @@ class LogHandler(logging.Handler):
         self.stream = stream
         self.setFormatter(formatter)
         self.line = formatter.line
-        self.encoded = formatter.encoded
+        # The JSON formatter makes bytes (orjson's); a text line is encoded here.
+        self.encoded = getattr(formatter, "encoded", None) or self._encoded_line
         # Summaries gathered this loop turn, formatted when written: (level, logger, message,
         # fields, trace).
         self._pending: list[tuple[int, str, str, Mapping[str, Any], Any]] = []
@@ -309,6 +288,9 @@ class LogHandler(logging.Handler):
                 stream.flush()  # what was written to the text layer goes first
                 self._buffer.write(data)
                 self._buffer.flush()
+
+    def _encoded_line(self, *entry: Any) -> bytes:
+        return self.line(*entry).encode("utf-8", "backslashreplace")
 
     def flush(self) -> None:
         # logging.shutdown() calls this at exit, after the loop has stopped.
