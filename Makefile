@@ -23,6 +23,7 @@ run: $(STAMP)
 test: $(STAMP) lint docs
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null \
 	  || apt-get install -y -qq chromium >/dev/null \
+	  || { dpkg --configure -a >/dev/null && apt-get install -y -qq chromium >/dev/null; } \
 	  || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "make: could not install chromium; the web-page test needs it" >&2
 	$(BIN)/python -m tests.schemas.asyncapi  # the pinned AsyncAPI 3.0 schema, into .cache/
