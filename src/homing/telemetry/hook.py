@@ -230,7 +230,7 @@ class Telemetry(Hook):
         age: float | None,
         trace: TraceContext | None,
     ) -> None:
-        level = logging.INFO if 200 <= result.status < 300 else logging.WARNING
+        level = logging.INFO if result.acked else logging.WARNING
         if not push_logger.isEnabledFor(level):
             return
         # (round() with digits is several times slower than this, on every push)
