@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -13,6 +15,7 @@ from homing import Homing, PublishFailed
 from homing.publishers.pubsub import PubSubPublisher, topic_path
 from homing.signing import EVENT_ID
 from tests.conftest import OrderPlaced
+from tests.faults.proxy import cuttable_proxy
 
 PROJECT = "homing-test"
 
@@ -95,19 +98,55 @@ async def test_a_missing_topic_fails_with_the_event(homing: Homing, emulator_env
     await homing.publisher.aclose()
 
 
-async def test_an_unreachable_broker_fails_within_the_timeout(
+async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
     homing: Homing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.emulator import _free_port
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
     homing.publisher = PubSubPublisher("events", project=PROJECT, timeout=1.0)
+    before = set(threading.enumerate())
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(PublishFailed, match=r"order\.placed"):
-        await homing.publish(OrderPlaced(order_id=1, total_cents=1))
-    assert loop.time() - started < 5
+    for ordering_key in ("", "o-1"):
+        started = loop.time()
+        with pytest.raises(PublishFailed, match=r"within 1.0s: ServiceUnavailable") as caught:
+            await homing.publish(OrderPlaced(order_id=1, total_cents=1), ordering_key=ordering_key)
+        assert caught.value.event_type == "order.placed"
+        assert loop.time() - started < 5
+    # Nothing of a failed publish goes on trying (a client with message ordering on, given a
+    # retry, tries for 2**32 seconds in a thread of its own).
+    for _ in range(50):
+        trying = set(threading.enumerate()) - before
+        if not trying:
+            break
+        await asyncio.sleep(0.1)
+    assert not trying
     await homing.publisher.aclose()
+
+
+async def test_a_broker_back_within_the_timeout_takes_the_publishes(
+    homing: Homing, topic: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic_name, subscription = topic
+    emulator = os.environ["PUBSUB_EMULATOR_HOST"]
+    host, port = emulator.rsplit(":", 1)
+    with cuttable_proxy((host, int(port))) as proxy:
+        proxy.cut()  # connections refused: the first attempts fail as unavailable
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{proxy.port}")
+        homing.publisher = PubSubPublisher(topic_name, timeout=30)
+        publishing = asyncio.gather(
+            homing.publish(OrderPlaced(order_id=4, total_cents=2), ordering_key="o-4"),
+            homing.publish(OrderPlaced(order_id=5, total_cents=2), ordering_key="o-4"),
+            homing.publish(OrderPlaced(order_id=6, total_cents=2)),
+        )
+        await asyncio.sleep(1.0)
+        assert not publishing.done()
+        proxy.restore()
+        event_ids = await publishing
+        await homing.publisher.aclose()
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator)
+    messages = await asyncio.to_thread(_pull, subscription, 3)
+    assert sorted(m.attributes[EVENT_ID] for m in messages) == sorted(event_ids)
 
 
 async def test_publish_after_close_fails(homing: Homing, topic: tuple[str, str]) -> None:

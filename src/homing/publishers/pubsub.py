@@ -10,12 +10,15 @@ default 10 ms batch wait would be added to every request; here a batch is sent a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 from concurrent.futures import Future
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.publisher.exceptions import PublishToPausedOrderingKeyException
 
 from homing.errors import ConfigurationError, PublishFailed
 from homing.publishers.base import OutgoingMessage, Publisher
@@ -31,6 +34,8 @@ REQUEST_SCOPED_BATCHING = pubsub_v1.types.BatchSettings(
     max_latency=0, max_messages=100, max_bytes=1_000_000
 )
 
+#: Errors tried again until the publish's timeout, after a random pause of up to a backoff
+#: that doubles from the first to the last.
 _TRANSIENT = retries.if_exception_type(
     gexc.Aborted,
     gexc.Cancelled,
@@ -39,7 +44,10 @@ _TRANSIENT = retries.if_exception_type(
     gexc.ResourceExhausted,
     gexc.ServiceUnavailable,
     gexc.Unknown,
+    PublishToPausedOrderingKeyException,
 )
+_FIRST_BACKOFF = 0.05
+_LAST_BACKOFF = 2.0
 
 
 def topic_path(topic: str, project: str | None) -> str:
@@ -64,9 +72,11 @@ class PubSubPublisher(Publisher):
             gives about 10 seconds between SIGTERM and SIGKILL).
         client: a ``PublisherClient`` to use instead of making one.
 
-    A publish that fails or times out raises :class:`~homing.errors.PublishFailed` with the
-    event type and id. A timed-out publish may still reach Pub/Sub later; the event id lets
-    the endpoint recognise it if it is published again.
+    Transient errors (unavailable, deadline exceeded and the like) are tried again, after a
+    jittered backoff, until ``timeout``. A publish that fails or times out raises
+    :class:`~homing.errors.PublishFailed` with the event type and id, and nothing of it goes on
+    trying in the background. An attempt that timed out may still have reached Pub/Sub; the
+    event id lets the endpoint recognise it if it is published again (from the outbox, say).
     """
 
     def __init__(
@@ -85,9 +95,6 @@ class PubSubPublisher(Publisher):
             batch_settings=REQUEST_SCOPED_BATCHING,
             publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
         )
-        self._retry = retries.Retry(
-            predicate=_TRANSIENT, initial=0.05, maximum=2.0, multiplier=2.0, timeout=timeout
-        )
         self._in_flight: set[asyncio.Future[str]] = set()
 
     async def _send(self, message: OutgoingMessage) -> str:
@@ -97,35 +104,67 @@ class PubSubPublisher(Publisher):
             # Subscribers using google-cloud-pubsub's tracing continue the trace from here (with
             # its tracing on, the client writes this attribute itself). It is not signed.
             attributes = {**attributes, _CLIENT_TRACEPARENT: traceparent}
-        sent: Future[str] = self._client.publish(
-            self.topic,
-            message.data,
-            ordering_key=message.ordering_key or "",
-            retry=self._retry,
-            timeout=self.timeout,
-            **attributes,
+        ordering_key = message.ordering_key or ""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        backoff = _FIRST_BACKOFF
+        while True:
+            # One attempt per client call (retry=None), bounded by what is left of the timeout,
+            # and the retries here: given a retry, a client with message ordering on retries
+            # for 2**32 seconds, so a publish reported as failed would go on in a thread of the
+            # client's, a thread per failed batch for as long as Pub/Sub is unreachable.
+            left = deadline - loop.time()
+            try:
+                sent: Future[str] = self._client.publish(
+                    self.topic,
+                    message.data,
+                    ordering_key=ordering_key,
+                    retry=None,
+                    timeout=left,
+                    **attributes,
+                )
+            except Exception as exc:  # nothing was sent: too large, a stopped client
+                raise self._failed(message, f"refused the publish to {self.topic}", exc) from exc
+            waiting = asyncio.wrap_future(sent)
+            self._in_flight.add(waiting)
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiting), left)
+            except TimeoutError:
+                raise self._failed(message, self._not_confirmed, None) from None
+            except Exception as exc:
+                if ordering_key:
+                    self._resume(ordering_key)
+                # A RuntimeError here is a batch the client cancelled: an earlier publish of
+                # the key failed (or the client stopped, which the next attempt finds out).
+                if not (_TRANSIENT(exc) or isinstance(exc, RuntimeError)):
+                    raise self._failed(
+                        message, f"refused the publish to {self.topic}", exc
+                    ) from exc
+                pause = random.uniform(0, backoff)  # noqa: S311 - jitter, not a secret
+                if loop.time() + pause >= deadline:
+                    raise self._failed(message, self._not_confirmed, exc) from exc
+            finally:
+                self._in_flight.discard(waiting)
+            await asyncio.sleep(pause)
+            backoff = min(backoff * 2, _LAST_BACKOFF)
+
+    @property
+    def _not_confirmed(self) -> str:
+        return f"did not confirm the publish to {self.topic} within {self.timeout}s"
+
+    @staticmethod
+    def _failed(message: OutgoingMessage, what: str, cause: Exception | None) -> PublishFailed:
+        last = "" if cause is None else f": {type(cause).__name__}: {cause}"
+        return PublishFailed(
+            f"Pub/Sub {what}{last}", event_type=message.event_type, event_id=message.event_id
         )
-        waiting = asyncio.wrap_future(sent)
-        self._in_flight.add(waiting)
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiting), self.timeout)
-        except TimeoutError:
-            raise PublishFailed(
-                f"Pub/Sub did not confirm the publish to {self.topic} within {self.timeout}s",
-                event_type=message.event_type,
-                event_id=message.event_id,
-            ) from None
-        except Exception as exc:
-            if message.ordering_key:
-                # Pub/Sub pauses a key after a failure; the caller decides what to do next.
-                self._client.resume_publish(self.topic, message.ordering_key)
-            raise PublishFailed(
-                f"Pub/Sub refused the publish to {self.topic}: {type(exc).__name__}: {exc}",
-                event_type=message.event_type,
-                event_id=message.event_id,
-            ) from exc
-        finally:
-            self._in_flight.discard(waiting)
+
+    def _resume(self, ordering_key: str) -> None:
+        """Take up a key the client paused after a failure (it fails what it holds for the key
+        with PublishToPausedOrderingKeyException, and refuses more until resumed)."""
+        # RuntimeError: another publish of the key took it up already, or the client stopped.
+        with contextlib.suppress(RuntimeError):
+            self._client.resume_publish(self.topic, ordering_key)
 
     async def aclose(self) -> None:
         """Send what is batched, wait for publishes under way, and stop the client."""
