@@ -77,6 +77,9 @@ class PubSubPublisher(Publisher):
     :class:`~homing.errors.PublishFailed` with the event type and id, and nothing of it goes on
     trying in the background. An attempt that timed out may still have reached Pub/Sub; the
     event id lets the endpoint recognise it if it is published again (from the outbox, say).
+    Publishes of one ordering key that await one another keep their order; ones under way at
+    the same time (two requests) are tried again each on its own after a failure, so their
+    order is whichever attempt Pub/Sub takes first.
     """
 
     def __init__(
