@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -122,6 +124,33 @@ async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
         await asyncio.sleep(0.1)
     assert not trying
     await homing.publisher.aclose()
+
+
+async def test_a_broker_that_never_answers_fails_within_the_timeout_and_stops_trying(
+    homing: Homing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that accepts connections and says nothing: each attempt has a deadline too."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{silent.getsockname()[1]}")
+        homing.publisher = PubSubPublisher("events", project=PROJECT, timeout=1.5)
+        before = set(threading.enumerate())
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []  # what asyncio reports (an error never retrieved)
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        started = loop.time()
+        with pytest.raises(PublishFailed, match=r"within 1.5s"):
+            await homing.publish(OrderPlaced(order_id=1, total_cents=1), ordering_key="o-1")
+        assert loop.time() - started < 5
+        for _ in range(50):
+            trying = set(threading.enumerate()) - before
+            if not trying:
+                break
+            await asyncio.sleep(0.1)
+        assert not trying
+        await homing.publisher.aclose()
+        await asyncio.sleep(0.1)  # the ended attempt's outcome reaches the loop
+        gc.collect()
+    assert reported == []
 
 
 async def test_a_broker_back_within_the_timeout_takes_the_publishes(

@@ -50,6 +50,12 @@ _FIRST_BACKOFF = 0.05
 _LAST_BACKOFF = 2.0
 
 
+def _outcome_dropped(attempt: asyncio.Future[str]) -> None:
+    """Marks a timed-out attempt's outcome as seen (asyncio logs an error never retrieved)."""
+    if not attempt.cancelled():
+        attempt.exception()
+
+
 def topic_path(topic: str, project: str | None) -> str:
     """``projects/P/topics/T`` from a full path, or from an id and a project."""
     if topic.startswith("projects/"):
@@ -133,6 +139,8 @@ class PubSubPublisher(Publisher):
             try:
                 return await asyncio.wait_for(asyncio.shield(waiting), left)
             except TimeoutError:
+                # The attempt ends by its own deadline, now or soon; its outcome is not needed.
+                waiting.add_done_callback(_outcome_dropped)
                 raise self._failed(message, self._not_confirmed, None) from None
             except Exception as exc:
                 if ordering_key:
