@@ -100,6 +100,17 @@ async def test_a_missing_topic_fails_with_the_event(homing: Homing, emulator_env
     await homing.publisher.aclose()
 
 
+async def _threads_left_of(before: set[threading.Thread]) -> set[threading.Thread]:
+    """The threads started since ``before`` still running after up to 5 s (a failed publish's
+    attempts end by their deadline, within the publish's timeout)."""
+    for _ in range(50):
+        left = set(threading.enumerate()) - before
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    return left
+
+
 async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
     homing: Homing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,12 +128,7 @@ async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
         assert loop.time() - started < 5
     # Nothing of a failed publish goes on trying (a client with message ordering on, given a
     # retry, tries for 2**32 seconds in a thread of its own).
-    for _ in range(50):
-        trying = set(threading.enumerate()) - before
-        if not trying:
-            break
-        await asyncio.sleep(0.1)
-    assert not trying
+    assert await _threads_left_of(before) == set()
     await homing.publisher.aclose()
 
 
@@ -141,12 +147,7 @@ async def test_a_broker_that_never_answers_fails_within_the_timeout_and_stops_tr
         with pytest.raises(PublishFailed, match=r"within 1.5s"):
             await homing.publish(OrderPlaced(order_id=1, total_cents=1), ordering_key="o-1")
         assert loop.time() - started < 5
-        for _ in range(50):
-            trying = set(threading.enumerate()) - before
-            if not trying:
-                break
-            await asyncio.sleep(0.1)
-        assert not trying
+        assert await _threads_left_of(before) == set()
         await homing.publisher.aclose()
         await asyncio.sleep(0.1)  # the ended attempt's outcome reaches the loop
         gc.collect()
