@@ -256,6 +256,7 @@ async def test_a_handled_push_leaves_nothing_for_the_cycle_collector(
     await asyncio.create_task(service.handle_push(pushes[0]))  # imports and caches, first
     gc.collect()
     gc.disable()
+    debug = gc.get_debug()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
     try:
         for body in pushes[1:] + pushes[1:]:  # new events, then duplicates
@@ -263,7 +264,7 @@ async def test_a_handled_push_leaves_nothing_for_the_cycle_collector(
         gc.collect()
         garbage = _made_by_the_push_path(gc.garbage)
     finally:
-        gc.set_debug(0)
+        gc.set_debug(debug)
         gc.garbage.clear()
         gc.enable()
     assert garbage == []
