@@ -62,7 +62,8 @@ OUTCOMES = frozenset(
 OTHER = "other"
 
 #: The logger of the one summary line per push.
-push_logger = logging.getLogger("homing.push")
+_PUSH_LOGGER = "homing.push"
+push_logger = logging.getLogger(_PUSH_LOGGER)
 
 
 class _Push:
@@ -195,9 +196,7 @@ class Telemetry(Hook):
             event_type = UNAUTHENTICATED
             age = None
         else:
-            event_type = verified.event_type
-            if self.events.model(event_type) is None:
-                event_type = UNREGISTERED
+            event_type = self._label(verified.event_type)
             age = message_age(push.publish_time, time.time() - seconds)
         try:
             if self.metrics is not None:
@@ -264,7 +263,7 @@ class Telemetry(Hook):
             if age is not None:
                 fields["message_age_s"] = int(age * 1e3) / 1e3
         if self.log is not None:
-            self.log.summary(level, "homing.push", message, fields, trace)
+            self.log.summary(level, _PUSH_LOGGER, message, fields, trace)
             return
         # The record is made directly: Logger.log() would also look up its caller's frame.
         record = push_logger.makeRecord(push_logger.name, level, __file__, 0, message, (), None)
