@@ -61,7 +61,9 @@ def publisher() -> MemoryPublisher:
 @pytest.fixture
 def homing(keys: KeyRing, recorder: Recorder, publisher: MemoryPublisher) -> Homing:
     app = Homing(
-        signer=Signer(keys, legacy_secret="the-article-shared-secret"), publisher=publisher
+        signer=Signer(keys, legacy_secret="the-article-shared-secret"),
+        publisher=publisher,
+        accept_legacy_without_oidc=True,
     )
     app.events.register("order.placed", OrderPlaced)
     app.handler(OrderPlaced)(recorder)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from homing import build_push
+from homing import QuarantinedMessage, build_push
 from homing.cli import main
 from homing.outbox import SQLOutbox
 from users_api import ServiceConfig, create_app
@@ -27,7 +28,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _quarantine_one() -> int:
-    """Push a dead-lettered copy of a valid event: quarantined on arrival."""
+    """Keep a dead-lettered copy of a valid event, as its push leaves it in the quarantine.
+
+    (Pushed, it would need a verified OIDC token to be taken for one: tests/test_hostile.py.)
+    """
     app = create_app(ServiceConfig.from_env())
     homing = app.state.homing
     async with app.router.lifespan_context(app):
@@ -39,7 +43,15 @@ async def _quarantine_one() -> int:
             )
             dead = {**message.attributes, "CloudPubSubDeadLetterSourceDeliveryCount": "5"}
             body = build_push(message.data, dead, message_id="m1", subscription="dead")
-            assert (await client.post("/events", content=body)).status_code == 200
+            entry = QuarantinedMessage(
+                id="e-dl",
+                reason="dead-lettered by Pub/Sub from subscription dead after 5 delivery attempts",
+                body=body,
+                received_at=datetime.now(UTC),
+                event_type="user.name.changed",
+                event_id="e-dl",
+            )
+            assert await homing.quarantine.add(entry)
     return int(user["id"])
 
 

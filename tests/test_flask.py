@@ -48,6 +48,7 @@ def _service(keys: KeyRing, recorder: Recorder, **options: int) -> Homing:
     homing = Homing(
         signer=Signer(keys, legacy_secret="the-article-shared-secret"),
         publisher=ThreadNoting(),
+        accept_legacy_without_oidc=True,
         **options,  # type: ignore[arg-type]
     )
     homing.events.register("order.placed", OrderPlaced)

@@ -22,7 +22,8 @@ from starlette.applications import Starlette
 from homing import Homing, MalformedPush, build_push
 from homing.ingress import as_wrapped, detect_shape, read_push, recognise
 from homing.ingress.cloudevents import MESSAGE_PUBLISHED, parse_cloudevent
-from homing.ingress.unwrapped import MAX_ATTRIBUTES, parse_unwrapped
+from homing.ingress.message import MAX_ATTRIBUTES
+from homing.ingress.unwrapped import parse_unwrapped
 from homing.signing import EVENT_TYPE, LEGACY_SIGNATURE, legacy_signature
 from tests.conftest import OrderPlaced, Recorder
 

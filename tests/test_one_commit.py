@@ -123,7 +123,9 @@ async def test_drop_rolls_back_the_effect_and_keeps_the_envelope(
     assert (result.status, result.outcome) == (200, "quarantined")
     assert await _rows(engine, "e3") == 0
     assert (await homing.quarantine.get("e3")) is not None
-    assert (await _service(engine, handler).handle_push(body)).outcome == "duplicate"
+    # Not handled, so not marked done: a redelivery drops again, into the same entry.
+    assert (await _service(engine, handler).handle_push(body)).outcome == "quarantined"
+    assert [entry.id for entry in await homing.quarantine.list()] == ["e3"]
 
 
 async def test_concurrent_deliveries_make_one_effect_and_no_failure(

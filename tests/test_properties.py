@@ -165,7 +165,10 @@ def test_any_change_to_a_signed_message_is_refused(
 
 
 def _homing(recorder: Recorder) -> Homing:
-    homing = Homing(signer=Signer(KEYS, legacy_secret="an-article-secret-long-enough"))
+    homing = Homing(
+        signer=Signer(KEYS, legacy_secret="an-article-secret-long-enough"),
+        accept_legacy_without_oidc=True,
+    )
     homing.events.register("order.placed", OrderPlaced)
     homing.handler(OrderPlaced)(recorder)
     return homing

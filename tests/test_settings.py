@@ -21,7 +21,7 @@ def test_reads_prefixed_variables() -> None:
     settings = Settings.from_env(
         {
             "HOMING_SIGNING_KEYS": "a:0123456789abcdef,b:fedcba9876543210",
-            "HOMING_LEGACY_SECRET": "legacy-secret",
+            "HOMING_LEGACY_SECRET": "legacy-secret-of-16-bytes",
             "HOMING_AUTH": "none",
             "HOMING_PUBLISHER": "memory",
             "HOMING_LOOPBACK_URL": "http://127.0.0.1:9/events",
@@ -32,7 +32,7 @@ def test_reads_prefixed_variables() -> None:
     )
     assert settings.signing_keys is not None
     assert settings.signing_keys.key_ids == ("a", "b")
-    assert settings.legacy_secret == "legacy-secret"
+    assert settings.legacy_secret == "legacy-secret-of-16-bytes"
     assert settings.auth == "none"
     assert settings.publisher == "memory"
     assert settings.loopback_url == "http://127.0.0.1:9/events"
@@ -74,7 +74,10 @@ def test_bad_values_name_the_variable(variable: str, value: str, message: str) -
 
 def test_repr_masks_secrets() -> None:
     settings = Settings.from_env(
-        {"HOMING_SIGNING_KEYS": "kid:super-secret-value-1", "HOMING_LEGACY_SECRET": "legacy-pw"}
+        {
+            "HOMING_SIGNING_KEYS": "kid:super-secret-value-1",
+            "HOMING_LEGACY_SECRET": "legacy-pw-of-16-bytes",
+        }
     )
     text = repr(settings)
     assert "super-secret-value-1" not in text

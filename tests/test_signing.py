@@ -170,7 +170,18 @@ def test_tolerance_below_retention_is_refused(keys: KeyRing) -> None:
 
 
 def test_reserved_attributes_cannot_be_set_by_the_publisher(signer: Signer) -> None:
-    for key in (EVENT_TYPE, SIGNATURE, "homing-anything", "googthing", "CloudPubSubDeadLetterX"):
+    for key in (
+        EVENT_TYPE,
+        SIGNATURE,
+        "homing-anything",
+        "googthing",
+        "CloudPubSubDeadLetterX",
+        # Compared without case: as headers of an unwrapped push these are the same names.
+        "Event-Type",
+        "HOMING-Signature",
+        "Goog-thing",
+        "cloudpubsubdeadletterx",
+    ):
         with pytest.raises(ConfigurationError, match="reserved"):
             signer.sign(DATA, "a.b", attributes={key: "x"})
 
@@ -213,14 +224,35 @@ def test_key_ring_from_string_first_key_signs() -> None:
     [
         ("nocolon", "not of the form"),
         (":secretsecretsecret", "not of the form"),
-        ("a:0123456789abcdef,a:0123456789abcdef", "appears twice"),
+        ("a:0123456789abcdef,a:0123456789abcdef", "#2 repeats an earlier key's id"),
         ("a:short", "shorter than 16 bytes"),
-        ("bad id:0123456789abcdef", "key id"),
+        ("bad id:0123456789abcdef", "the id of signing key #1"),
     ],
 )
 def test_key_ring_from_string_errors(value: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         KeyRing.from_string(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # Written the wrong way round: the secret stands where the id should.
+        "Zq3-secret-value-that-looks-like-an-id_0123:k1",
+        "Zq3 secret value with spaces 0123456789:k1",
+        "ok:0123456789abcdef,Zq3-secret-value-that-looks-like-an-id_0123:k1",
+    ],
+)
+def test_key_ring_errors_never_echo_a_secret(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="signing key #") as caught:
+        KeyRing.from_string(value)
+    assert "secret-value" not in str(caught.value)
+    assert "secret value" not in str(caught.value)
+
+
+def test_legacy_secrets_need_16_bytes(keys: KeyRing) -> None:
+    with pytest.raises(ConfigurationError, match="legacy secret is shorter than 16 bytes"):
+        Signer(keys, legacy_secret="short")
 
 
 def test_key_ring_repr_hides_secrets(keys: KeyRing) -> None:
@@ -248,7 +280,7 @@ def test_the_documented_test_vector() -> None:
 def test_lengths_are_counted_in_utf8_bytes() -> None:
     from homing.signing import _canonical
 
-    assert _canonical(b"d", [("k", "é"), ("a", "b")]) == "v1\n1:a1:b1:k2:é\nd".encode()
+    assert _canonical(b"d", [("k", "é"), ("a", "b")])[0] == "v1\n1:a1:b1:k2:é\nd".encode()
 
 
 def test_non_ascii_attributes_sign_and_verify(signer: Signer) -> None:
@@ -283,4 +315,16 @@ def test_unauthenticated_attribute_names_do_not_grow_memory(signer: Signer) -> N
         with pytest.raises(AuthenticationFailed):
             signer.verify(DATA, forged, message_id="m")
     assert len(_NAME_PARTS) <= _MAX_NAME_PARTS
+    assert not any(name.startswith("name-") for name in _NAME_PARTS)  # refused: not learnt
     assert signer.verify(DATA, attributes, message_id="m").event_type == "a.b"
+
+
+def test_only_names_of_verified_messages_are_learnt(signer: Signer) -> None:
+    from homing.signing import _NAME_PARTS
+
+    attributes = signer.sign(DATA, "a.b", attributes={"learnt-on-signing": "1"})
+    assert "learnt-on-signing" in _NAME_PARTS
+    forged = {**attributes, "never-verified": "x"}
+    with pytest.raises(AuthenticationFailed):
+        signer.verify(DATA, forged, message_id="m")
+    assert "never-verified" not in _NAME_PARTS

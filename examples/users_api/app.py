@@ -57,6 +57,9 @@ class ServiceConfig:
     #: A summary line per push, the publisher's trace continued, ``GET /metrics`` (``TELEMETRY``:
     #: ``on``, the default, or ``off``).
     telemetry: bool = True
+    #: FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (``API_DOCS``: ``off``, the default,
+    #: or ``on``): off, so a deployed service does not describe itself to anyone who asks.
+    api_docs: bool = False
     homing: Settings = field(default_factory=Settings)
 
     @classmethod
@@ -65,16 +68,21 @@ class ServiceConfig:
         port = env.get("PORT", "8080")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigurationError(f"PORT must be a port number, not {port!r}")
-        telemetry = env.get("TELEMETRY", "on").strip().lower()
-        if telemetry not in ("on", "off"):
-            raise ConfigurationError(f"TELEMETRY must be on or off, not {telemetry!r}")
         return cls(
             port=int(port),
             host=env.get("HOST", "127.0.0.1"),
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            telemetry=telemetry == "on",
+            telemetry=_switch(env, "TELEMETRY", "on"),
+            api_docs=_switch(env, "API_DOCS", "off"),
             homing=Settings.from_env(env),
         )
+
+
+def _switch(env: Mapping[str, str], name: str, default: str) -> bool:
+    value = env.get(name, default).strip().lower()
+    if value not in ("on", "off"):
+        raise ConfigurationError(f"{name} must be on or off, not {value!r}")
+    return value == "on"
 
 
 class UserNameChanged(BaseModel):
@@ -181,6 +189,7 @@ def build_homing(
         max_delivery_attempts=(
             settings.max_delivery_attempts if settings.dead_letter_topic else None
         ),
+        accept_legacy_without_oidc=settings.legacy_without_oidc,
     )
     homing.events.register("user.name.changed", UserNameChanged)
 
@@ -312,7 +321,14 @@ def create_app(
             await outbox.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="homing reference service", lifespan=lifespan)
+    described = config.api_docs
+    app = FastAPI(
+        title="homing reference service",
+        lifespan=lifespan,
+        docs_url="/docs" if described else None,
+        redoc_url="/redoc" if described else None,
+        openapi_url="/openapi.json" if described else None,
+    )
     # homing's create_engine reports a refused connection as SQLAlchemy's OperationalError, and
     # homing's stores report every database failure as StoreError: these two cover them all.
     app.add_exception_handler(SQLAlchemyError, _database_unavailable)

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from homing.dispatch import BoundHandler, Delivery, Drop, Effects, Handler, HandlerTable, Retry
 from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
+from homing.escaping import printable
 from homing.events import EventRegistry, decode_event, encode_event
 from homing.hooks import Hook
 from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
@@ -125,6 +126,12 @@ class Homing:
             quarantined and acknowledged rather than left to Pub/Sub's dead-letter topic.
         hooks: called at the named points of publishing and of every push (see
             :mod:`homing.hooks`); telemetry attaches here.
+        accept_legacy_without_oidc: accept the article's format (a signer with a legacy
+            secret) under ``auth="hmac"``. It signs only the data: whoever holds one such
+            message can send it again under another event type and message id, which stands in
+            as its event id — so run a handler again, or take the id a real message will get
+            and have that one acknowledged as a duplicate. With ``auth="both"`` the push token
+            vouches for both, and this is not needed.
 
     Example::
 
@@ -152,6 +159,7 @@ class Homing:
         lease: float = 15.0,
         max_delivery_attempts: int | None = None,
         hooks: Sequence[Hook] = (),
+        accept_legacy_without_oidc: bool = False,
     ) -> None:
         if auth not in ("hmac", "oidc", "both", "none"):
             raise ConfigurationError(f"auth must be 'hmac', 'oidc', 'both' or 'none', not {auth!r}")
@@ -164,6 +172,27 @@ class Homing:
         if unknown_events not in ("quarantine", "retry"):
             raise ConfigurationError(
                 f"unknown_events must be 'quarantine' or 'retry', not {unknown_events!r}"
+            )
+        if (
+            auth == "hmac"
+            and signer is not None
+            and signer.accepts_legacy
+            and not accept_legacy_without_oidc
+        ):
+            raise ConfigurationError(
+                "the article's legacy format signs only the data, so under auth='hmac' anyone "
+                "holding one legacy message may choose its event type and event id; use "
+                "auth='both' (HOMING_AUTH=both), or accept the risk explicitly with "
+                "accept_legacy_without_oidc=True (HOMING_LEGACY_WITHOUT_OIDC=true)"
+            )
+        if dedupe is None and (
+            auth in ("oidc", "both") or (publisher is not None and not publisher.local)
+        ):
+            logger.warning(
+                "the dedupe store is in memory (no dedupe= given) in a production-like setup "
+                "(%s): handled event ids are forgotten on restart and are not shared between "
+                "instances, so a redelivery may run a handler again; use SQLDedupeStore",
+                f"auth={auth!r}" if auth in ("oidc", "both") else type(publisher).__name__,
             )
         if auth == "none":
             logger.warning(
@@ -180,6 +209,9 @@ class Homing:
         self.max_body_size = max_body_size
         self.lease = lease
         self.max_delivery_attempts = max_delivery_attempts
+        #: Every push that reaches dispatch carried a verified OIDC token: the subscription's
+        #: identity, the only thing that vouches for what Pub/Sub itself adds to a message.
+        self._sender_verified = oidc is not None and auth in ("oidc", "both")
         self.events = EventRegistry()
         self.handlers = HandlerTable()
         self.hooks: list[Hook] = list(hooks)
@@ -312,12 +344,14 @@ class Homing:
             self._hook("on_push_handled", result)
         return result
 
-    async def replay(self, entry_id: str) -> PushResult:
+    async def replay(self, entry_id: str, *, force: bool = False) -> PushResult:
         """Run a quarantined message again, verified again.
 
         The signature is checked anew (not its age: the quarantine is trusted storage), then the
-        handler runs even if the event was marked handled when it was dropped. On success the
-        entry is removed; otherwise it stays, with the new reason.
+        handler runs. An event already handled (its done mark is set: a redelivery got through
+        since, or it was quarantined by mistake) is not run again unless ``force`` says so; the
+        answer is then ``already_done`` and the entry stays. On success the entry is removed;
+        otherwise it stays, with the new reason.
 
         Raises :class:`~homing.errors.HomingError` when there is no such entry.
         """
@@ -330,7 +364,14 @@ class Homing:
         except PushRejected as exc:
             result = PushResult(exc.status_code, exc.code, exc.detail)
         else:
-            result = await self._dispatch(entry.body, push, verified, replay=True)
+            result = await self._dispatch(entry.body, push, verified, replay=True, force=force)
+            if result.outcome == "duplicate":
+                return PushResult(
+                    409,
+                    "already_done",
+                    f"event {verified.event_id} was handled already; replay it with force "
+                    "(homing quarantine replay --force) to run its handler again",
+                )
         await self.quarantine.delete(entry_id)
         if result.outcome != "done":
             await self.quarantine.add(
@@ -345,7 +386,13 @@ class Homing:
         return result
 
     async def _dispatch(
-        self, body: bytes, push: PushMessage, verified: VerifiedMessage, *, replay: bool
+        self,
+        body: bytes,
+        push: PushMessage,
+        verified: VerifiedMessage,
+        *,
+        replay: bool,
+        force: bool = False,
     ) -> PushResult:
         """After authentication: route, skip duplicates, decode, run the handler, answer."""
         type_name, event_id = verified.event_type, verified.event_id
@@ -358,17 +405,22 @@ class Homing:
                 logger.warning("%s; asking for redelivery (%s)", reason, event_id)
                 return PushResult(503, "unknown_event", reason)
             return await self._drop(body, verified, reason)
-        if not replay:
-            if dead_letter := _dead_letter_source(push.attributes):
-                # A copy Pub/Sub moved to the dead-letter topic: keep it for a person.
-                return await self._drop(body, verified, dead_letter)
-            if self.dedupe.known_done(event_id):  # the common redelivery, answered in-process
-                return _DUPLICATE
+        if self.dedupe.known_done(event_id) and not force:  # the common redelivery, in-process
+            return _DUPLICATE
+        # A copy Pub/Sub moved to the dead-letter topic: kept for a person, unless handled.
+        # Only the push token vouches that Pub/Sub added these attributes (they are not
+        # signed); without it they are anyone's, and ignored.
+        if (
+            not replay
+            and self._sender_verified
+            and (dead_letter := _dead_letter_source(push.attributes))
+        ):
+            return await self._dead_letter(body, verified, dead_letter)
         try:
             event = decode_event(model, push.data)
         except ValidationError as exc:
             reason = f"the data does not fit {model.__qualname__}: {exc.error_count()} error(s)"
-            return await self._drop(body, verified, reason, done=True)
+            return await self._drop(body, verified, reason)
         delivery = Delivery(
             event_id=event_id,
             event_type=type_name,
@@ -382,12 +434,12 @@ class Homing:
         )
         run = self._run_in_transaction if handler.effects == "database" else self._run_under_claim
         try:
-            return await run(handler, event, delivery, replay=replay)
+            return await run(handler, event, delivery, force=force)
         except StoreError as exc:
             logger.error("%s (%s, %s): %s", _STORE_DOWN.detail, type_name, event_id, exc)
             return _STORE_DOWN
         except Drop as exc:
-            return await self._drop(body, verified, f"dropped by the handler: {exc}", done=True)
+            return await self._drop(body, verified, f"dropped by the handler: {exc}")
         except Retry as exc:
             logger.info("handler asked to retry %s (%s): %s", type_name, event_id, exc)
             reason = str(exc) or "the handler asked for a retry"
@@ -402,10 +454,10 @@ class Homing:
             return PushResult(500, "handler_failed", reason)
 
     async def _run_in_transaction(
-        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, replay: bool
+        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
     ) -> PushResult:
         """``effects="database"``: the done mark, the effect and one commit (or none)."""
-        async with self.dedupe.transaction(delivery.event_id, force=replay) as transaction:
+        async with self.dedupe.transaction(delivery.event_id, force=force) as transaction:
             if transaction.claim is Claim.DUPLICATE:
                 return _DUPLICATE  # the race was lost, or the event was handled before
             if transaction.claim is Claim.IN_PROGRESS:
@@ -417,11 +469,11 @@ class Homing:
         return _DONE
 
     async def _run_under_claim(
-        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, replay: bool
+        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
     ) -> PushResult:
         """``effects="external"``: claim the event, keep the claim alive, run, mark done."""
         event_id = delivery.event_id
-        if not replay:
+        if not force:
             claim = await self.dedupe.claim(event_id, lease=self.lease)
             if claim is Claim.DUPLICATE:
                 return _DUPLICATE
@@ -517,9 +569,27 @@ class Homing:
             f"{self.max_delivery_attempts}) failed: {reason}"
         )
 
-    async def _drop(
-        self, body: bytes, verified: VerifiedMessage, reason: str, *, done: bool = False
-    ) -> PushResult:
+    async def _dead_letter(self, body: bytes, verified: VerifiedMessage, reason: str) -> PushResult:
+        """A dead-lettered copy: quarantined, unless its event was handled (or is running)."""
+        event_id = verified.event_id
+        try:
+            claim = await self.dedupe.claim(event_id, lease=self.lease)
+        except StoreError as exc:
+            logger.error("%s (%s): %s", _STORE_DOWN.detail, event_id, exc)
+            return _STORE_DOWN
+        if claim is Claim.DUPLICATE:
+            return _DUPLICATE
+        if claim is Claim.IN_PROGRESS:
+            return _IN_PROGRESS
+        try:
+            return await self._drop(body, verified, reason)
+        finally:
+            await self._release(event_id)
+
+    async def _drop(self, body: bytes, verified: VerifiedMessage, reason: str) -> PushResult:
+        """Acknowledge and keep the envelope for a person. The event is not marked done:
+        "done" means its handler's effects happened, and a replay looks for exactly that."""
+        reason = printable(reason)
         entry = QuarantinedMessage(
             id=verified.event_id,
             reason=reason,
@@ -533,11 +603,6 @@ class Homing:
         except StoreError as exc:
             logger.error("could not quarantine %s: %s", verified.event_id, exc)
             return PushResult(503, "store_unavailable", "the quarantine store is unavailable")
-        if done:
-            try:
-                await self.dedupe.done(verified.event_id)
-            except StoreError as exc:  # kept in quarantine either way; a redelivery drops again
-                logger.error("could not mark %s done: %s", verified.event_id, exc)
         logger.warning("quarantined %s (%s): %s", verified.event_type, verified.event_id, reason)
         return PushResult(200, "quarantined", reason)
 

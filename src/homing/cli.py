@@ -20,9 +20,11 @@ from homing.broker.cli import add_commands as broker_commands
 from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
+from homing.escaping import printable
 from homing.loading import homing_of, load, resolve, service_spec
 from homing.settings import Settings
 from homing.signing import Signer, new_key
+from homing.stores.memory import MemoryQuarantineStore
 
 
 def _envelope(args: argparse.Namespace) -> int:
@@ -163,13 +165,21 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 async def _quarantine_list(args: argparse.Namespace) -> int:
     async with load(_service(args)) as loaded:
-        entries = await loaded.homing.quarantine.list(limit=args.limit)
+        store = loaded.homing.quarantine
+        entries = await store.list(limit=args.limit)
+    if isinstance(store, MemoryQuarantineStore):
+        raise HomingError(
+            "the service keeps its quarantine in memory, inside its own process: this command "
+            "cannot see it (give the service a SQLQuarantineStore and DATABASE_URL)"
+        )
     if not entries:
         sys.stdout.write("the quarantine is empty\n")
     for entry in entries:
         when = entry.received_at.isoformat(timespec="seconds")
         reason = entry.reason if len(entry.reason) <= 100 else entry.reason[:99] + "…"
-        sys.stdout.write(f"{entry.id}\t{when}\t{entry.event_type or '-'}\t{reason}\n")
+        # Ids, types and reasons may hold text a sender chose: shown, never obeyed.
+        fields = (entry.id, when, entry.event_type or "-", reason)
+        sys.stdout.write("\t".join(map(printable, fields)) + "\n")
     return 0
 
 
@@ -198,13 +208,14 @@ async def _quarantine_replay(args: argparse.Namespace) -> int:
     failed = 0
     async with load(_service(args)) as loaded:
         for entry_id in args.ids:
-            result = await loaded.homing.replay(entry_id)
+            result = await loaded.homing.replay(entry_id, force=args.force)
             if result.outcome == "done":
-                sys.stdout.write(f"{entry_id}: replayed, handled\n")
+                sys.stdout.write(printable(f"{entry_id}: replayed, handled") + "\n")
             else:
                 failed += 1
                 sys.stdout.write(
-                    f"{entry_id}: still quarantined ({result.outcome}: {result.detail})\n"
+                    printable(f"{entry_id}: still quarantined ({result.outcome}: {result.detail})")
+                    + "\n"
                 )
     return 1 if failed else 0
 
@@ -335,6 +346,11 @@ def _operator_commands(commands: Any) -> None:
         "replay", parents=[app], help="verify again and run the handler; remove on success"
     )
     replay.add_argument("ids", nargs="+", metavar="ID")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="run the handler even when the event is marked handled (it would run twice)",
+    )
     replay.set_defaults(run=lambda a: _run(_quarantine_replay(a)))
     purge = q.add_parser("purge", parents=[app], help="delete entries")
     purge.add_argument("ids", nargs="*", metavar="ID")

@@ -53,6 +53,20 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _secret(raw: str) -> str:
+    if len(raw.encode()) < 16:
+        # The value is not echoed: it is a secret, however short.
+        raise ValueError("must be at least 16 bytes long (it is a secret: make it unguessable)")
+    return raw
+
+
+def _flag(raw: str) -> bool:
+    folded = raw.strip().lower()
+    if folded not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ValueError(f"must be true or false, not {raw!r}")
+    return folded in ("true", "1", "yes", "on")
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -70,6 +84,9 @@ class Settings:
     Attributes:
         signing_keys: ``kid:secret`` pairs, comma-separated; the first signs, all verify.
         legacy_secret: accept the article's format (``signature`` attribute) signed with this.
+        legacy_without_oidc: accept the article's format under ``auth=hmac`` too, knowing that
+            it signs only the data (``docs/signing.md``: the event type and id are the sender's
+            choice); with ``auth=both`` it is not needed.
         auth: ``hmac``, ``oidc`` (Google's push token), ``both``, or ``none`` (development only).
         publisher: ``loopback`` (POST back to this service), ``memory`` or ``pubsub``.
         loopback_url: where the loopback publisher delivers; default this service's /events.
@@ -103,7 +120,8 @@ class Settings:
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
-    legacy_secret: str | None = _setting(None, secret=True)
+    legacy_secret: str | None = _setting(None, _secret, secret=True)
+    legacy_without_oidc: bool = _setting(False, _flag)
     auth: AuthMode = _setting("hmac", _choice(get_args(AuthMode)))
     publisher: PublisherKind = _setting("loopback", _choice(get_args(PublisherKind)))
     loopback_url: str | None = _setting(None)
@@ -126,7 +144,7 @@ class Settings:
     max_backoff: int = _setting(600, _whole(0, 600))
     max_delivery_attempts: int = _setting(5, _whole(5, 100))
     publish_timeout: float = _setting(10.0, _seconds)
-    flush_token: str | None = _setting(None, secret=True)
+    flush_token: str | None = _setting(None, _secret, secret=True)
     scheduler_service_accounts: tuple[str, ...] = _setting((), _names)
     scheduler_audience: str | None = _setting(None)
     app: str | None = _setting(None)

@@ -43,7 +43,9 @@ _ADDED_BY_CLIENT = "googclient_"
 _CLIENT_TRACEPARENT = "googclient_traceparent"
 _HOMING_PREFIX = "homing-"
 _DEAD_LETTER_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
-_RESERVED_PREFIXES = ("homing-", "goog", _ADDED_BY_PUBSUB)
+#: Lower case: reserved names are compared without case, since an unwrapped push carries
+#: attributes as HTTP headers, whose names have none.
+_RESERVED_PREFIXES = ("homing-", "goog", _ADDED_BY_PUBSUB.lower())
 _VERSION = "v1"
 _VERSION_BYTES = _VERSION.encode()
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -69,14 +71,20 @@ class KeyRing:
         if not keys:
             raise ConfigurationError("a key ring needs at least one key")
         self._secrets: dict[str, bytes] = {}
-        for key_id, secret in keys.items():
+        for number, (key_id, secret) in enumerate(keys.items(), start=1):
             if not _KEY_ID.match(key_id):
+                # Not echoed: a pair written the wrong way round puts the secret here.
                 raise ConfigurationError(
-                    f"key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-'"
+                    f"the id of signing key #{number} must be 1-64 letters, digits, '.', '_' "
+                    "or '-' (the part before ':' in 'kid:secret')"
                 )
             raw = secret.encode() if isinstance(secret, str) else bytes(secret)
             if len(raw) < 16:
-                raise ConfigurationError(f"the secret of key {key_id!r} is shorter than 16 bytes")
+                # Neither part echoed: written 'secret:kid', the id is the secret.
+                raise ConfigurationError(
+                    f"the secret of signing key #{number} is shorter than 16 bytes "
+                    "(pairs are written 'kid:secret')"
+                )
             self._secrets[key_id] = raw
         chosen = signing_key_id if signing_key_id is not None else next(iter(self._secrets))
         if chosen not in self._secrets:
@@ -93,7 +101,7 @@ class KeyRing:
             if not sep or not key_id or not secret:
                 raise ConfigurationError(f"signing key #{number} is not of the form 'kid:secret'")
             if key_id in keys:
-                raise ConfigurationError(f"key id {key_id!r} appears twice")
+                raise ConfigurationError(f"signing key #{number} repeats an earlier key's id")
             keys[key_id] = secret
         return cls(keys)
 
@@ -145,28 +153,38 @@ class VerifiedMessage:
 
 
 #: ``"<length>:<name>"`` by attribute name: names repeat from message to message, so their
-#: part of the signed bytes is made once. Bounded: names come from unauthenticated input.
+#: part of the signed bytes is made once. Only names of messages whose signature held are
+#: learnt (:func:`_learn`): a refused push adds nothing, whatever names it carries.
 _NAME_PARTS: dict[str, str] = {}
 _MAX_NAME_PARTS = 1024
 
 
-def _canonical(data: bytes, attributes: Iterable[tuple[str, str]]) -> bytes:
+def _canonical(data: bytes, attributes: Iterable[tuple[str, str]]) -> tuple[bytes, list[str]]:
+    """The signed bytes, and the attribute names that were not in :data:`_NAME_PARTS`."""
     # Length-prefixed (in UTF-8 bytes), sorted attributes then the data: no two distinct
     # messages share bytes. Built as text and encoded once: the same bytes as encoding each
     # part, in a fraction of the time (this is on every push's path).
     items = sorted(attributes)
     parts: list[str] = []
+    unknown: list[str] = []
     for name, value in items:
         name_part = _NAME_PARTS.get(name)
         if name_part is None:
             name_part = f"{len(name)}:{name}"
-            if len(_NAME_PARTS) < _MAX_NAME_PARTS:
-                _NAME_PARTS[name] = name_part
+            unknown.append(name)
         parts += (name_part, str(len(value)), ":", value)
     text = "".join(parts)
     if not text.isascii():  # character counts differ from byte counts: count bytes
         text = "".join([f"{len(k.encode())}:{k}{len(v.encode())}:{v}" for k, v in items])
-    return b"%s\n%s\n%s" % (_VERSION_BYTES, text.encode(), data)
+    return b"%s\n%s\n%s" % (_VERSION_BYTES, text.encode(), data), unknown
+
+
+def _learn(names: list[str]) -> None:
+    """Remember the name parts of a message that was signed here or whose signature held."""
+    for name in names:
+        if len(_NAME_PARTS) >= _MAX_NAME_PARTS:
+            return
+        _NAME_PARTS[name] = f"{len(name)}:{name}"
 
 
 def _keyed(secret: bytes) -> Callable[[bytes], bytes]:
@@ -219,6 +237,8 @@ class Signer:
             )
         self.keys = keys
         self._legacy = legacy_secret.encode() if isinstance(legacy_secret, str) else legacy_secret
+        if self._legacy is not None and len(self._legacy) < 16:
+            raise ConfigurationError("the legacy secret is shorter than 16 bytes")
         self._legacy_mac = _keyed(self._legacy) if self._legacy is not None else None
         self._tolerance = tolerance.total_seconds()
         self._skew = future_skew.total_seconds()
@@ -244,8 +264,11 @@ class Signer:
         """
         signed: dict[str, str] = {}
         for key, value in (attributes or {}).items():
-            if key == EVENT_TYPE or key.startswith(_RESERVED_PREFIXES):
-                raise ConfigurationError(f"attribute {key!r} is reserved")
+            folded = key.lower()
+            if folded == EVENT_TYPE or folded.startswith(_RESERVED_PREFIXES):
+                raise ConfigurationError(
+                    f"attribute {key!r} is reserved (names are compared without case)"
+                )
             if "," in key:
                 raise ConfigurationError(f"attribute name {key!r} contains a comma")
             signed[key] = value
@@ -266,7 +289,10 @@ class Signer:
         signed[TIMESTAMP] = str(int(self._clock()))
         signed[KEY_ID] = self.keys.signing_key_id
         mac = self.keys._macs[self.keys.signing_key_id]  # the ring always holds its signing key
-        signed[SIGNATURE] = f"{_VERSION}:{mac(_canonical(data, signed.items())).hex()}"
+        canonical, unknown = _canonical(data, signed.items())
+        if unknown:
+            _learn(unknown)
+        signed[SIGNATURE] = f"{_VERSION}:{mac(canonical).hex()}"
         return signed
 
     def verify(
@@ -305,8 +331,11 @@ class Signer:
             given = bytes.fromhex(hex_digest)
         except ValueError:
             raise AuthenticationFailed("the signature is not hexadecimal") from None
-        if not hmac.compare_digest(mac(_canonical(data, covered.items())), given):
+        canonical, unknown = _canonical(data, covered.items())
+        if not hmac.compare_digest(mac(canonical), given):
             raise AuthenticationFailed("the signature does not match the message")
+        if unknown:
+            _learn(unknown)
         # Only checked once the signature holds, so these fields are the publisher's own.
         event_type = covered.get(EVENT_TYPE)
         event_id = covered.get(EVENT_ID)

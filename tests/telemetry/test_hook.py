@@ -58,6 +58,7 @@ def service(seen: Seen) -> Homing:
     homing = Homing(
         signer=Signer(KeyRing({"k1": SECRET}), legacy_secret=LEGACY_SECRET),
         publisher=MemoryPublisher(),
+        accept_legacy_without_oidc=True,
     )
     homing.events.register("order.placed", OrderPlaced)
     homing.handler(OrderPlaced)(seen)

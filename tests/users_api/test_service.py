@@ -197,3 +197,17 @@ async def test_an_unpublished_event_waits_in_the_outbox_until_flushed(tmp_path: 
             assert flushed.json() == {"published": 1, "failed": 0, "pending": 0}
             [message] = broker.sent
             assert message.event_id == response.headers["x-event-id"]
+
+
+async def test_the_api_description_is_off_unless_asked(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert (await client.get(path)).status_code == 404
+    config = ServiceConfig.from_env(
+        {"API_DOCS": "on", "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/docs.db"}
+    )
+    app = create_app(config, publisher=RecordingPublisher())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as described:
+        assert (await described.get("/openapi.json")).status_code == 200

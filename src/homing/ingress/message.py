@@ -5,6 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from homing.errors import MalformedPush
+
+#: Pub/Sub's own bounds on a message's attributes: every shape is held to them when it is read,
+#: before anything looks at the attributes further (nothing is cached or hashed before).
+MAX_ATTRIBUTES = 100
+MAX_NAME_BYTES = 256
+MAX_VALUE_BYTES = 1024
+#: A character takes at most four bytes in UTF-8: text this short is within the bounds.
+SHORT_NAME = MAX_NAME_BYTES // 4
+SHORT_VALUE = MAX_VALUE_BYTES // 4
+
 
 @dataclass(slots=True)
 class PushMessage:
@@ -18,3 +29,11 @@ class PushMessage:
     ordering_key: str | None = None
     subscription: str | None = None
     delivery_attempt: int | None = None
+
+
+def check_attribute(name: str, value: str) -> None:
+    """Refuse an attribute longer than Pub/Sub allows (callers skip it for short text)."""
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise MalformedPush(f"an attribute name is longer than {MAX_NAME_BYTES} bytes")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
+        raise MalformedPush(f"attribute {name[:64]!r} is longer than {MAX_VALUE_BYTES} bytes")

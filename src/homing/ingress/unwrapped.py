@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Mapping
 
 from homing.errors import MalformedPush
-from homing.ingress.message import PushMessage
+from homing.ingress.message import MAX_ATTRIBUTES, MAX_NAME_BYTES, MAX_VALUE_BYTES, PushMessage
 from homing.signing import ATTRIBUTE_NAMES, EVENT_TYPE, SIGNATURE
 
 MESSAGE_ID = "x-goog-pubsub-message-id"
@@ -32,10 +32,6 @@ DELIVERY_ATTEMPT = "x-goog-pubsub-delivery-attempt"
 #: Google's documented name, then the one the official emulator sends.
 ORDERING_KEYS = ("x-goog-pubsub-ordering-key", "x-goog-ordering-key")
 
-#: Pub/Sub's own bounds on a message's attributes.
-MAX_ATTRIBUTES = 100
-MAX_NAME_BYTES = 256
-MAX_VALUE_BYTES = 1024
 
 #: Attributes Pub/Sub adds to a dead-lettered copy, by their header (lower-case) names.
 _PUBSUB_ADDED = {

@@ -16,9 +16,13 @@ from typing import Any
 import orjson
 
 from homing.errors import MalformedPush
-from homing.ingress.message import PushMessage
-
-_MAX_ATTRIBUTES = 100
+from homing.ingress.message import (
+    MAX_ATTRIBUTES,
+    SHORT_NAME,
+    SHORT_VALUE,
+    PushMessage,
+    check_attribute,
+)
 
 
 def _text(message: dict[str, Any], camel: str, snake: str) -> str | None:
@@ -65,11 +69,13 @@ def parse_push(body: bytes) -> PushMessage:
         attributes = {}
     elif type(attributes) is not dict:
         raise MalformedPush("message.attributes must be an object")
-    elif len(attributes) > _MAX_ATTRIBUTES:
-        raise MalformedPush(f"message.attributes has more than {_MAX_ATTRIBUTES} entries")
-    for value in attributes.values():
+    elif len(attributes) > MAX_ATTRIBUTES:
+        raise MalformedPush(f"message.attributes has more than {MAX_ATTRIBUTES} entries")
+    for name, value in attributes.items():
         if type(value) is not str:
             raise MalformedPush("message.attributes values must be strings")
+        if len(name) > SHORT_NAME or len(value) > SHORT_VALUE:
+            check_attribute(name, value)
 
     message_id = _text(message, "messageId", "message_id")
     if not message_id:

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from homing.errors import PublishFailed
 
@@ -29,6 +29,9 @@ class Publisher(ABC):
     :class:`~homing.errors.PublishFailed` carrying the event type and id.
     """
 
+    #: ``True`` for a publisher that delivers within this machine (tests, development): a
+    #: service on any other is production-like, and in-memory stores there warn at start-up.
+    local: ClassVar[bool] = False
     _closed = False
 
     async def publish(self, message: OutgoingMessage) -> str:

@@ -56,6 +56,8 @@ class LoopbackPublisher(Publisher):
             and removed once delivered (or kept); :meth:`resume` delivers what it holds.
     """
 
+    local = True
+
     def __init__(
         self,
         endpoint: str,

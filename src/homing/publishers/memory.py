@@ -20,6 +20,8 @@ class MemoryPublisher(Publisher):
         responses = await publisher.deliver(client)  # POSTs each message to /events
     """
 
+    local = True
+
     def __init__(self, *, subscription: str = "projects/local/subscriptions/homing-memory"):
         self.messages: list[tuple[str, OutgoingMessage]] = []
         self.subscription = subscription

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Literal, TextIO
 
 import orjson
 
+from homing.escaping import printable
 from homing.telemetry.context import TraceContext, _current
 
 LogFormat = Literal["auto", "json", "text"]
@@ -153,6 +154,11 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return self._traced(super().format(record))
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The message may carry text a sender chose (a message id, a reason): one line, always.
+        # A traceback, appended after this, keeps its own lines.
+        return printable(super().formatMessage(record))
+
     def line(
         self,
         levelno: int,
@@ -170,7 +176,7 @@ class TextFormatter(logging.Formatter):
             self._second = second_text
         milliseconds = int((created - second) * 1000)
         name = logging.getLevelName(levelno)
-        line = f"{second_text[1]},{milliseconds:03d} {name} {logger}: {message}"
+        line = f"{second_text[1]},{milliseconds:03d} {name} {logger}: {printable(message)}"
         return self._traced(line, trace)
 
     @staticmethod
