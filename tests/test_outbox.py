@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -321,3 +322,14 @@ async def test_start_drains_batch_after_batch(
         await asyncio.sleep(0.02)
     assert sorted(m.event_id for m in broker.sent) == sorted(m.event_id for m in left)
     await successor.aclose()
+
+
+def test_the_package_exports_exactly_all() -> None:
+    import homing.outbox
+
+    exported = {
+        name
+        for name, value in vars(homing.outbox).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert exported == set(homing.outbox.__all__) == {"FlushEndpoint", "FlushReport", "SQLOutbox"}

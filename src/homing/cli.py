@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from homing import provisioning
-from homing.broker.cli import add_commands as broker_commands
+from homing.broker.cli import add_command as broker_command
 from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
+from homing.dev import add_command as dev_command
 from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
 from homing.escaping import printable
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         "'no drift' and exit 0. Honours PUBSUB_EMULATOR_HOST.",
     ).set_defaults(run=_check)
     _operator_commands(commands)
-    broker_commands(commands)
+    broker_command(commands)
+    dev_command(commands)
     return parser
 
 

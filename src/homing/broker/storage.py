@@ -1,28 +1,24 @@
 """Durable storage in SQLite: topics, subscriptions, messages and their deliveries.
 
 One connection, owned by one writer thread. Operations queue up and the thread runs each batch
-in one transaction (group commit): a publish is acknowledged only after the transaction holding
-it has committed, in WAL mode with ``synchronous=FULL``, so a broker killed with -9 loses
-nothing it acknowledged. Acks and retry bookkeeping ride along in the same batches; if one of
-those is lost in a crash, the message is delivered again, which at-least-once allows.
+in one transaction (group commit, :class:`~homing.publishers.journal.SQLiteWriter`): a publish
+is acknowledged only after the transaction holding it has committed, in WAL mode with
+``synchronous=FULL``, so a broker killed with -9 loses nothing it acknowledged. Acks and retry
+bookkeeping ride along in the same batches; if one of those is lost in a crash, the message is
+delivered again, which at-least-once allows.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import orjson
 
-T = TypeVar("T")
+from homing.publishers.journal import SQLiteWriter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -79,77 +75,11 @@ class Pending:
     last_error: str | None = None
 
 
-class _Stop:
-    pass
-
-
-class Storage:
+class Storage(SQLiteWriter):
     """The broker's SQLite file (``":memory:"`` for a broker that forgets on exit)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.executescript(_SCHEMA)
-        self._queue: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any] | None] | _Stop
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._write_loop, name="homing-broker-storage")
-        self._thread.start()
-
-    # The writer thread -------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        connection = self._connection
-        while True:
-            batch = [self._queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < 2000:
-                    batch.append(self._queue.get_nowait())
-            stop = any(isinstance(item, _Stop) for item in batch)
-            work = [item for item in batch if not isinstance(item, _Stop)]
-            results: list[tuple[asyncio.Future[Any] | None, bool, Any]] = []
-            if work:
-                connection.execute("BEGIN IMMEDIATE")
-                for operation, future in work:
-                    connection.execute("SAVEPOINT op")
-                    try:
-                        value = operation(connection)
-                    except Exception as exc:  # one failed operation fails only its caller
-                        connection.execute("ROLLBACK TO op")
-                        results.append((future, False, exc))
-                    else:
-                        results.append((future, True, value))
-                    connection.execute("RELEASE op")
-                try:
-                    connection.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    results = [(future, False, exc) for future, _, _ in results]
-                for future, ok, value in results:
-                    if future is not None:
-                        future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
-            if stop:
-                connection.close()
-                return
-
-    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``operation`` in the writer thread; return once its batch has committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put((operation, future))
-        return await future
-
-    def later(self, operation: Callable[[sqlite3.Connection], Any]) -> None:
-        """Queue ``operation`` with the next batch, without waiting for it."""
-        self._queue.put((operation, None))
-
-    def close(self) -> None:
-        """Commit what is queued and close the file."""
-        if self._thread.is_alive():
-            self._queue.put(_Stop())
-            self._thread.join()
+        super().__init__(path, schema=_SCHEMA, thread_name="homing-broker-storage")
 
     # Operations (each runs in the writer thread) ------------------------------------------
 
@@ -313,15 +243,6 @@ class Storage:
             return topics, subscriptions, pending
 
         return operation
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
 
 
 def now() -> float:

@@ -24,20 +24,16 @@ import logging
 import random
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 
 from homing.envelope import ACK_STATUSES, build_push
 from homing.publishers.base import OutgoingMessage, Publisher
+from homing.publishers.journal import Journal
 from homing.stores.base import QuarantinedMessage, QuarantineStore
-
-if TYPE_CHECKING:
-    from homing.broker.storage import Storage
 
 logger = logging.getLogger("homing.publishers.loopback")
 
-_QUEUE = "loopback"
 #: Failed attempts of one message before each WARNING (then every this many more).
 WARN_AFTER = 3
 
@@ -86,36 +82,28 @@ class LoopbackPublisher(Publisher):
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(int(datetime.now(UTC).timestamp() * 1000))
-        self._storage: Storage | None = None
+        self._journal_file: Journal | None = None
         self._resumed = False
 
-    def _journal(self) -> Storage | None:
+    def _journal(self) -> Journal | None:
         if self.journal is None:
             return None
-        if self._storage is None:
-            from homing.broker.storage import Storage  # the standard library's sqlite3 only
-
-            self._storage = Storage(self.journal)
-        return self._storage
+        if self._journal_file is None:
+            self._journal_file = Journal(self.journal)
+        return self._journal_file
 
     async def resume(self) -> int:
         """Start delivering what the journal holds from an earlier run; return how many."""
-        storage = self._journal()
-        if storage is None or self._resumed:
+        journal = self._journal()
+        if journal is None or self._resumed:
             return 0
         self._resumed = True
-        from homing.broker.storage import Storage
-
-        _, _, pending = await storage.run(Storage.load())
-        for item in pending:
-            stored = item.message
+        pending = await journal.load()
+        for entry in pending:
             message = OutgoingMessage(
-                data=b"",
-                attributes={},
-                event_type=stored.attributes.get("event-type", "?"),
-                event_id=stored.attributes.get("event-id", "?"),
+                data=b"", attributes={}, event_type=entry.event_type, event_id=entry.event_id
             )
-            self._start(message, stored.data, stored.seq)
+            self._start(message, entry.body, entry.seq)
         if pending:
             logger.info("loopback: delivering %d events left in %s", len(pending), self.journal)
         return len(pending)
@@ -130,16 +118,12 @@ class LoopbackPublisher(Publisher):
             ordering_key=message.ordering_key,
         )
         seq = None
-        storage = self._journal()
-        if storage is not None:
-            from homing.broker.storage import Storage, now
-
+        journal = self._journal()
+        if journal is not None:
             await self.resume()
-            record = {"event-type": message.event_type, "event-id": message.event_id}
-            [stored] = await storage.run(
-                Storage.publish(_QUEUE, [(body, record, "")], [_QUEUE], now())
+            seq = await journal.append(
+                body, event_type=message.event_type, event_id=message.event_id
             )
-            seq = stored.seq
         self._start(message, body, seq)
         return message_id
 
@@ -151,10 +135,8 @@ class LoopbackPublisher(Publisher):
         task.add_done_callback(self._tasks.discard)
 
     def _done(self, seq: int | None) -> None:
-        if seq is not None and self._storage is not None:
-            from homing.broker.storage import Storage
-
-            self._storage.later(Storage.ack(_QUEUE, seq))
+        if seq is not None and self._journal_file is not None:
+            self._journal_file.forget(seq)
 
     async def _deliver(self, message: OutgoingMessage, body: bytes, seq: int | None) -> None:
         delay = self.initial_backoff
@@ -234,8 +216,8 @@ class LoopbackPublisher(Publisher):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._storage is not None:
-            await asyncio.to_thread(self._storage.close)
-            self._storage = None
+        if self._journal_file is not None:
+            await asyncio.to_thread(self._journal_file.close)
+            self._journal_file = None
         if self._own_client:
             await self._client.aclose()

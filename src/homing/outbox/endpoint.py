@@ -1,0 +1,88 @@
+"""The outbox's flush route for a scheduler (Cloud Scheduler): an ASGI app that flushes the
+outbox for a caller with a token or an OIDC identity."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from homing.auth import OIDCVerifier
+from homing.errors import AuthenticationFailed, ConfigurationError, PushRejected, StoreError
+from homing.outbox.staging import SQLOutbox
+
+logger = logging.getLogger("homing.outbox")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class FlushEndpoint:
+    """``POST``: flush the outbox; for Cloud Scheduler. Refuses callers without credentials.
+
+    Accepts ``Authorization: Bearer <token>`` where the token is ``token`` (compared in constant
+    time) or an OIDC token that ``oidc`` accepts (Cloud Scheduler's OIDC token for its service
+    account). Answers 200 with the counts, or 503 when some events could not be published.
+    """
+
+    def __init__(
+        self,
+        outbox: SQLOutbox,
+        *,
+        token: str | None = None,
+        oidc: OIDCVerifier | None = None,
+        limit: int = 500,
+    ) -> None:
+        if not token and oidc is None:
+            raise ConfigurationError("the outbox flush route needs a token or an OIDC verifier")
+        self.outbox = outbox
+        self._token = token.encode() if token else None
+        self._oidc = oidc
+        self.limit = limit
+
+    async def _authorize(self, authorization: str | None) -> None:
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if self._token is not None and scheme.lower() == "bearer":
+            if hmac.compare_digest(credentials.strip().encode(), self._token):
+                return
+            if self._oidc is None:
+                raise AuthenticationFailed("the flush token is not valid")
+        if self._oidc is None:
+            raise AuthenticationFailed("the flush route needs 'Authorization: Bearer <token>'")
+        await self._oidc.verify(authorization)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+        )
+        status: int
+        payload: dict[str, object]
+        if scope["method"] != "POST":
+            status, payload = 405, {"outcome": "method_not_allowed"}
+        else:
+            try:
+                await self._authorize(authorization)
+            except PushRejected as exc:
+                status, payload = exc.status_code, {"outcome": exc.code, "detail": exc.detail}
+            else:
+                try:
+                    report = await self.outbox.flush(limit=self.limit)
+                    waiting = await self.outbox.count()
+                except StoreError as exc:
+                    logger.error("outbox flush: %s", exc)
+                    status, payload = 503, {"outcome": "store_unavailable"}
+                else:
+                    status = 503 if report.failed else 200
+                    payload = {
+                        "published": report.published,
+                        "failed": report.failed,
+                        "pending": waiting,
+                    }
+        body = orjson.dumps(payload)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,50 @@
+"""`homing dev`'s environment and signing key; the command runs in tests/e2e/test_dev_broker.py."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from homing.dev import DEV_TOPIC, dev_environment, dev_signing_keys
+
+BROKER = {"grpc": "127.0.0.1:9000", "http": "http://127.0.0.1:9001"}
+
+
+def test_the_broker_is_always_pointed_at_and_the_defaults_yield_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOMING_TOPIC", "mine")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "elsewhere:1")
+    env = dev_environment(BROKER, host="0.0.0.0", port=8080, push_path="/events")  # noqa: S104
+    assert env["PUBSUB_EMULATOR_HOST"] == "127.0.0.1:9000"
+    assert env["HOMING_OIDC_CERTS_URL"] == "http://127.0.0.1:9001/certs"
+    assert env["HOMING_PUSH_ENDPOINT"] == "http://127.0.0.1:8080/events"
+    assert "HOMING_TOPIC" not in env  # the environment's own value stays
+    monkeypatch.delenv("HOMING_TOPIC")
+    assert dev_environment(BROKER, host="h", port=1, push_path="/e")["HOMING_TOPIC"] == DEV_TOPIC
+
+
+def test_the_signing_key_is_made_once_for_the_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "broker.sqlite3.signing-keys"
+    key = dev_signing_keys(path)
+    assert dev_signing_keys(path) == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_broker_imports_nothing_of_homing_dev() -> None:
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, homing.broker.cli, homing.broker.broker, homing.broker.server; "
+            "print('homing.dev' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert loaded.strip() == "False"
