@@ -997,3 +997,19 @@ def test_check_on_the_emulator_says_iam_was_not_compared(
     captured = capsys.readouterr()
     assert captured.out == "no drift\n"
     assert captured.err.startswith("iam: not compared, the emulator at ")
+
+
+# --- the package ------------------------------------------------------------------------------
+
+
+def test_the_package_exports_exactly_all() -> None:
+    import types
+
+    import homing.provisioning
+
+    exported = {
+        name
+        for name, value in vars(homing.provisioning).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert exported == set(homing.provisioning.__all__)
