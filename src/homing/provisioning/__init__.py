@@ -10,7 +10,12 @@ works without it.
 """
 
 from homing.provisioning.apply import Outcome, apply_iam, provision
-from homing.provisioning.clients import CALL_TIMEOUT, RETRY_DEADLINE, ProvisioningFailed
+from homing.provisioning.clients import (
+    CALL_TIMEOUT,
+    RETRY_DEADLINE,
+    CloudRunIamClient,
+    ProvisioningFailed,
+)
 from homing.provisioning.drift import Difference, check, has_member
 from homing.provisioning.eventarc import (
     PUBSUB_MESSAGE_PUBLISHED,
@@ -36,6 +41,7 @@ __all__ = [
     "CALL_TIMEOUT",
     "PUBSUB_MESSAGE_PUBLISHED",
     "RETRY_DEADLINE",
+    "CloudRunIamClient",
     "DeadLetter",
     "Difference",
     "EventarcTrigger",

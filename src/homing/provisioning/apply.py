@@ -8,13 +8,21 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from homing.provisioning.clients import (
+    CloudRunIamClient,
     ProvisioningFailed,
     _call,
     _calling,
     _clients,
     _project_number,
 )
-from homing.provisioning.drift import _compare, _get_subscription, _get_topic, has_member
+from homing.provisioning.drift import (
+    _compare,
+    _get_subscription,
+    _get_topic,
+    _PolicyClients,
+    _read_policy,
+    has_member,
+)
 from homing.provisioning.gcloud import _gcloud_binding
 from homing.provisioning.model import Plan, PushSubscription, service_agent
 
@@ -33,12 +41,15 @@ class Outcome:
         return f"{self.resource}: {self.action}"
 
 
-def provision(plan: Plan, *, apply_iam_bindings: bool = True) -> Iterator[Outcome]:
+def provision(
+    plan: Plan, *, apply_iam_bindings: bool = True, cloud_run: Any | None = None
+) -> Iterator[Outcome]:
     """Bring Pub/Sub to ``plan``, idempotently, yielding one outcome per resource as it goes.
 
     Topics and the subscription are created when missing; a subscription that differs is updated
     in place (its topic cannot change: that is an error). IAM bindings are applied only when
-    ``apply_iam_bindings`` (the emulator has no IAM).
+    ``apply_iam_bindings`` (the emulator has no IAM); the one on the Cloud Run service through
+    ``cloud_run`` (by default a :class:`CloudRunIamClient`).
 
     Raises:
         ProvisioningFailed: Pub/Sub refused or could not be reached; one line says why.
@@ -48,7 +59,8 @@ def provision(plan: Plan, *, apply_iam_bindings: bool = True) -> Iterator[Outcom
             yield _ensure_topic(publisher, topic.name)
         yield _ensure_subscription(subscriber, plan.subscription)
         if apply_iam_bindings and plan.bindings:
-            yield from apply_iam(plan, publisher, subscriber, _project_number(plan.project))
+            number = _project_number(plan.project)
+            yield from apply_iam(plan, publisher, subscriber, number, cloud_run=cloud_run)
 
 
 def _ensure_topic(publisher: Any, name: str) -> Outcome:
@@ -155,23 +167,29 @@ def _merged_push_config(existing: pubsub.PushConfig, planned: PushSubscription) 
 
 
 def apply_iam(
-    plan: Plan, publisher: Any, subscriber: Any, project_number: str
+    plan: Plan,
+    publisher: Any,
+    subscriber: Any,
+    project_number: str,
+    *,
+    cloud_run: Any | None = None,
 ) -> Iterator[Outcome]:
-    """Grant the plan's bindings on the dead-letter topic and the subscription (read, add the
-    member if missing, write back with the policy's etag). The binding on the push service
-    account needs the IAM API, which google-cloud-pubsub does not include: its gcloud command is
-    reported instead.
+    """Grant the plan's bindings on the dead-letter topic, the subscription and the Cloud Run
+    service (read, add the member if missing, write back with the policy's etag); ``cloud_run``
+    holds the service's policy (by default a :class:`CloudRunIamClient`). The binding on the push
+    service account needs the IAM API, which google-cloud-pubsub does not include: its gcloud
+    command is reported instead.
     """
-    member = f"serviceAccount:{service_agent(project_number)}"
+    clients = _PolicyClients(publisher, subscriber, cloud_run or CloudRunIamClient())
+    agent = f"serviceAccount:{service_agent(project_number)}"
     for binding in plan.bindings:
+        member = binding.member or agent
         resource = f"iam {binding.role} on {binding.kind.replace('_', ' ')} {binding.resource}"
         if binding.kind == "service_account":
             command = _gcloud_binding(binding, member).replace(" \\\n    ", " ")
             yield Outcome(resource, f"not applied by homing (needs the IAM API); run: {command}")
             continue
-        client = publisher if binding.kind == "topic" else subscriber
-        with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}"):
-            policy = client.get_iam_policy(request={"resource": binding.resource}, **_call())
+        policy = _read_policy(clients, binding)
         if has_member(policy, binding.role, member):
             yield Outcome(resource, "unchanged")
             continue
@@ -183,7 +201,7 @@ def apply_iam(
         else:
             policy.bindings.add(role=binding.role, members=[member])
         with _calling(f"setting the IAM policy of {binding.kind} {binding.resource}"):
-            client.set_iam_policy(
+            clients.of(binding).set_iam_policy(
                 request={"resource": binding.resource, "policy": policy}, **_call()
             )
         yield Outcome(resource, f"granted to {member}")

@@ -1,4 +1,5 @@
-"""``check``: every way in which Pub/Sub differs from the plan, its IAM bindings included."""
+"""``check``: every way in which Pub/Sub (and the Cloud Run service's IAM) differs from the plan,
+and the reads ``provision`` shares with it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from homing.provisioning.clients import _call, _calling, _clients, _project_number
+from homing.provisioning.clients import (
+    CloudRunIamClient,
+    _call,
+    _calling,
+    _clients,
+    _project_number,
+)
 from homing.provisioning.model import IamBinding, Plan, PushSubscription, service_agent
 
 if TYPE_CHECKING:
@@ -35,11 +42,14 @@ class Difference:
         return f"{self.resource}: {self.field} is {self.actual}, plan says {self.planned}"
 
 
-def check(plan: Plan, *, compare_iam_bindings: bool | None = None) -> list[Difference]:
+def check(
+    plan: Plan, *, compare_iam_bindings: bool | None = None, cloud_run: Any | None = None
+) -> list[Difference]:
     """Every difference between Pub/Sub and ``plan``: resources, subscription settings (the push
     shape included) and, when ``compare_iam_bindings`` (by default: unless
     ``PUBSUB_EMULATOR_HOST`` names an emulator or local broker, which have no IAM), the IAM
-    bindings on the dead-letter topic and the subscription. The binding on the push service
+    bindings on the dead-letter topic, the subscription and the Cloud Run service (read through
+    ``cloud_run``, by default a :class:`CloudRunIamClient`). The binding on the push service
     account needs the IAM API, which google-cloud-pubsub does not include: it is not compared.
 
     Raises:
@@ -57,18 +67,46 @@ def check(plan: Plan, *, compare_iam_bindings: bool | None = None) -> list[Diffe
             differences.append(Difference(f"subscription {plan.subscription.name}"))
         else:
             differences += _compare(existing, plan.subscription)
-        pubsub_bindings = [b for b in plan.bindings if b.kind in ("topic", "subscription")]
-        if compare_iam_bindings and pubsub_bindings and not differences:
-            member = f"serviceAccount:{service_agent(_project_number(plan.project))}"
-            for binding in pubsub_bindings:
-                client = publisher if binding.kind == "topic" else subscriber
-                with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}"):
-                    policy = client.get_iam_policy(
-                        request={"resource": binding.resource}, **_call()
-                    )
-                if not has_member(policy, binding.role, member):
-                    differences.append(Difference(_iam_resource(binding, member)))
+        if compare_iam_bindings and not differences:
+            clients = _PolicyClients(publisher, subscriber, cloud_run or CloudRunIamClient())
+            differences += _missing_bindings(plan, clients)
     return differences
+
+
+@dataclass(frozen=True)
+class _PolicyClients:
+    """Who holds the IAM policy of each kind of resource."""
+
+    publisher: Any
+    subscriber: Any
+    cloud_run: Any
+
+    def of(self, binding: IamBinding) -> Any:
+        by_kind = {
+            "topic": self.publisher,
+            "subscription": self.subscriber,
+            "run_service": self.cloud_run,
+        }
+        return by_kind[binding.kind]
+
+
+def _missing_bindings(plan: Plan, clients: _PolicyClients) -> list[Difference]:
+    """The plan's bindings that no policy grants, but the one on the push service account."""
+    compared = [b for b in plan.bindings if b.kind != "service_account"]
+    agent = ""  # looked up only when a compared binding is the service agent's
+    if any(b.member is None for b in compared):
+        agent = f"serviceAccount:{service_agent(_project_number(plan.project))}"
+    missing: list[Difference] = []
+    for binding in compared:
+        member = binding.member or agent
+        if not has_member(_read_policy(clients, binding), binding.role, member):
+            missing.append(Difference(_iam_resource(binding, member)))
+    return missing
+
+
+def _read_policy(clients: _PolicyClients, binding: IamBinding) -> Any:
+    with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}"):
+        return clients.of(binding).get_iam_policy(request={"resource": binding.resource}, **_call())
 
 
 def has_member(policy: Any, role: str, member: str) -> bool:
@@ -81,7 +119,7 @@ def has_member(policy: Any, role: str, member: str) -> bool:
 
 
 def _iam_resource(binding: IamBinding, member: str) -> str:
-    return f"iam {binding.role} for {member} on {binding.kind} {binding.resource}"
+    return f"iam {binding.role} for {member} on {binding.kind.replace('_', ' ')} {binding.resource}"
 
 
 def _compare(existing: pubsub.Subscription, planned: PushSubscription) -> list[Difference]:

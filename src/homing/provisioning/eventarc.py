@@ -3,14 +3,20 @@ and its gcloud and Terraform renderings. Eventarc creates and owns the subscript
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from homing.errors import ConfigurationError
 from homing.provisioning.gcloud import _AGENT_VARIABLE, _command, _gcloud_binding
-from homing.provisioning.model import _EMAIL, _PROJECT, IamBinding, _name, service_agent
+from homing.provisioning.model import (
+    _EMAIL,
+    _PROJECT,
+    IamBinding,
+    _name,
+    _run_service_name,
+    service_agent,
+)
 from homing.provisioning.terraform import _block, _hcl, _terraform_binding, _topic_block
 from homing.settings import Settings
 
@@ -18,8 +24,6 @@ from homing.settings import Settings
 PUBSUB_MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 _EVENTARC_REQUIRED = ("project", "topic", "push_endpoint", "push_service_account")
 _EVENTARC_NAMED = ("run_service", "region")
-_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]")
-_SERVICE = re.compile(r"[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class EventarcTrigger:
                 self.run_service,
                 "roles/run.invoker",
                 "so the trigger's push, with this account's token, may call the service",
+                member=f"serviceAccount:{self.service_account}",
             ),
             IamBinding(
                 "service_account",
@@ -79,16 +84,7 @@ def eventarc_trigger(settings: Settings) -> EventarcTrigger:
             f"{Settings.variable('project')}: {settings.project!r} is not a project id"
         )
     topic = _name(settings.topic, "topics", settings.project, "topic")
-    if not _REGION.fullmatch(settings.region):
-        raise ConfigurationError(
-            f"{Settings.variable('region')}: {settings.region!r} is not a region "
-            "(e.g. europe-west1)"
-        )
-    if not _SERVICE.fullmatch(settings.run_service):
-        raise ConfigurationError(
-            f"{Settings.variable('run_service')}: {settings.run_service!r} is not a Cloud Run "
-            "service name (lowercase letters, digits and hyphens, at most 49)"
-        )
+    _run_service_name(settings.project, settings.region, settings.run_service)  # checks both
     if not _EMAIL.fullmatch(settings.push_service_account):
         raise ConfigurationError(
             f"{Settings.variable('push_service_account')}: {settings.push_service_account!r} "

@@ -45,7 +45,8 @@ def render_gcloud(plan: Plan) -> str:
     expiration = "never" if sub.expires_after is None else f"{sub.expires_after}s"
     flags.append(f"--expiration-period={expiration}")
     lines.append(_command(["gcloud", "pubsub", "subscriptions", "create", sub.name, *flags]))
-    if plan.bindings:
+    agent_bindings = [b for b in plan.bindings if b.member is None]
+    if agent_bindings:
         number = (
             f"$(gcloud projects describe {shlex.quote(plan.project)} "
             "--format='value(projectNumber)')"
@@ -53,26 +54,43 @@ def render_gcloud(plan: Plan) -> str:
         lines += [
             "",
             f"# The Pub/Sub service agent of project {plan.project} needs:",
-            *(
-                f"#   {b.role} on {b.kind.replace('_', ' ')} {b.resource}, {b.reason}"
-                for b in plan.bindings
-            ),
+            *(f"#   {_described(b)}" for b in agent_bindings),
             f'{_AGENT_VARIABLE}="serviceAccount:{service_agent(number)}"',
         ]
-        for binding in plan.bindings:
+        for binding in agent_bindings:
             lines.append(_gcloud_binding(binding, f'"${{{_AGENT_VARIABLE}}}"'))
+    for binding in plan.bindings:
+        if binding.member is not None:
+            lines += [
+                "",
+                f"# {binding.member} needs:",
+                f"#   {_described(binding)}",
+                _gcloud_binding(binding, shlex.quote(binding.member)),
+            ]
     return "\n".join(lines) + "\n"
+
+
+def _described(binding: IamBinding) -> str:
+    return (
+        f"{binding.role} on {binding.kind.replace('_', ' ')} {binding.resource}, {binding.reason}"
+    )
 
 
 def _gcloud_binding(binding: IamBinding, member: str) -> str:
     """The gcloud command granting ``binding`` to ``member`` (already quoted for the shell)."""
-    group = {
-        "topic": ["pubsub", "topics"],
-        "subscription": ["pubsub", "subscriptions"],
-        "service_account": ["iam", "service-accounts"],
-    }[binding.kind]
-    command = ["gcloud", *group, "add-iam-policy-binding", shlex.quote(binding.resource)]
-    flags = [f"--member={member}", f"--role={shlex.quote(binding.role)}"]
+    where: list[str] = []
+    if binding.kind == "run_service":
+        _, project, _, region, _, service = binding.resource.split("/")
+        command = ["gcloud", "run", "services", "add-iam-policy-binding", shlex.quote(service)]
+        where = [f"--project={shlex.quote(project)}", f"--region={shlex.quote(region)}"]
+    else:
+        group = {
+            "topic": ["pubsub", "topics"],
+            "subscription": ["pubsub", "subscriptions"],
+            "service_account": ["iam", "service-accounts"],
+        }[binding.kind]
+        command = ["gcloud", *group, "add-iam-policy-binding", shlex.quote(binding.resource)]
+    flags = [*where, f"--member={member}", f"--role={shlex.quote(binding.role)}"]
     return " \\\n    ".join([" ".join(command), *flags])
 
 

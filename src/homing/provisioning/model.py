@@ -19,6 +19,8 @@ _ID_RULE = (
 _PROJECT = re.compile(r"(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _PATH = re.compile(r"projects/([^/]+)/([a-z]+)/([^/]+)")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]")
+_SERVICE = re.compile(r"[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,18 @@ class PushSubscription:
 
 @dataclass(frozen=True)
 class IamBinding:
-    """A role the Pub/Sub service agent needs on one resource, and why."""
+    """A role a member needs on one resource, and why.
+
+    ``member`` is ``None`` for the Pub/Sub service agent, whose email holds the project number
+    (looked up when the binding is applied); any other member is named, e.g.
+    ``serviceAccount:EMAIL``.
+    """
 
     kind: Literal["topic", "subscription", "service_account", "run_service"]
     resource: str
     role: str
     reason: str
+    member: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class Plan:
 
     ``project`` is the subscription's project: its Pub/Sub service agent
     (``service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com``) is the member of every
-    binding.
+    binding that names none.
     """
 
     project: str
@@ -179,6 +187,7 @@ def plan(settings: Settings) -> Plan:
             f"{Settings.variable('push_service_account')}: without it Pub/Sub pushes no token "
             "and the service refuses every push"
         )
+    invoker = _invoker_binding(settings, project, push_auth)
 
     subscription_project = subscription.split("/")[1]
     bindings: list[IamBinding] = []
@@ -208,6 +217,8 @@ def plan(settings: Settings) -> Plan:
                 "to acknowledge the dead-lettered messages on the source subscription",
             ),
         ]
+    if invoker is not None:
+        bindings.append(invoker)
     return Plan(
         project=subscription_project,
         topic=Topic(topic),
@@ -248,3 +259,48 @@ def _name(value: str, kind: str, project: str, setting: str) -> str:
     if not _ID.fullmatch(value) or value.lower().startswith("goog"):
         raise ConfigurationError(f"{variable}: {value!r} is not a valid {singular} id: {_ID_RULE}")
     return f"projects/{project}/{kind}/{value}"
+
+
+def _invoker_binding(
+    settings: Settings, project: str, push_auth: PushAuth | None
+) -> IamBinding | None:
+    """``roles/run.invoker`` for the push account on the Cloud Run service, when one is named."""
+    if not settings.run_service and not settings.region:
+        return None
+    if not settings.run_service or not settings.region:
+        given, other = (
+            ("run_service", "region") if settings.run_service else ("region", "run_service")
+        )
+        raise ConfigurationError(
+            f"{Settings.variable(given)} is set but {Settings.variable(other)} is not: the "
+            "roles/run.invoker binding on the Cloud Run service needs both"
+        )
+    if push_auth is None:
+        raise ConfigurationError(
+            f"{Settings.variable('run_service')} is set but "
+            f"{Settings.variable('push_service_account')} is not: without a push token there is "
+            "no account to allow to invoke the service"
+        )
+    return IamBinding(
+        "run_service",
+        _run_service_name(project, settings.region, settings.run_service),
+        "roles/run.invoker",
+        "to call the service: without it, a service that requires authentication "
+        "(--no-allow-unauthenticated) answers every push 403",
+        member=f"serviceAccount:{push_auth.service_account_email}",
+    )
+
+
+def _run_service_name(project: str, region: str, service: str) -> str:
+    """``projects/P/locations/R/services/S``, or a ConfigurationError naming the setting that
+    cannot work."""
+    if not _REGION.fullmatch(region):
+        raise ConfigurationError(
+            f"{Settings.variable('region')}: {region!r} is not a region (e.g. europe-west1)"
+        )
+    if not _SERVICE.fullmatch(service):
+        raise ConfigurationError(
+            f"{Settings.variable('run_service')}: {service!r} is not a Cloud Run "
+            "service name (lowercase letters, digits and hyphens, at most 49)"
+        )
+    return f"projects/{project}/locations/{region}/services/{service}"

@@ -13,7 +13,7 @@ def render_terraform(plan: Plan) -> str:
     sub = plan.subscription
     topics = {plan.topic.name: "google_pubsub_topic.homing"}
     blocks: list[str] = []
-    if plan.bindings:
+    if any(b.member is None for b in plan.bindings):
         blocks += [
             _block('data "google_project" "homing"', [("project_id", _hcl(plan.project))]),
             _block(
@@ -90,6 +90,19 @@ def _topic_block(label: str, name: str) -> str:
 def _terraform_binding(binding: IamBinding, topics: dict[str, str]) -> str:
     member = ("member", "local.pubsub_service_agent")
     role = ("role", _hcl(binding.role))
+    if binding.kind == "run_service":
+        assert binding.member is not None  # the push account, named by the plan
+        _, project, _, region, _, service = binding.resource.split("/")
+        return f"# {binding.member} needs {binding.role} {binding.reason}.\n" + _block(
+            'resource "google_cloud_run_service_iam_member" "homing_push_invoker"',
+            [
+                ("project", _hcl(project)),
+                ("location", _hcl(region)),
+                ("service", _hcl(service)),
+                role,
+                ("member", _hcl(binding.member)),
+            ],
+        )
     header = f"# The Pub/Sub service agent needs {binding.role} {binding.reason}.\n"
     if binding.kind == "topic":
         topic = topics[binding.resource]
