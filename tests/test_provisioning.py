@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
@@ -12,21 +14,30 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
+import urllib3
 from google.iam.v1 import policy_pb2  # type: ignore[import-untyped]
 
 from homing import ConfigurationError, Settings
 from homing.cli import main
 from homing.provisioning import (
+    CALL_TIMEOUT,
+    CloudRunIamClient,
     DeadLetter,
+    Difference,
     IamBinding,
     Plan,
+    ProvisioningFailed,
     PushAuth,
     apply_iam,
+    check,
     eventarc_trigger,
     has_member,
     plan,
+    provision,
     render_eventarc_gcloud,
     render_eventarc_terraform,
     render_gcloud,
@@ -997,3 +1008,303 @@ def test_check_on_the_emulator_says_iam_was_not_compared(
     captured = capsys.readouterr()
     assert captured.out == "no drift\n"
     assert captured.err.startswith("iam: not compared, the emulator at ")
+
+
+# --- the push account may invoke the Cloud Run service ---------------------------------------
+
+SERVICE = "projects/homing-test/locations/europe-west1/services/users-api"
+RUN_FLAGS = ["--push-service-account", PUSHER, "--run-service", "users-api"]
+RUN_FLAGS += ["--region", "europe-west1"]
+INVOKER_REASON = (
+    "to call the service: without it, a service that requires authentication "
+    "(--no-allow-unauthenticated) answers every push 403"
+)
+
+
+def run_settings(**overrides: Any) -> Settings:
+    return full_settings(run_service="users-api", region="europe-west1", **overrides)
+
+
+@pytest.mark.parametrize("shape", ["wrapped", "unwrapped"])
+def test_a_named_cloud_run_service_lets_the_push_account_invoke_it(shape: str) -> None:
+    result = plan(run_settings(push_shape=shape))
+    assert result.bindings[-1] == IamBinding(
+        "run_service",
+        SERVICE,
+        "roles/run.invoker",
+        INVOKER_REASON,
+        member=f"serviceAccount:{PUSHER}",
+    )
+    assert [b.member for b in result.bindings[:-1]] == [None, None, None]  # the service agent
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"region": None},
+            "HOMING_RUN_SERVICE is set but HOMING_REGION is not: the roles/run.invoker binding "
+            "on the Cloud Run service needs both",
+        ),
+        ({"run_service": None}, "HOMING_REGION is set but HOMING_RUN_SERVICE is not"),
+        (
+            {"push_service_account": None},
+            "HOMING_RUN_SERVICE is set but HOMING_PUSH_SERVICE_ACCOUNT is not: without a push "
+            "token there is no account to allow to invoke the service",
+        ),
+        ({"region": "europe"}, "HOMING_REGION: 'europe' is not a region (e.g. europe-west1)"),
+        ({"run_service": "Users_API"}, "HOMING_RUN_SERVICE: 'Users_API' is not a Cloud Run"),
+    ],
+)
+def test_a_cloud_run_service_that_cannot_work_is_refused(
+    overrides: dict[str, Any], message: str
+) -> None:
+    values: dict[str, Any] = {"run_service": "users-api", "region": "europe-west1"}
+    values.update(overrides)
+    with pytest.raises(ConfigurationError, match="^" + re.escape(message)):
+        plan(full_settings(**values))
+
+
+GCLOUD_INVOKER = (
+    f"\n# serviceAccount:{PUSHER} needs:\n"
+    f"#   roles/run.invoker on run service {SERVICE}, {INVOKER_REASON}\n"
+    "gcloud run services add-iam-policy-binding users-api \\\n"
+    "    --project=homing-test \\\n"
+    "    --region=europe-west1 \\\n"
+    f"    --member=serviceAccount:{PUSHER} \\\n"
+    "    --role=roles/run.invoker\n"
+)
+TERRAFORM_INVOKER = (
+    f"# serviceAccount:{PUSHER} needs roles/run.invoker {INVOKER_REASON}.\n"
+    'resource "google_cloud_run_service_iam_member" "homing_push_invoker" {\n'
+    '  project  = "homing-test"\n'
+    '  location = "europe-west1"\n'
+    '  service  = "users-api"\n'
+    '  role     = "roles/run.invoker"\n'
+    f'  member   = "serviceAccount:{PUSHER}"\n'
+    "}\n"
+)
+
+
+@pytest.mark.parametrize("shape", ["wrapped", "unwrapped"])
+def test_plan_prints_the_invoker_binding_for_gcloud(
+    capsys: pytest.CaptureFixture[str], shape: str
+) -> None:
+    assert main(["plan", *FLAGS, *RUN_FLAGS, "--push-shape", shape]) == 0
+    script = capsys.readouterr().out
+    assert script == render_gcloud(plan(run_settings(dead_letter_topic=None, push_shape=shape)))
+    # After the service agent's bindings, granted to the push account by name.
+    assert script.endswith("    --role=roles/iam.serviceAccountTokenCreator\n" + GCLOUD_INVOKER)
+    assert ("--push-no-wrapper" in script) is (shape == "unwrapped")
+
+
+@pytest.mark.parametrize("shape", ["wrapped", "unwrapped"])
+def test_plan_prints_the_invoker_binding_for_terraform(
+    capsys: pytest.CaptureFixture[str], shape: str
+) -> None:
+    assert main(["plan", "--format", "terraform", *FLAGS, *RUN_FLAGS, "--push-shape", shape]) == 0
+    hcl = capsys.readouterr().out
+    assert hcl == render_terraform(plan(run_settings(dead_letter_topic=None, push_shape=shape)))
+    assert hcl.endswith("\n" + TERRAFORM_INVOKER)
+    assert 'resource "google_service_account_iam_member" "homing_push_token_creator"' in hcl
+    assert ("no_wrapper" in hcl) is (shape == "unwrapped")
+
+
+def test_without_a_cloud_run_service_no_invoker_binding_is_printed() -> None:
+    the_plan = plan(full_settings())
+    assert "gcloud run" not in render_gcloud(the_plan)
+    assert "cloud_run" not in render_terraform(the_plan)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+def test_the_invoker_binding_is_formatted_as_terraform_fmt_would(tmp_path: Path) -> None:
+    (tmp_path / "homing.tf").write_text(render_terraform(plan(run_settings())))
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-diff", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": "/dev/null"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_apply_iam_grants_the_invoker_binding_once_to_the_push_account() -> None:
+    the_plan = plan(run_settings())
+    publisher, subscriber, cloud_run = FakeIamClient(), FakeIamClient(), FakeIamClient()
+    existing = policy_pb2.Policy(etag=b"7")
+    existing.bindings.add(role="roles/run.invoker", members=["user:a@example.com"])
+    cloud_run.policies[SERVICE] = existing
+    pusher = f"serviceAccount:{PUSHER}"
+
+    first = [str(o) for o in apply_iam(the_plan, publisher, subscriber, "42", cloud_run=cloud_run)]
+
+    assert first[-1] == f"iam roles/run.invoker on run service {SERVICE}: granted to {pusher}"
+    invokers = cloud_run.policies[SERVICE].bindings
+    assert [(b.role, list(b.members)) for b in invokers] == [
+        ("roles/run.invoker", ["user:a@example.com", pusher])
+    ]
+    second = [str(o) for o in apply_iam(the_plan, publisher, subscriber, "42", cloud_run=cloud_run)]
+    assert second[-1] == f"iam roles/run.invoker on run service {SERVICE}: unchanged"
+    assert (publisher.writes, subscriber.writes, cloud_run.writes) == (1, 1, 1)
+
+
+def test_check_reports_a_missing_invoker_binding(emulator: str, names: Names) -> None:
+    # Pub/Sub from the emulator, the service's policy from the fake: the emulator has no IAM,
+    # and without a dead-letter topic only the service's policy is read.
+    the_plan = plan(
+        run_settings(
+            topic=names.topic,
+            subscription=names.subscription,
+            push_endpoint="http://127.0.0.1:9/events",
+            dead_letter_topic=None,
+        )
+    )
+    list(provision(the_plan, apply_iam_bindings=False))
+    cloud_run = FakeIamClient()
+    pusher = f"serviceAccount:{PUSHER}"
+
+    differences = check(the_plan, compare_iam_bindings=True, cloud_run=cloud_run)
+
+    assert differences == [
+        Difference(f"iam roles/run.invoker for {pusher} on run service {SERVICE}")
+    ]
+    assert str(differences[0]) == (
+        f"iam roles/run.invoker for {pusher} on run service {SERVICE} is missing"
+    )
+    list(apply_iam(the_plan, FakeIamClient(), FakeIamClient(), "42", cloud_run=cloud_run))
+    assert check(the_plan, compare_iam_bindings=True, cloud_run=cloud_run) == []
+    assert check(the_plan, compare_iam_bindings=False, cloud_run=FakeIamClient()) == []
+
+
+class FakeCloudRunApi(requests.adapters.BaseAdapter):
+    """run.googleapis.com's getIamPolicy and setIamPolicy at requests' transport: policies kept
+    as JSON per service, with an etag check; ``status`` answers every request with that error,
+    ``unreachable`` fails to connect."""
+
+    def __init__(self, *, status: int = 200, unreachable: bool = False) -> None:
+        super().__init__()
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.writes = 0
+        self.status = status
+        self.unreachable = unreachable
+
+    def send(
+        self, request: requests.PreparedRequest, *_args: Any, **options: Any
+    ) -> requests.Response:
+        assert request.url is not None
+        url = urlsplit(request.url)
+        assert (url.netloc, options["timeout"]) == ("run.googleapis.com", CALL_TIMEOUT)
+        resource, _, verb = url.path.removeprefix("/v2/").partition(":")
+        self.calls.append((str(request.method), verb))
+        if self.unreachable:
+            raise requests.ConnectionError("Connection refused")
+        if self.status != 200:
+            message = {403: f"Permission '{verb}' denied", 404: "Service not found"}[self.status]
+            error = {"code": self.status, "message": message}
+            return self._answer(request, self.status, {"error": error})
+        current = self.policies.setdefault(resource, {"etag": "BwY="})
+        if verb == "getIamPolicy":
+            assert request.method == "GET"
+            assert parse_qs(url.query) == {"options.requestedPolicyVersion": ["3"]}
+            return self._answer(request, 200, current)
+        assert (request.method, verb) == ("POST", "setIamPolicy")
+        assert isinstance(request.body, bytes)
+        policy = json.loads(request.body)["policy"]
+        if policy.get("etag") != current["etag"]:
+            return self._answer(request, 409, {"error": {"code": 409, "message": "etag"}})
+        self.writes += 1
+        policy["etag"] = f"BwY{self.writes}"
+        self.policies[resource] = policy
+        return self._answer(request, 200, policy)
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def _answer(
+        request: requests.PreparedRequest, status: int, body: dict[str, Any]
+    ) -> requests.Response:
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(json.dumps(body).encode()),
+            status=status,
+            headers={"Content-Type": "application/json"},
+            preload_content=False,
+        )
+        return requests.adapters.HTTPAdapter().build_response(request, raw)
+
+
+def cloud_run_client(api: FakeCloudRunApi) -> CloudRunIamClient:
+    session = requests.Session()
+    session.mount("https://run.googleapis.com/", api)
+    return CloudRunIamClient(session)
+
+
+def test_the_invoker_binding_is_applied_through_the_cloud_run_admin_api() -> None:
+    api = FakeCloudRunApi()
+    conditional = {
+        "role": "roles/run.invoker",
+        "members": [f"serviceAccount:{PUSHER}"],
+        "condition": {"expression": "request.time < timestamp('2030-01-01T00:00:00Z')"},
+    }
+    developers = {"role": "roles/run.developer", "members": ["user:b@example.com"]}
+    api.policies[SERVICE] = {"version": 3, "etag": "BwY=", "bindings": [conditional, developers]}
+    cloud_run = cloud_run_client(api)
+    the_plan = plan(run_settings(dead_letter_topic=None))
+
+    outcomes = [str(o) for o in apply_iam(the_plan, None, None, "42", cloud_run=cloud_run)]
+
+    assert outcomes[-1] == (
+        f"iam roles/run.invoker on run service {SERVICE}: granted to serviceAccount:{PUSHER}"
+    )
+    assert api.calls == [("GET", "getIamPolicy"), ("POST", "setIamPolicy")]
+    assert api.policies[SERVICE] == {
+        "version": 3,  # the conditional binding is kept as it was
+        "etag": "BwY1",
+        "bindings": [
+            conditional,
+            developers,
+            {"role": "roles/run.invoker", "members": [f"serviceAccount:{PUSHER}"]},
+        ],
+    }
+    again = [str(o) for o in apply_iam(the_plan, None, None, "42", cloud_run=cloud_run)]
+    assert again[-1].endswith(": unchanged")
+    assert api.writes == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "failure"),
+    [
+        (
+            {"status": 403},
+            "403 Permission 'getIamPolicy' denied; the caller needs roles/run.admin on the service",
+        ),
+        ({"status": 404}, "404 Service not found; is the service deployed, in that project"),
+        ({"unreachable": True}, "cannot reach run.googleapis.com: Connection refused"),
+    ],
+)
+def test_cloud_run_failures_are_one_line(fault: dict[str, Any], failure: str) -> None:
+    with pytest.raises(ProvisioningFailed) as caught:
+        cloud_run_client(FakeCloudRunApi(**fault)).get_iam_policy(request={"resource": SERVICE})
+    message = str(caught.value)
+    assert message.startswith(
+        f"reading the IAM policy of Cloud Run service {SERVICE}: {failure}"
+    ), message
+    assert "\n" not in message
+
+
+# --- the package ------------------------------------------------------------------------------
+
+
+def test_the_package_exports_exactly_all() -> None:
+    import types
+
+    import homing.provisioning
+
+    exported = {
+        name
+        for name, value in vars(homing.provisioning).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert exported == set(homing.provisioning.__all__)

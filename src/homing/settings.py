@@ -100,7 +100,8 @@ class Settings:
         push_shape: ``wrapped`` (Pub/Sub's JSON envelope), ``unwrapped`` (``noWrapper`` with
             write-metadata) or ``eventarc`` (a trigger delivering CloudEvents) — what
             ``homing plan`` sets up; the endpoint accepts all three.
-        run_service, region: the Cloud Run service and its region (for an Eventarc trigger).
+        run_service, region: the Cloud Run service and its region: the push account gets
+            ``roles/run.invoker`` on it; with ``eventarc``, the trigger's destination.
         push_service_account: the service account whose OIDC token Pub/Sub attaches.
         oidc_audience: the token audience to require (default: ``push_endpoint``).
         oidc_service_accounts: accepted token emails, comma-separated (default:
