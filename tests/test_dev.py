@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from homing.dev import DEV_TOPIC, dev_environment, dev_signing_keys
+from homing.errors import ConfigurationError
 
 BROKER = {"grpc": "127.0.0.1:9000", "http": "http://127.0.0.1:9001"}
 
@@ -48,3 +49,30 @@ def test_the_broker_imports_nothing_of_homing_dev() -> None:
         check=True,
     ).stdout
     assert loaded.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["https://api.example.com/events", "http://10.1.2.3:8080/events", "http://[2001:db8::1]/e"],
+)
+def test_a_push_endpoint_on_another_machine_is_refused_unless_forced(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    # A shell that still holds production's endpoint must not get this machine's pushes.
+    monkeypatch.setenv("HOMING_PUSH_ENDPOINT", endpoint)
+    with pytest.raises(ConfigurationError, match="--allow-remote-push"):
+        dev_environment(BROKER, host="127.0.0.1", port=8080, push_path="/events")
+    env = dev_environment(
+        BROKER, host="127.0.0.1", port=8080, push_path="/events", allow_remote_push=True
+    )
+    assert "HOMING_PUSH_ENDPOINT" not in env  # the shell's value stays, as asked
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://localhost:9/events", "http://127.0.0.2/e", "http://[::1]:8080/e"]
+)
+def test_a_loopback_push_endpoint_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    monkeypatch.setenv("HOMING_PUSH_ENDPOINT", endpoint)
+    dev_environment(BROKER, host="127.0.0.1", port=8080, push_path="/events")

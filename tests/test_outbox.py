@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from homing import Homing, OutgoingMessage, Publisher
+from homing import ConfigurationError, Homing, MemoryPublisher, OutgoingMessage, Publisher
 from homing.outbox import FlushEndpoint, SQLOutbox
 from tests.conftest import SQL_BACKENDS, OrderPlaced, open_sql_engine
 
@@ -333,3 +333,8 @@ def test_the_package_exports_exactly_all() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert exported == set(homing.outbox.__all__) == {"FlushEndpoint", "FlushReport", "SQLOutbox"}
+
+
+async def test_a_flush_token_needs_16_bytes(engine: AsyncEngine) -> None:
+    with pytest.raises(ConfigurationError, match="flush token is shorter than 16 bytes"):
+        FlushEndpoint(SQLOutbox(engine, MemoryPublisher()), token="short")

@@ -151,3 +151,18 @@ def test_explicit_oidc_settings_win() -> None:
 def test_backoffs_must_be_ordered() -> None:
     with pytest.raises(ConfigurationError, match="HOMING_MIN_BACKOFF"):
         Settings.from_env({"HOMING_MIN_BACKOFF": "100", "HOMING_MAX_BACKOFF": "50"})
+
+
+@pytest.mark.parametrize("variable", ["HOMING_FLUSH_TOKEN", "HOMING_LEGACY_SECRET"])
+def test_tokens_and_legacy_secrets_need_16_bytes_and_are_never_echoed(variable: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{variable}: must be at least 16 bytes") as e:
+        Settings.from_env({variable: "short-secret-x"})
+    assert "short-secret-x" not in str(e.value)
+    assert Settings.from_env({variable: "a-secret-of-16-bytes"})
+
+
+def test_the_legacy_format_without_oidc_is_a_flag() -> None:
+    assert Settings.from_env({"HOMING_LEGACY_WITHOUT_OIDC": "true"}).legacy_without_oidc
+    assert not Settings.from_env({}).legacy_without_oidc
+    with pytest.raises(ConfigurationError, match="HOMING_LEGACY_WITHOUT_OIDC: must be true or"):
+        Settings.from_env({"HOMING_LEGACY_WITHOUT_OIDC": "maybe"})

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from homing.broker.cli import child_broker
 from homing.errors import ConfigurationError
@@ -49,13 +51,28 @@ def add_command(commands: Any) -> None:
     dev.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     dev.add_argument("--push-path", default="/events", help="the app's push endpoint path")
     dev.add_argument("--data", default="homing-broker.sqlite3", help="the broker's SQLite file")
+    dev.add_argument(
+        "--allow-remote-push",
+        action="store_true",
+        help="let HOMING_PUSH_ENDPOINT name a host that is not this machine (the local broker "
+        "would push signed, token-bearing requests there)",
+    )
     dev.set_defaults(run=_dev)
 
 
 def dev_environment(
-    addresses: Mapping[str, str], *, host: str, port: int, push_path: str
+    addresses: Mapping[str, str],
+    *,
+    host: str,
+    port: int,
+    push_path: str,
+    allow_remote_push: bool = False,
 ) -> dict[str, str]:
-    """The variables ``homing dev`` sets: those that point at the broker, then defaults."""
+    """The variables ``homing dev`` sets: those that point at the broker, then defaults.
+
+    Raises :class:`ConfigurationError` when the push endpoint (``HOMING_PUSH_ENDPOINT`` from
+    the shell, say a production URL) is not on this machine, unless ``allow_remote_push``.
+    """
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     forced = {
         "PUBSUB_EMULATOR_HOST": addresses["grpc"],
@@ -73,7 +90,25 @@ def dev_environment(
         "HOMING_PUSH_SERVICE_ACCOUNT": DEV_PUSH_ACCOUNT,
         "HOMING_AUTH": "both",
     }
-    return forced | {k: v for k, v in defaults.items() if k not in os.environ}
+    chosen = forced | {k: v for k, v in defaults.items() if k not in os.environ}
+    endpoint = chosen.get("HOMING_PUSH_ENDPOINT") or os.environ["HOMING_PUSH_ENDPOINT"]
+    if not allow_remote_push and not _on_this_machine(endpoint, host):
+        raise ConfigurationError(
+            f"HOMING_PUSH_ENDPOINT names another machine ({urlsplit(endpoint).hostname}): "
+            "homing dev would push this machine's events there. Unset it, or pass "
+            "--allow-remote-push if that is meant"
+        )
+    return chosen
+
+
+def _on_this_machine(url: str, listening_on: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host in ("localhost", listening_on.lower()):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def dev_signing_keys(path: Path) -> str:
@@ -108,7 +143,13 @@ def _dev(args: argparse.Namespace) -> int:
     data = str(Path(args.data).resolve())
     with child_broker(data) as addresses:
         os.environ.update(
-            dev_environment(addresses, host=args.host, port=args.port, push_path=args.push_path)
+            dev_environment(
+                addresses,
+                host=args.host,
+                port=args.port,
+                push_path=args.push_path,
+                allow_remote_push=args.allow_remote_push,
+            )
         )
         if "HOMING_SIGNING_KEYS" not in os.environ:
             os.environ["HOMING_SIGNING_KEYS"] = dev_signing_keys(Path(data + ".signing-keys"))

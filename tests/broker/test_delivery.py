@@ -272,6 +272,29 @@ async def test_unwrapped_push_with_metadata(broker: Broker, topic: str, receiver
     assert TOPIC not in request.headers.values()
 
 
+async def test_attributes_never_frame_an_unwrapped_push(
+    broker: Broker, topic: str, receiver: Receiver
+) -> None:
+    await broker.create_subscription(
+        subscription(no_wrapper=pubsub.PushConfig.NoWrapper(write_metadata=True))
+    )
+    framing = {
+        "Host": "elsewhere.example",
+        "content-length": "1",
+        "Transfer-Encoding": "chunked",
+        "connection": "close",
+        "tenant": "a",
+    }
+    await broker.publish(topic, [(b"0123456789", framing, "")])
+    [request] = await receiver.wait_for(1)
+    assert request.content == b"0123456789"
+    assert request.headers["content-length"] == "10"
+    assert request.headers["host"] != "elsewhere.example"
+    assert "transfer-encoding" not in request.headers
+    assert request.headers.get("connection") != "close"
+    assert request.headers["tenant"] == "a"
+
+
 async def test_a_message_to_a_topic_without_subscriptions_is_not_kept(
     broker: Broker, topic: str
 ) -> None:

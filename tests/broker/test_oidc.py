@@ -26,7 +26,7 @@ def _verifier(broker: Broker, audience: str = ENDPOINT) -> OIDCVerifier:
     return OIDCVerifier(
         audience=audience,
         service_accounts=[ACCOUNT],
-        certs_url="http://broker.test/certs",
+        certs_url="http://127.0.0.1:8086/certs",
         client=web,
     )
 

@@ -40,3 +40,26 @@ async def test_messages_published_with_no_subscription_are_not_kept(tmp_path: Pa
     storage.close()
     assert kept[0].seq == lost[0].seq + 1  # the lost message's id stays used
     assert [p.message.data for p in pending] == [b"b"]
+
+
+async def test_the_files_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
+    # They hold the dev OIDC signing key and every signed message.
+    path = tmp_path / "broker.sqlite3"
+    storage = Storage(path)
+    await storage.run(Storage.publish(TOPIC, [(b"a", {}, "")], [SUBSCRIPTION], 1.0))
+    modes = _modes(tmp_path)
+    storage.close()
+    assert {"broker.sqlite3", "broker.sqlite3-wal"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+async def test_a_world_readable_file_an_older_version_left_is_narrowed(tmp_path: Path) -> None:
+    path = tmp_path / "broker.sqlite3"
+    Storage(path).close()
+    path.chmod(0o644)
+    Storage(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}

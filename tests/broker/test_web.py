@@ -56,22 +56,56 @@ async def test_the_page_escapes_message_data_and_attributes(failing: Broker) -> 
 async def test_replay_from_the_page_and_cross_site_refusal(failing: Broker) -> None:
     message_id = await _dead_letter_one(failing)
     transport = httpx.ASGITransport(app=create_app(failing))
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as web:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8086") as web:
         form = {"subscription": SUBSCRIPTION, "message": message_id}
         refused = await web.post("/replay", data=form, headers={"origin": "http://evil.example"})
         assert refused.status_code == 403
         assert failing.worker(SUBSCRIPTION).dead
         missing = await web.post("/replay", data={**form, "message": "999"})
         assert missing.status_code == 404
-        replayed = await web.post("/replay", data=form, headers={"origin": "http://broker.test"})
+        replayed = await web.post("/replay", data=form, headers={"origin": "http://127.0.0.1:8086"})
         assert replayed.status_code == 303
         assert not failing.worker(SUBSCRIPTION).dead or failing.worker(SUBSCRIPTION).acked == 0
+
+
+@pytest.mark.parametrize(
+    "host", ["attacker.example", "attacker.example:8086", "127.0.0.1.nip.io", "[::2]:1", ""]
+)
+async def test_a_request_naming_another_host_is_refused(failing: Broker, host: str) -> None:
+    # A DNS-rebinding page reaches 127.0.0.1 under its own name: every route, GET included.
+    await _dead_letter_one(failing)
+    transport = httpx.ASGITransport(app=create_app(failing))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8086") as web:
+        for path in ("/", "/v1/broker", "/certs"):
+            refused = await web.get(path, headers={"host": host})
+            assert refused.status_code == 421
+            assert HOSTILE not in refused.text
+        form = {"subscription": SUBSCRIPTION, "message": "1"}
+        assert (await web.post("/replay", data=form, headers={"host": host})).status_code == 421
+    assert failing.worker(SUBSCRIPTION).dead
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8086", "localhost:1", "LOCALHOST", "[::1]:8086"])
+async def test_loopback_names_are_served_and_never_framed(failing: Broker, host: str) -> None:
+    transport = httpx.ASGITransport(app=create_app(failing))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8086") as web:
+        page = await web.get("/", headers={"host": host})
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+async def test_the_address_it_listens_on_may_be_named(failing: Broker) -> None:
+    transport = httpx.ASGITransport(app=create_app(failing, host="10.0.0.5"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://10.0.0.5:8086") as web:
+        assert (await web.get("/v1/broker")).status_code == 200
+        assert (await web.get("/v1/broker", headers={"host": "evil"})).status_code == 421
 
 
 async def test_the_rest_view(failing: Broker) -> None:
     await failing.create_topic(pubsub.Topic(name=TOPIC))
     transport = httpx.ASGITransport(app=create_app(failing))
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as web:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8086") as web:
         published = await web.post(
             "/v1/projects/local/topics/events:publish",
             json={"messages": [{"data": base64.b64encode(b"x").decode(), "attributes": {}}]},

@@ -92,3 +92,16 @@ def test_the_publishers_import_nothing_from_the_broker() -> None:
         check=True,
     ).stdout
     assert loaded.strip() == "[]"
+
+
+async def test_the_journal_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "loopback.sqlite3")
+    await journal.append(b"signed", event_type="order.placed", event_id="e1")
+    modes = _modes(tmp_path)
+    journal.close()
+    assert "loopback.sqlite3-wal" in modes
+    assert set(modes.values()) == {0o600}, modes
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}

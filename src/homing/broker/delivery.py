@@ -88,6 +88,25 @@ def _rfc3339(seconds: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+#: Headers that frame or route the push request itself: an attribute of one of these names is
+#: not written as a header.
+_FRAMING = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
 def push_request(
     delivery: Delivery, pending: Pending, attempt: int
 ) -> tuple[bytes, dict[str, str]]:
@@ -114,7 +133,9 @@ def push_request(
         return body, headers
     if delivery.write_metadata:
         for key, value in message.attributes.items():
-            if key.lower() != "content-type":  # sets the request's content type, below
+            # Never the request's own framing (an attribute named content-length would
+            # re-frame the push); content-type is set from its attribute below.
+            if key.lower() not in _FRAMING:
                 headers[key] = value
         headers["x-goog-pubsub-message-id"] = message.message_id
         headers["x-goog-pubsub-publish-time"] = _rfc3339(message.publish_time)

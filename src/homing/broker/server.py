@@ -51,7 +51,7 @@ async def serving(
         raise OSError(f"cannot listen on {host}:{port} for the Pub/Sub API")
     await server.start()
     config = uvicorn.Config(
-        create_app(broker),
+        create_app(broker, host=host),
         host=host,
         port=bound + 1 if http_port is None else http_port,
         log_level="warning",

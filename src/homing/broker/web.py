@@ -8,8 +8,11 @@
 - ``POST /v1/projects/P/subscriptions/S/messages/ID:replay``: deliver a dead letter again.
 - ``GET /``: the web page; its replay buttons post to ``/replay``.
 
-Message data is untrusted: the page escapes everything it shows. State-changing requests from
-another origin are refused (the page has no login: it is meant for loopback only).
+Message data is untrusted: the page escapes everything it shows. The page has no login: it is
+meant for loopback only. So every request must name a loopback host (``127.0.0.1``,
+``localhost``, ``[::1]``) or the address the broker was told to listen on — a DNS-rebinding page
+names its own — state-changing requests from another origin are refused, and no page may frame
+this one (``frame-ancestors 'none'``), so no Replay button can be clicked through another site.
 """
 
 from __future__ import annotations
@@ -67,8 +70,53 @@ def _pending(pending: Pending) -> dict[str, Any]:
     }
 
 
-def create_app(broker: Broker) -> Starlette:
-    """The HTTP application for ``broker``."""
+#: The host names a request may give: loopback, by name or address.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_NOT_FRAMED = [
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header: without its port, an IPv6 address without brackets."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+class LocalOnly:
+    """ASGI middleware: refuse requests naming another host (421), and forbid framing."""
+
+    def __init__(self, app: Any, *, also: str | None = None) -> None:
+        self.app = app
+        self.hosts = LOOPBACK_HOSTS | ({host_name(also)} if also else set())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        if host_name(host).lower() not in self.hosts:
+            response = JSONResponse(
+                {"error": {"message": "this broker answers only to loopback host names"}},
+                status_code=421,
+            )
+            response.raw_headers += _NOT_FRAMED
+            await response(scope, receive, send)
+            return
+
+        async def framed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_NOT_FRAMED]
+            await send(message)
+
+        await self.app(scope, receive, framed)
+
+
+def create_app(broker: Broker, *, host: str | None = None) -> Any:
+    """The HTTP application for ``broker``; ``host``, the address it listens on, may be named
+    in requests besides the loopback names."""
 
     async def certs(_request: Request) -> Response:
         return JSONResponse(broker.issuer.certs(), headers={"cache-control": "public, max-age=300"})
@@ -157,7 +205,7 @@ def create_app(broker: Broker) -> Starlette:
     async def page(_request: Request) -> Response:
         return HTMLResponse(render_page(broker))
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", page),
             Route("/certs", certs),
@@ -174,6 +222,7 @@ def create_app(broker: Broker) -> Starlette:
             Route("/v1/projects/{project}/topics/{id}:publish", publish, methods=["POST"]),
         ]
     )
+    return LocalOnly(app, also=host)
 
 
 _STYLE = """

@@ -40,6 +40,8 @@ class FlushEndpoint:
         if not token and oidc is None:
             raise ConfigurationError("the outbox flush route needs a token or an OIDC verifier")
         self.outbox = outbox
+        if token and len(token.encode()) < 16:
+            raise ConfigurationError("the outbox flush token is shorter than 16 bytes")
         self._token = token.encode() if token else None
         self._oidc = oidc
         self.limit = limit

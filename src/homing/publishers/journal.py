@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -30,6 +31,20 @@ class _Stop:
     pass
 
 
+def _owner_only(path: Path) -> None:
+    """Make ``path`` (and any WAL files beside it) readable by its owner alone.
+
+    The files hold signed messages and, for the broker, its OIDC signing key. SQLite creates
+    the ``-wal`` and ``-shm`` files with the database file's mode, so creating that one
+    ``0600`` covers them; files left by an older version are narrowed too.
+    """
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+
+
 class SQLiteWriter:
     """A SQLite file written by one thread: operations queue up and the thread runs each batch in
     one transaction (group commit).
@@ -43,6 +58,7 @@ class SQLiteWriter:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(Path(self.path))
         self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=FULL")
