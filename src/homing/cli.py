@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from homing import provisioning
+from homing import __version__, provisioning
 from homing.broker.cli import add_commands as broker_commands
 from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.envelope import build_push
@@ -352,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homing", description="Signed background events for Cloud Run through Pub/Sub push."
     )
+    parser.add_argument("--version", action="version", version=f"homing {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     envelope = commands.add_parser(
