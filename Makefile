@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-pythons lint format docs bench lock clean
+.PHONY: run test test-pythons lint format docs bench dist lock clean
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ bench: $(STAMP)
 	  || { apt-get update -qq && apt-get install -y -qq wrk; }
 	PYTHONPATH=examples $(BIN)/python -m bench.run
 
+## dist: the wheel and the sdist in dist/, built by the standard front-end, and checked by twine
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 ## lock: re-pin the development environment after changing pyproject.toml; each other supported
 ## Python is checked to install exactly those pins, or gets requirements/dev-3.X.lock of its own
 lock:
@@ -67,4 +73,4 @@ lock:
 	$(PYTHON) scripts/pythons.py lock
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* .mypy_cache .pytest_cache .ruff_cache .cache site
+	rm -rf $(VENV) $(VENV)-3.* .mypy_cache .pytest_cache .ruff_cache .cache site build dist

@@ -3,9 +3,10 @@
 The supported versions are pyproject.toml's classifiers (``Programming Language :: Python ::
 3.X``). The one running this script builds ``.venv`` and runs the whole suite (the Makefile);
 each other one gets ``.venv-3.X``, built the same way from pyproject.toml and pinned by the
-development lock, and runs the suite without the tests that start real processes (those run
-once, on ``.venv``'s Python). An interpreter is ``python3.X`` on PATH, else pyenv's newest 3.X.
-Under CI (``CI`` set) one not found fails, naming it; elsewhere it is skipped, saying so.
+development lock, and runs the suite without the tests that start real processes or build the
+distribution (those run once, on ``.venv``'s Python). An interpreter is ``python3.X`` on PATH,
+else pyenv's newest 3.X. Under CI (``CI`` set) one not found fails, naming it; elsewhere it is
+skipped, saying so.
 
     python scripts/pythons.py test [PYTEST ARGS]   # `make test`, after the whole suite
     python scripts/pythons.py lock                 # `make lock`, after requirements/dev.lock
@@ -35,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEV_LOCK = ROOT / "requirements" / "dev.lock"
 #: What the other versions leave out: the end-to-end tests (real processes over loopback, the
-#: emulator, the broker), which run on .venv's Python.
-MARKERS = "not e2e"
+#: emulator, the broker) and the distribution's build and install, which run on .venv's Python.
+MARKERS = "not e2e and not dist"
 _CLASSIFIER = re.compile(r"Programming Language :: Python :: (3\.\d+)$")
 _RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
