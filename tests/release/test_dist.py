@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -15,6 +16,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 import pytest
+import readme_renderer.markdown
 
 import homing
 from tests.release.push_in_venv import EXTRA_MODULES
@@ -139,6 +141,19 @@ def test_twine_passes_both(artifacts: Artifacts, tmp_path: Path) -> None:
     twine = [sys.executable, "-m", "twine", "check", "--strict"]
     out = _run([*twine, str(artifacts.wheel), str(artifacts.sdist)], cwd=tmp_path)
     assert out.count("PASSED") == 2, out
+
+
+def test_the_description_renders_as_an_index_shows_it(artifacts: Artifacts) -> None:
+    with zipfile.ZipFile(artifacts.wheel) as wheel:
+        metadata = wheel.read(f"homing-{VERSION}.dist-info/METADATA").decode()
+    description = HeaderParser().parsestr(metadata).get_payload()
+    assert isinstance(description, str)
+    html = readme_renderer.markdown.render(description)  # what twine check and PyPI use
+    assert html is not None
+    assert re.search(r"<h2[^>]*>Installing", html)
+    assert html.count("<table>") >= 4
+    links = re.findall(r'href="([^"]+)"', html)
+    assert [link for link in links if not link.startswith(("#", "https://"))] == []
 
 
 def test_the_wheel_works_on_its_own_with_every_extra(artifacts: Artifacts, tmp_path: Path) -> None:

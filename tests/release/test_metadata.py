@@ -1,8 +1,9 @@
-"""What a release states: one version everywhere."""
+"""What a release states: one version everywhere, and a README that reads on a package index."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 import tomllib
@@ -23,3 +24,11 @@ def test_the_version_has_one_source() -> None:
     ).stdout
     assert said == f"homing {homing.__version__}\n"
     assert importlib.metadata.version("homing") == homing.__version__
+
+
+def test_the_readme_links_nothing_relative() -> None:
+    """On a package index page a relative link leads nowhere: absolute URLs or plain text."""
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)", readme) + re.findall(r"(?:href|src)=\"([^\"]+)", readme)
+    assert [t for t in targets if not t.startswith(("https://", "http://", "#"))] == []
+    assert "../" not in readme
