@@ -1,4 +1,5 @@
-"""What a release states: one version everywhere, and a README that reads on a package index."""
+"""What a release states: one version everywhere, the changelog's shape, and a README that reads
+on a package index."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from datetime import date
 from pathlib import Path
 
 import homing
@@ -24,6 +26,17 @@ def test_the_version_has_one_source() -> None:
     ).stdout
     assert said == f"homing {homing.__version__}\n"
     assert importlib.metadata.version("homing") == homing.__version__
+
+
+def test_the_changelog_keeps_unreleased_on_top_and_dates_each_release() -> None:
+    headings = re.findall(r"^## (.+)$", (ROOT / "CHANGELOG.md").read_text(), flags=re.MULTILINE)
+    assert headings[0] == "[Unreleased]"
+    released = []
+    for heading in headings[1:]:
+        match = re.fullmatch(r"\[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})", heading)
+        assert match, f"a release's heading is '[X.Y.Z] - YYYY-MM-DD', not {heading!r}"
+        released.append((tuple(map(int, match[1].split("."))), date.fromisoformat(match[2])))
+    assert released == sorted(released, reverse=True)  # newest first, by version and by date
 
 
 def test_the_readme_links_nothing_relative() -> None:
