@@ -1,11 +1,13 @@
 # The development environment lives in .venv and is built from this project's own files:
 # pyproject.toml (what homing needs) pinned by requirements/dev.lock (the versions CI uses).
+# Every other Python homing supports (pyproject.toml's classifiers) gets a venv of its own,
+# .venv-3.X, built the same way by scripts/pythons.py.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format docs bench lock clean
+.PHONY: run test test-pythons lint format docs bench dist lock clean
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +20,9 @@ $(STAMP): pyproject.toml requirements/dev.lock
 run: $(STAMP)
 	PYTHONPATH=examples $(BIN)/homing dev --app users_api.app:create_app --data users_api.broker.sqlite3
 
-## test: lint, types, the docs site and the whole test suite (installs Debian's chromium for the
-## broker's web-page test when missing and apt-get is there)
+## test: lint, types, the docs site and the whole test suite, then the suite without its
+## end-to-end tests on each other supported Python (installs Debian's chromium for the broker's
+## web-page test when missing and apt-get is there)
 test: $(STAMP) lint docs
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null \
 	  || apt-get install -y -qq chromium >/dev/null \
@@ -28,10 +31,16 @@ test: $(STAMP) lint docs
 	  || echo "make: could not install chromium; the web-page test needs it" >&2
 	$(BIN)/python -m tests.schemas.asyncapi  # the pinned AsyncAPI 3.0 schema, into .cache/
 	$(BIN)/python -m pytest
+	$(BIN)/python scripts/pythons.py test
+
+## test-pythons: the suite without its end-to-end tests on each other supported Python, each in
+## its own .venv-3.X (a Python not found fails under CI, and is skipped, saying so, elsewhere)
+test-pythons: $(STAMP)
+	$(BIN)/python scripts/pythons.py test
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check src examples tests bench docs/_hooks.py
-	$(BIN)/ruff check src examples tests bench docs/_hooks.py
+	$(BIN)/ruff format --check src examples tests bench scripts docs/_hooks.py
+	$(BIN)/ruff check src examples tests bench scripts docs/_hooks.py
 	$(BIN)/mypy
 
 ## docs: the documentation site in site/ (strict: a broken link or reference fails)
@@ -39,8 +48,8 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
-	$(BIN)/ruff format src examples tests bench docs/_hooks.py
-	$(BIN)/ruff check --fix src examples tests bench docs/_hooks.py
+	$(BIN)/ruff format src examples tests bench scripts docs/_hooks.py
+	$(BIN)/ruff check --fix src examples tests bench scripts docs/_hooks.py
 
 ## bench: every hot path beside its baseline (needs wrk; installed from Debian when missing)
 bench: $(STAMP)
@@ -48,12 +57,20 @@ bench: $(STAMP)
 	  || { apt-get update -qq && apt-get install -y -qq wrk; }
 	PYTHONPATH=examples $(BIN)/python -m bench.run
 
-## lock: re-pin the development environment after changing pyproject.toml
+## dist: the wheel and the sdist in dist/, built by the standard front-end, and checked by twine
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+## lock: re-pin the development environment after changing pyproject.toml; each other supported
+## Python is checked to install exactly those pins, or gets requirements/dev-3.X.lock of its own
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/python -m pip install --quiet -e '.[dev]'
 	.lockenv/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements/dev.lock
 	rm -rf .lockenv
+	$(PYTHON) scripts/pythons.py lock
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .cache site
+	rm -rf $(VENV) $(VENV)-3.* .mypy_cache .pytest_cache .ruff_cache .cache site build dist

@@ -6,6 +6,7 @@ import sys
 import orjson
 import pytest
 
+import homing
 from homing import KeyRing, Signer, parse_push
 from homing.cli import main
 
@@ -60,6 +61,13 @@ def test_keys_new_prints_a_usable_pair(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["keys", "new"]) == 0
     ring = KeyRing.from_string(capsys.readouterr().out.strip())
     assert len(ring.signing_secret) >= 32
+
+
+def test_version_prints_homings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"homing {homing.__version__}\n"
 
 
 def test_the_installed_command_runs() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from homing import provisioning
+from homing import __version__, provisioning
 from homing.broker.cli import add_command as broker_command
 from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.dev import add_command as dev_command
@@ -369,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="homing", description="Signed background events for Cloud Run through Pub/Sub push."
     )
+    parser.add_argument("--version", action="version", version=f"homing {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     envelope = commands.add_parser(

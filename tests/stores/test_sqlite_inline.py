@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import text
@@ -83,7 +84,7 @@ async def test_checkpoints_run_on_a_thread_while_the_database_is_open(tmp_path: 
         await store.done(f"e{n}")
     assert len(_checkpointers()) == before + 1
     await asyncio.sleep(1.2)  # a couple of the thread's rounds
-    with sqlite3.connect(tmp_path / "wal.db") as probe:
+    with closing(sqlite3.connect(tmp_path / "wal.db")) as probe:
         busy, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0
     assert frames == copied  # nothing was left for this checkpoint to copy
@@ -99,7 +100,7 @@ async def test_the_done_marks_are_one_btree_and_an_older_table_still_works(tmp_p
     """New databases keep the marks WITHOUT ROWID (one page written per mark); a table made by
     an earlier version, with a rowid, is left as it is and works the same."""
     older = tmp_path / "older.db"
-    with sqlite3.connect(older) as connection:
+    with closing(sqlite3.connect(older)) as connection:
         connection.execute(
             "CREATE TABLE homing_handled_events (event_id VARCHAR(255) NOT NULL, "
             "state VARCHAR(16) NOT NULL, lease_until DOUBLE NOT NULL, PRIMARY KEY (event_id))"
@@ -115,7 +116,7 @@ async def test_the_done_marks_are_one_btree_and_an_older_table_still_works(tmp_p
                 assert transaction.claim is Claim.DUPLICATE
         finally:
             await engine.dispose()
-        with sqlite3.connect(path) as connection:
+        with closing(sqlite3.connect(path)) as connection:
             [[sql]] = connection.execute(
                 "SELECT sql FROM sqlite_master WHERE name = 'homing_handled_events'"
             ).fetchall()
