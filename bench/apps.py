@@ -21,7 +21,8 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import Route
 
 from homing import Homing, KeyRing, Signer
-from homing.asgi import PushFastPath
+from homing.asgi import PushEndpoint, PushFastPath
+from homing.starlette import push_route
 from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
 from homing.telemetry import Telemetry, configure_logging
 from homing.telemetry.metrics import PrometheusMetrics
@@ -59,12 +60,12 @@ def _homing(dedupe: SQLDedupeStore | None = None) -> Homing:
 
 def _served(homing: Homing, app: Starlette) -> PushFastPath:
     # As the README recommends serving it: POST /events straight to the endpoint.
-    return PushFastPath(app, homing.endpoint(), path="/events")
+    return PushFastPath(app, PushEndpoint(homing), path="/events")
 
 
 def homing_memory() -> PushFastPath:
     homing = _homing()
-    return _served(homing, Starlette(routes=[homing.route("/events")]))
+    return _served(homing, Starlette(routes=[push_route(homing, "/events")]))
 
 
 def homing_memory_telemetry() -> PushFastPath:
@@ -75,7 +76,10 @@ def homing_memory_telemetry() -> PushFastPath:
     metrics = PrometheusMetrics()
     homing.hooks.append(Telemetry(homing.events, metrics=metrics, log=log))
     app = Starlette(
-        routes=[homing.route("/events"), Route("/metrics", metrics.endpoint(), methods=["GET"])]
+        routes=[
+            push_route(homing, "/events"),
+            Route("/metrics", metrics.endpoint(), methods=["GET"]),
+        ]
     )
     return _served(homing, app)
 
@@ -106,7 +110,7 @@ def _served_with_tables(homing: Homing, engine: AsyncEngine) -> PushFastPath:
         yield
         await engine.dispose()
 
-    return _served(homing, Starlette(routes=[homing.route("/events")], lifespan=lifespan))
+    return _served(homing, Starlette(routes=[push_route(homing, "/events")], lifespan=lifespan))
 
 
 class _Message(BaseModel):

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from homing import Delivery, Drop, Homing, KeyRing, MemoryPublisher, Retry, Signer
+from homing.starlette import push_route
 from homing.stores.sql import create_engine, create_tables, metadata
 from tests.emulator import find_emulator, running_emulator
 
@@ -72,7 +73,7 @@ def homing(keys: KeyRing, recorder: Recorder, publisher: MemoryPublisher) -> Hom
 
 @pytest.fixture
 async def client(homing: Homing) -> AsyncIterator[httpx.AsyncClient]:
-    app = Starlette(routes=[homing.route("/events")])
+    app = Starlette(routes=[push_route(homing, "/events")])
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c

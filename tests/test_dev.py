@@ -76,3 +76,20 @@ def test_a_loopback_push_endpoint_is_accepted(
 ) -> None:
     monkeypatch.setenv("HOMING_PUSH_ENDPOINT", endpoint)
     dev_environment(BROKER, host="127.0.0.1", port=8080, push_path="/events")
+
+
+def test_an_app_that_hard_codes_a_publisher_is_told_it_bypasses_the_broker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fastapi import FastAPI
+
+    from homing import Homing, KeyRing, MemoryPublisher, Signer
+    from homing.asgi import PushEndpoint, PushFastPath
+    from homing.dev import warn_if_bypassing
+
+    homing = Homing(signer=Signer(KeyRing.generate()), publisher=MemoryPublisher())
+    app = PushFastPath(FastAPI(), PushEndpoint(homing))
+    warn_if_bypassing(app, "mine:app")
+    assert "mine:app publishes with MemoryPublisher, which bypasses the local broker" in (
+        caplog.text
+    )

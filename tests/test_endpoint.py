@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from homing import Homing, KeyRing, Signer, build_push
+from homing.asgi import PushEndpoint
+from homing.fastapi import push_router
 from homing.signing import EVENT_ID, legacy_signature
 from homing.stores import Claim
 from homing.testing import push_body
@@ -266,7 +268,7 @@ async def test_an_oversize_body_is_refused_with_413(keys: KeyRing, recorder: Rec
     homing = Homing(signer=Signer(keys), max_body_size=1024)
     homing.events.register("order.placed", OrderPlaced)
     homing.handler(OrderPlaced)(recorder)
-    transport = httpx.ASGITransport(app=homing.endpoint())
+    transport = httpx.ASGITransport(app=PushEndpoint(homing))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         big = b"{" + b" " * 2000 + b"}"
         response = await client.post("/", content=big)
@@ -325,7 +327,7 @@ async def test_unsigned_pushes_run_only_with_auth_none(
 
 async def test_the_fastapi_router_serves_the_endpoint(homing: Homing, recorder: Recorder) -> None:
     app = FastAPI()
-    app.include_router(homing.router("/pubsub/push"))
+    app.include_router(push_router(homing, "/pubsub/push"))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.post("/pubsub/push", content=push_body(homing, ORDER))

@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 
 from homing import ConfigurationError, Homing, KeyRing, Signer, build_push
 from homing.auth import OIDCVerifier
+from homing.starlette import push_route
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
 from tests.test_auth import (
@@ -52,7 +53,7 @@ def _app(keys: KeyRing, verifier: OIDCVerifier, recorder: Recorder, auth: str) -
 
 
 async def _post(homing: Homing, body: bytes, token: str | None) -> httpx.Response:
-    app = Starlette(routes=[homing.route("/events")])
+    app = Starlette(routes=[push_route(homing, "/events")])
     headers = {"authorization": f"Bearer {token}"} if token else {}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -24,6 +24,7 @@ from homing.auth import OIDCVerifier
 from homing.escaping import printable
 from homing.flask import FlaskHoming
 from homing.signing import EVENT_TYPE, KEY_ID, SIGNATURE, legacy_signature
+from homing.starlette import push_route
 from homing.telemetry.logs import TextFormatter
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
@@ -58,7 +59,7 @@ def front(request: pytest.FixtureRequest) -> Iterator[Callable[[Homing], Post]]:
 
     def serve(homing: Homing) -> Post:
         if request.param == "asgi":
-            app = Starlette(routes=[homing.route("/events")])
+            app = Starlette(routes=[push_route(homing, "/events")])
 
             async def post_asgi(body: bytes, headers: dict[str, str]) -> Answer:
                 transport = httpx.ASGITransport(app=app)

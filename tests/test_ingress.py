@@ -25,6 +25,7 @@ from homing.ingress.cloudevents import MESSAGE_PUBLISHED, parse_cloudevent
 from homing.ingress.message import MAX_ATTRIBUTES
 from homing.ingress.unwrapped import parse_unwrapped
 from homing.signing import EVENT_TYPE, LEGACY_SIGNATURE, legacy_signature
+from homing.starlette import push_route
 from tests.conftest import OrderPlaced, Recorder
 
 SUBSCRIPTION = "projects/p/subscriptions/s"
@@ -337,7 +338,7 @@ async def test_without_signatures_a_bare_unwrapped_push_is_kept_not_run(
     homing = Homing(signer=None, auth="none")
     homing.events.register("order.placed", OrderPlaced)
     homing.handler(OrderPlaced)(recorder)
-    app = Starlette(routes=[homing.route("/events")])
+    app = Starlette(routes=[push_route(homing, "/events")])
     body = orjson.dumps({"order_id": 15, "total_cents": 1})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/events", content=body)
@@ -364,7 +365,7 @@ async def test_a_route_restricted_to_shapes_refuses_the_others(
     accepted: tuple[Any, ...],
     shape: str,
 ) -> None:
-    app = Starlette(routes=[homing.route("/events", shapes=accepted)])
+    app = Starlette(routes=[push_route(homing, "/events", shapes=accepted)])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         detail = await _refused(c, SHAPES[shape](*signed, "m"), recorder)
     assert f"accepts {', '.join(accepted)} pushes" in detail

@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from homing.asgi import PushFastPath
+from homing.asgi import PushEndpoint, PushFastPath
 from homing.errors import HomingError
 from homing.telemetry import configure_logging
 from users_api.app import ServiceConfig, create_app
@@ -46,7 +46,7 @@ def main() -> int:
     # The served configuration is the fast one: uvloop and httptools when installed
     # ("auto"), and no per-request access log.
     # POST /events skips FastAPI's routing and middleware: it needs none of it.
-    served = PushFastPath(app, app.state.homing.endpoint(), path="/events")
+    served = PushFastPath(app, PushEndpoint(app.state.homing), path="/events")
     uvicorn.run(
         served,
         host=config.host,

@@ -22,18 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
-from homing import (
-    Delivery,
-    Homing,
-    KeyRing,
-    LoopbackPublisher,
-    MemoryPublisher,
-    Publisher,
-    Settings,
-    Signer,
-)
+from homing import Delivery, Homing, LoopbackPublisher, Publisher, Settings, wiring
 from homing.auth import OIDCVerifier
 from homing.errors import ConfigurationError, StoreError
+from homing.fastapi import push_router
 from homing.outbox import FlushEndpoint, SQLOutbox
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
 from homing.telemetry import Telemetry, TraceContextMiddleware
@@ -114,33 +106,12 @@ class NotificationOut(BaseModel):
     text: str
 
 
-def _keys(settings: Settings) -> KeyRing:
-    if settings.signing_keys is not None:
-        return settings.signing_keys
-    ring = KeyRing.generate()
-    logger.warning(
-        "HOMING_SIGNING_KEYS is not set: signing with a development key (id %s) made for this "
-        "process only. Set HOMING_SIGNING_KEYS (see `homing keys new`) for anything else.",
-        ring.signing_key_id,
-    )
-    return ring
-
-
 def _publisher(config: ServiceConfig, keep: SQLQuarantineStore) -> Publisher:
-    settings = config.homing
-    if settings.publisher == "memory":
-        return MemoryPublisher()
-    if settings.publisher == "pubsub":
-        from homing.publishers.pubsub import PubSubPublisher  # the client is slow to import
-
-        if not settings.topic:
-            raise ConfigurationError("HOMING_PUBLISHER=pubsub needs HOMING_TOPIC")
-        return PubSubPublisher(
-            settings.topic, project=settings.project, timeout=settings.publish_timeout
-        )
-    url = config.homing.loopback_url or f"http://127.0.0.1:{config.port}/events"
     # Its journal beside a SQLite database: an event published is delivered even after a kill -9.
-    return LoopbackPublisher(url, keep=keep, journal=_beside_database(config.database_url))
+    environ = {"PORT": str(config.port)}
+    return wiring.publisher(
+        config.homing, environ, keep=keep, journal=_beside_database(config.database_url)
+    )
 
 
 def _beside_database(database_url: str) -> Path | None:
@@ -151,35 +122,14 @@ def _beside_database(database_url: str) -> Path | None:
     return Path(url.database).with_suffix(".loopback.sqlite3")
 
 
-def _oidc(settings: Settings) -> OIDCVerifier | None:
-    if settings.auth not in ("oidc", "both"):
-        return None
-    missing = []
-    if not settings.audience:
-        missing.append(
-            f"{Settings.variable('push_endpoint')} or {Settings.variable('oidc_audience')}"
-        )
-    if not settings.allowed_push_accounts:
-        missing.append(
-            f"{Settings.variable('push_service_account')} or "
-            f"{Settings.variable('oidc_service_accounts')}"
-        )
-    if missing or settings.audience is None:
-        raise ConfigurationError(f"HOMING_AUTH={settings.auth} needs " + " and ".join(missing))
-    return OIDCVerifier(
-        audience=settings.audience,
-        service_accounts=settings.allowed_push_accounts,
-        certs_url=settings.oidc_certs_url,
-    )
-
-
 def build_homing(
     config: ServiceConfig, engine: AsyncEngine, publisher: Publisher, quarantine: SQLQuarantineStore
 ) -> Homing:
     settings = config.homing
     homing = Homing(
-        signer=Signer(_keys(settings), legacy_secret=settings.legacy_secret),
-        oidc=_oidc(settings),
+        # A development key (said so) when HOMING_SIGNING_KEYS is unset: `make run` works as is.
+        signer=wiring.signer(settings, development=True),
+        oidc=wiring.oidc(settings),
         publisher=publisher,
         dedupe=SQLDedupeStore(engine),
         quarantine=quarantine,
@@ -336,7 +286,7 @@ def create_app(
     app.state.homing = homing
     app.state.outbox = outbox
     app.include_router(api_router(homing, outbox, engine, sessions))
-    app.include_router(homing.router("/events"))
+    app.include_router(push_router(homing, "/events"))
     if metrics is not None:
         app.add_middleware(TraceContextMiddleware)
         app.router.routes.append(

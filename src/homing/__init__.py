@@ -13,10 +13,10 @@ Example::
     async def notify(event: UserNameChanged) -> None: ...
 
     app = FastAPI(lifespan=homing.lifespan)
-    app.include_router(homing.router())   # POST /events
+    app.include_router(push_router(homing))   # POST /events (homing.fastapi)
 """
 
-from homing.app import Homing, PushResult
+from homing.app import Homing
 from homing.dispatch import Delivery, Drop, Retry
 from homing.envelope import PushMessage, build_push, parse_push
 from homing.errors import (
@@ -32,6 +32,7 @@ from homing.errors import (
 )
 from homing.events import EventRegistry
 from homing.hooks import Hook
+from homing.outcome import PushResult
 from homing.publishers import LoopbackPublisher, MemoryPublisher, OutgoingMessage, Publisher
 from homing.settings import Settings
 from homing.signing import KeyRing, Signer, VerifiedMessage

@@ -1,109 +1,42 @@
-"""``Homing``: events, handlers, a publisher and stores, wired into one object per service."""
+"""``Homing``: events, handlers, a publisher and stores, wired into one object per service.
+
+The push pipeline it serves lives in :mod:`homing.pipeline`; the adapters that serve it over
+HTTP (:mod:`homing.asgi`, :mod:`homing.fastapi`, :mod:`homing.flask`) take a ``Homing``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from starlette.routing import Route
+from pydantic import BaseModel
 
-from homing.dispatch import BoundHandler, Delivery, Drop, Effects, Handler, HandlerTable, Retry
-from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
-from homing.escaping import printable
-from homing.events import EventRegistry, decode_event, encode_event
+from homing.dispatch import Effects, Handler, HandlerTable
+from homing.errors import ConfigurationError
+from homing.events import EventRegistry, encode_event
 from homing.hooks import Hook
-from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
-from homing.ingress.wrapped import parse_push
+from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, PushPipeline, UnknownEvents
 from homing.publishers.base import OutgoingMessage, Publisher
-from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
-from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
+from homing.publishers.loopback import LoopbackPublisher
+from homing.signing import EVENT_ID, Signer
+from homing.stores.base import DedupeStore, QuarantineStore
 from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
-    from homing.asgi import PushEndpoint
     from homing.auth import OIDCVerifier
 
 logger = logging.getLogger("homing")
 
 M = TypeVar("M", bound=type[BaseModel])
 H = TypeVar("H", bound=Handler)
-
-AuthMode = Literal["hmac", "oidc", "both", "none"]
-UnknownEvents = Literal["quarantine", "retry"]
-
-#: Pub/Sub's own limit on a message's data.
-DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+Step = Callable[[], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class PushResult:
-    """How a push was answered: the HTTP status, a one-word outcome and, maybe, why."""
-
-    status: int
-    outcome: str
-    detail: str | None = None
-
-    @property
-    def acked(self) -> bool:
-        return 200 <= self.status < 300
-
-
-_DONE = PushResult(204, "done")
-_DUPLICATE = PushResult(204, "duplicate")
-_IN_PROGRESS = PushResult(409, "in_progress", "another delivery of this event is running")
-_STORE_DOWN = PushResult(503, "store_unavailable", "the dedupe store is unavailable")
-
-
-class _LeaseKeeper:
-    """Renews a claim every third of its lease while a handler runs, from the first third on.
-
-    A live handler never loses its claim however long it runs; a process that died stops
-    renewing, and its event is free again within one lease. Handlers quicker than a third of
-    the lease (most) cost one timer and no write.
-    """
-
-    __slots__ = ("_dedupe", "_event_id", "_lease", "_task", "_timer")
-
-    def __init__(self, dedupe: DedupeStore, event_id: str, lease: float) -> None:
-        self._dedupe, self._event_id, self._lease = dedupe, event_id, lease
-        self._task: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._renew())
-
-    async def _renew(self) -> None:
-        while True:
-            try:
-                if not await self._dedupe.renew(self._event_id, lease=self._lease):
-                    logger.warning("the claim on %s was lost while its handler ran", self._event_id)
-            except StoreError as exc:
-                logger.warning("could not renew the claim on %s: %s", self._event_id, exc)
-            await asyncio.sleep(self._lease / 3)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-
-
-def _log_handled(delivery: Delivery, started: float) -> None:
-    if logger.isEnabledFor(logging.DEBUG):
-        elapsed = (time.perf_counter() - started) * 1000
-        logger.debug("handled %s (%s) in %.1f ms", delivery.event_type, delivery.event_id, elapsed)
-
-
-class Homing:
+class Homing(PushPipeline):
     """One service's events: register models and handlers, publish, and serve the push endpoint.
 
     Args:
@@ -215,6 +148,8 @@ class Homing:
         self.events = EventRegistry()
         self.handlers = HandlerTable()
         self.hooks: list[Hook] = list(hooks)
+        self._starting: list[Step] = []
+        self._closing: list[Step] = []
 
     # -- registration -------------------------------------------------------------------------
 
@@ -299,232 +234,7 @@ class Homing:
         self.published(message, time.perf_counter() - started, None)
         return message.event_id
 
-    # -- the push endpoint --------------------------------------------------------------------
-
-    async def handle_push(
-        self,
-        body: bytes,
-        headers: Mapping[str, str] | None = None,
-        *,
-        authorization: str | None = None,
-        shapes: tuple[Shape, ...] = SHAPES,
-    ) -> PushResult:
-        """Read, authenticate and dispatch one push; never raises for bad input.
-
-        Args:
-            body: the request body.
-            headers: the request's headers (lower-case names, values as ASGI servers give
-                them), from which its shape is recognised: wrapped, unwrapped or CloudEvents
-                (:mod:`homing.ingress`). ``None`` reads a wrapped push.
-            authorization: the ``Authorization`` header (Pub/Sub's OIDC token); taken from
-                ``headers`` when not given.
-            shapes: the request shapes accepted; others are refused with 400.
-        """
-        hooks = self.hooks
-        if hooks:
-            self._hook("on_push_received")
-        if authorization is None and headers is not None:
-            authorization = headers.get("authorization")
-        try:
-            shape = recognise(headers, shapes)  # from the headers alone, bounds included
-            if self.oidc is not None and self.auth in ("oidc", "both"):
-                await self.oidc.verify(authorization)  # the sender, before the body is parsed
-            shape, push = read_push(shape, body, headers, shapes, self.auth in ("oidc", "none"))
-            verified = self._authenticate(push)  # the message: homing's signature
-        except PushRejected as exc:
-            logger.warning("push refused (%s): %s", exc.code, exc.detail)
-            result = PushResult(exc.status_code, exc.code, exc.detail)
-        else:
-            if hooks:
-                self._hook("on_authenticated", push, verified)
-            if shape != "wrapped":
-                body = as_wrapped(push)  # the quarantine keeps every shape as a wrapped envelope
-            result = await self._dispatch(body, push, verified, replay=False)
-        if hooks:
-            self._hook("on_push_handled", result)
-        return result
-
-    async def replay(self, entry_id: str, *, force: bool = False) -> PushResult:
-        """Run a quarantined message again, verified again.
-
-        The signature is checked anew (not its age: the quarantine is trusted storage), then the
-        handler runs. An event already handled (its done mark is set: a redelivery got through
-        since, or it was quarantined by mistake) is not run again unless ``force`` says so; the
-        answer is then ``already_done`` and the entry stays. On success the entry is removed;
-        otherwise it stays, with the new reason.
-
-        Raises :class:`~homing.errors.HomingError` when there is no such entry.
-        """
-        entry = await self.quarantine.get(entry_id)
-        if entry is None:
-            raise HomingError(f"no quarantined message {entry_id!r}")
-        try:
-            push = parse_push(entry.body)
-            verified = self._authenticate(push, check_age=False)
-        except PushRejected as exc:
-            result = PushResult(exc.status_code, exc.code, exc.detail)
-        else:
-            result = await self._dispatch(entry.body, push, verified, replay=True, force=force)
-            if result.outcome == "duplicate":
-                return PushResult(
-                    409,
-                    "already_done",
-                    f"event {verified.event_id} was handled already; replay it with force "
-                    "(homing quarantine replay --force) to run its handler again",
-                )
-        await self.quarantine.delete(entry_id)
-        if result.outcome != "done":
-            await self.quarantine.add(
-                replace(
-                    entry,
-                    reason=f"replay: {result.detail or result.outcome} (was: {entry.reason})"[
-                        :4000
-                    ],
-                    received_at=datetime.now(UTC),
-                )
-            )
-        return result
-
-    async def _dispatch(
-        self,
-        body: bytes,
-        push: PushMessage,
-        verified: VerifiedMessage,
-        *,
-        replay: bool,
-        force: bool = False,
-    ) -> PushResult:
-        """After authentication: route, skip duplicates, decode, run the handler, answer."""
-        type_name, event_id = verified.event_type, verified.event_id
-        model = self.events.model(type_name)
-        handler = self.handlers.get(type_name)
-        if model is None or handler is None:
-            what = "no model" if model is None else "no handler"
-            reason = f"event type {type_name!r} has {what} here"
-            if self.unknown_events == "retry":
-                logger.warning("%s; asking for redelivery (%s)", reason, event_id)
-                return PushResult(503, "unknown_event", reason)
-            return await self._drop(body, verified, reason)
-        if self.dedupe.known_done(event_id) and not force:  # the common redelivery, in-process
-            return _DUPLICATE
-        # A copy Pub/Sub moved to the dead-letter topic: kept for a person, unless handled.
-        # Only the push token vouches that Pub/Sub added these attributes (they are not
-        # signed); without it they are anyone's, and ignored.
-        if (
-            not replay
-            and self._sender_verified
-            and (dead_letter := _dead_letter_source(push.attributes))
-        ):
-            return await self._dead_letter(body, verified, dead_letter)
-        try:
-            event = decode_event(model, push.data)
-        except ValidationError as exc:
-            reason = f"the data does not fit {model.__qualname__}: {exc.error_count()} error(s)"
-            return await self._drop(body, verified, reason)
-        delivery = Delivery(
-            event_id=event_id,
-            event_type=type_name,
-            message_id=push.message_id,
-            attributes=verified.attributes,
-            subscription=push.subscription,
-            publish_time=push.publish_time,
-            delivery_attempt=push.delivery_attempt,
-            scheme=verified.scheme,
-            dedupe=self.dedupe,
-        )
-        run = self._run_in_transaction if handler.effects == "database" else self._run_under_claim
-        try:
-            return await run(handler, event, delivery, force=force)
-        except StoreError as exc:
-            logger.error("%s (%s, %s): %s", _STORE_DOWN.detail, type_name, event_id, exc)
-            return _STORE_DOWN
-        except Drop as exc:
-            return await self._drop(body, verified, f"dropped by the handler: {exc}")
-        except Retry as exc:
-            logger.info("handler asked to retry %s (%s): %s", type_name, event_id, exc)
-            reason = str(exc) or "the handler asked for a retry"
-            if self._is_last_attempt(push):
-                return await self._drop(body, verified, self._last_attempt(push, reason))
-            return PushResult(503, "retry", reason)
-        except Exception as exc:
-            logger.exception("handler for %s (%s) failed", type_name, event_id)
-            reason = f"the handler raised {type(exc).__name__}"
-            if self._is_last_attempt(push):
-                return await self._drop(body, verified, self._last_attempt(push, reason))
-            return PushResult(500, "handler_failed", reason)
-
-    async def _run_in_transaction(
-        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
-    ) -> PushResult:
-        """``effects="database"``: the done mark, the effect and one commit (or none)."""
-        async with self.dedupe.transaction(delivery.event_id, force=force) as transaction:
-            if transaction.claim is Claim.DUPLICATE:
-                return _DUPLICATE  # the race was lost, or the event was handled before
-            if transaction.claim is Claim.IN_PROGRESS:
-                return _IN_PROGRESS  # an older claim-mode delivery still holds the event
-            delivery.transaction = transaction
-            started = time.perf_counter()
-            await handler(event, delivery)
-        _log_handled(delivery, started)
-        return _DONE
-
-    async def _run_under_claim(
-        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
-    ) -> PushResult:
-        """``effects="external"``: claim the event, keep the claim alive, run, mark done."""
-        event_id = delivery.event_id
-        if not force:
-            claim = await self.dedupe.claim(event_id, lease=self.lease)
-            if claim is Claim.DUPLICATE:
-                return _DUPLICATE
-            if claim is Claim.IN_PROGRESS:
-                return _IN_PROGRESS
-        keeper = _LeaseKeeper(self.dedupe, event_id, self.lease)
-        started = time.perf_counter()
-        try:
-            await handler(event, delivery)
-        except BaseException:
-            keeper.stop()
-            await self._release(event_id)
-            raise
-        keeper.stop()
-        if delivery.marked_done:
-            self.dedupe.note_done(event_id)
-        else:
-            try:
-                await self.dedupe.done(event_id)
-            except StoreError as exc:
-                # The effect happened; the claim lapses and a redelivery may repeat it.
-                logger.error("could not mark %s (%s) done: %s", delivery.event_type, event_id, exc)
-        _log_handled(delivery, started)
-        return _DONE
-
-    def _authenticate(self, push: PushMessage, *, check_age: bool = True) -> VerifiedMessage:
-        if self.signer is not None and self.auth in ("hmac", "both"):
-            return self.signer.verify(
-                push.data, push.attributes, message_id=push.message_id, check_age=check_age
-            )
-        attributes = push.attributes
-        return VerifiedMessage(
-            event_type=attributes.get(EVENT_TYPE, ""),
-            event_id=attributes.get(EVENT_ID) or push.message_id,
-            scheme="unsigned",
-            key_id=None,
-            timestamp=None,
-            attributes=attributes,
-        )
-
-    # -- hooks --------------------------------------------------------------------------------
-
-    def refused(self, exc: PushRejected) -> PushResult:
-        """The answer to a push an adapter refused before :meth:`handle_push` (a body over
-        the size limit): logged, and seen by the hooks like any other push."""
-        logger.warning("push refused (%s): %s", exc.code, exc.detail)
-        result = PushResult(exc.status_code, exc.code, exc.detail)
-        if self.hooks:
-            self._hook("on_push_received")
-            self._hook("on_push_handled", result)
-        return result
+    # -- hooks -------------------------------------------------------------------------------
 
     def published(
         self, message: OutgoingMessage, seconds: float, error: BaseException | None
@@ -532,14 +242,6 @@ class Homing:
         """Tell the hooks a publish finished (for publishing paths outside :meth:`publish`,
         such as the outbox)."""
         self._hook("after_publish", message, seconds, error)
-
-    def _hook(self, point: str, *args: Any) -> None:
-        for hook in self.hooks:
-            try:
-                getattr(hook, point)(*args)
-            except Exception:
-                # Telemetry failing must never fail a push or a publish.
-                logger.exception("hook %s.%s failed", type(hook).__name__, point)
 
     def _hook_context(self, event_type: str) -> dict[str, str] | None:
         context: dict[str, str] = {}
@@ -553,82 +255,45 @@ class Homing:
                 context.update(added)
         return context or None
 
-    async def _release(self, event_id: str) -> None:
-        try:
-            await self.dedupe.release(event_id)
-        except StoreError as exc:  # the lease runs out instead
-            logger.error("could not release the claim on %s: %s", event_id, exc)
+    # -- lifecycle ---------------------------------------------------------------------------
 
-    def _is_last_attempt(self, push: PushMessage) -> bool:
-        limit, attempt = self.max_delivery_attempts, push.delivery_attempt
-        return limit is not None and attempt is not None and attempt >= limit
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """A ``Homing`` configured from ``HOMING_*``, ``PORT`` and ``DATABASE_URL``.
 
-    def _last_attempt(self, push: PushMessage, reason: str) -> str:
-        return (
-            f"the last delivery attempt ({push.delivery_attempt} of "
-            f"{self.max_delivery_attempts}) failed: {reason}"
-        )
+        The signer (``HOMING_SIGNING_KEYS``; a development key, said so, when the publisher
+        is local), the publisher (``HOMING_PUBLISHER``: loopback to this service, memory, or
+        Pub/Sub, the emulator's too), the push token (``HOMING_AUTH``), and the SQL stores on
+        ``DATABASE_URL`` (their tables made at start-up) — see :mod:`homing.wiring`. Keyword
+        arguments replace what the environment chose. A mistake is one
+        :class:`~homing.errors.ConfigurationError` naming the variable.
 
-    async def _dead_letter(self, body: bytes, verified: VerifiedMessage, reason: str) -> PushResult:
-        """A dead-lettered copy: quarantined, unless its event was handled (or is running)."""
-        event_id = verified.event_id
-        try:
-            claim = await self.dedupe.claim(event_id, lease=self.lease)
-        except StoreError as exc:
-            logger.error("%s (%s): %s", _STORE_DOWN.detail, event_id, exc)
-            return _STORE_DOWN
-        if claim is Claim.DUPLICATE:
-            return _DUPLICATE
-        if claim is Claim.IN_PROGRESS:
-            return _IN_PROGRESS
-        try:
-            return await self._drop(body, verified, reason)
-        finally:
-            await self._release(event_id)
+        Example::
 
-    async def _drop(self, body: bytes, verified: VerifiedMessage, reason: str) -> PushResult:
-        """Acknowledge and keep the envelope for a person. The event is not marked done:
-        "done" means its handler's effects happened, and a replay looks for exactly that."""
-        reason = printable(reason)
-        entry = QuarantinedMessage(
-            id=verified.event_id,
-            reason=reason,
-            body=body,
-            received_at=datetime.now(UTC),
-            event_type=verified.event_type,
-            event_id=verified.event_id,
-        )
-        try:
-            await self.quarantine.add(entry)
-        except StoreError as exc:
-            logger.error("could not quarantine %s: %s", verified.event_id, exc)
-            return PushResult(503, "store_unavailable", "the quarantine store is unavailable")
-        logger.warning("quarantined %s (%s): %s", verified.event_type, verified.event_id, reason)
-        return PushResult(200, "quarantined", reason)
+            homing = Homing.from_env()
+        """
+        from homing import wiring  # the settings and every backend: only when asked for
 
-    # -- serving ------------------------------------------------------------------------------
-
-    def endpoint(self, *, shapes: tuple[Shape, ...] = SHAPES) -> PushEndpoint:
-        """The push endpoint as a plain ASGI app (``POST`` only), accepting ``shapes``."""
-        from homing.asgi import PushEndpoint
-
-        return PushEndpoint(self, shapes=shapes)
-
-    def route(self, path: str = "/events", *, shapes: tuple[Shape, ...] = SHAPES) -> Route:
-        """A Starlette ``Route`` serving the push endpoint at ``path``."""
-        return Route(path, self.endpoint(shapes=shapes), methods=["POST"], name="homing_push")
-
-    def router(self, path: str = "/events", *, shapes: tuple[Shape, ...] = SHAPES) -> APIRouter:
-        """A FastAPI ``APIRouter`` serving the push endpoint at ``path`` (needs ``fastapi``)."""
-        from homing.fastapi import push_router
-
-        return push_router(self, path, shapes=shapes)
+        chosen, starting, closing = wiring.options(environ)
+        homing = cls(**(chosen | overrides))
+        homing._starting += starting
+        homing._closing += closing
+        return homing
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
-        """An ASGI lifespan that closes the publisher and stores at shutdown."""
+        """An ASGI lifespan that starts what needs starting, and at shutdown closes the
+        publisher and stores."""
         async with self:
             yield
+
+    async def start(self) -> None:
+        """Make what the wiring needs (the SQL stores' tables); deliver what a loopback
+        publisher's journal holds from an earlier run."""
+        for step in self._starting:
+            await step()
+        if isinstance(self.publisher, LoopbackPublisher):
+            await self.publisher.resume()
 
     async def aclose(self) -> None:
         """Flush and close the publisher, then the stores."""
@@ -638,8 +303,11 @@ class Homing:
             await self.oidc.aclose()
         await self.dedupe.aclose()
         await self.quarantine.aclose()
+        for step in self._closing:
+            await step()
 
     async def __aenter__(self) -> Self:
+        await self.start()
         return self
 
     async def __aexit__(
@@ -649,16 +317,3 @@ class Homing:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _dead_letter_source(attributes: Mapping[str, str]) -> str | None:
-    """Why a message is a dead-lettered copy, from the attributes Pub/Sub adds; else ``None``."""
-    count = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
-    source = attributes.get("CloudPubSubDeadLetterSourceSubscription")
-    if count is None and source is None:
-        return None
-    project = attributes.get("CloudPubSubDeadLetterSourceSubscriptionProject", "?")
-    return (
-        f"dead-lettered by Pub/Sub from subscription {source or '?'} (project {project}) "
-        f"after {count or '?'} delivery attempts"
-    )

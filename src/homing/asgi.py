@@ -9,6 +9,7 @@ import orjson
 from homing.errors import PayloadTooLarge
 from homing.ingress import SHAPES, Shape
 from homing.ingress.cloudevents import is_structured
+from homing.publishers.loopback import LoopbackPublisher
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping
@@ -146,15 +147,22 @@ class PushFastPath:
 
         app = FastAPI(...)
         ...
-        served = PushFastPath(app, homing.endpoint(), path="/events")
+        served = PushFastPath(app, PushEndpoint(homing), path="/events")
     """
 
     def __init__(self, app: Any, endpoint: PushEndpoint, *, path: str = "/events") -> None:
         self.app = app
         self.endpoint = endpoint
         self.path = path
+        publisher = endpoint.homing.publisher
+        #: A loopback publisher told no URL learns this service's from the first request.
+        self._tell = publisher.serving_at if isinstance(publisher, LoopbackPublisher) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._tell is not None and scope["type"] == "http" and scope.get("server"):
+            host, port = scope["server"][:2]
+            self._tell(scope.get("scheme", "http"), host, port, self.path)
+            self._tell = None
         if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
             await self.endpoint(scope, receive, send)
         else:

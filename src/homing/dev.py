@@ -123,6 +123,25 @@ def dev_signing_keys(path: Path) -> str:
     return path.read_text().strip()
 
 
+def warn_if_bypassing(target: Any, spec: str) -> None:
+    """Say so when the app's publisher does not go through the broker (one it built itself
+    rather than from the environment homing dev sets)."""
+    from homing.loading import find_homing
+    from homing.publishers.pubsub import PubSubPublisher
+
+    homing = find_homing(target)
+    if homing is None or homing.publisher is None:
+        return
+    if not isinstance(homing.publisher, PubSubPublisher):
+        logger.warning(
+            "%s publishes with %s, which bypasses the local broker: its events get no OIDC "
+            "token, retries or dead letters here. Build it with Homing.from_env() (or give it "
+            "a PubSubPublisher) to publish through the broker.",
+            spec,
+            type(homing.publisher).__name__,
+        )
+
+
 def _dev(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -159,14 +178,11 @@ def _dev(args: argparse.Namespace) -> int:
         ):
             logger.info("%s", outcome)
         target = _import(args.app)
-        if (
-            callable(target)
-            and not inspect.iscoroutinefunction(target)
-            and not hasattr(target, "state")
-        ):
-            target = target()
+        if inspect.isfunction(target) and not inspect.iscoroutinefunction(target):
+            target = target()  # a factory
         if not callable(target):
             raise ConfigurationError(f"--app {args.app!r} is not an ASGI app or a factory of one")
+        warn_if_bypassing(target, args.app)
         logger.info(
             "serving %s on http://%s:%d with the local broker: pushes to %s, web page %s/",
             args.app,

@@ -33,7 +33,8 @@ import orjson
 from flask import Blueprint, Flask, Response, request
 from pydantic import BaseModel
 
-from homing.app import Homing, PushResult
+from homing.app import Homing
+from homing.outcome import PushResult
 
 __all__ = ["FlaskHoming", "LoopThread"]
 

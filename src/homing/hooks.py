@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from homing.app import PushResult
-    from homing.envelope import PushMessage
+    from homing.ingress import PushMessage
+    from homing.outcome import PushResult
     from homing.publishers.base import OutgoingMessage
     from homing.signing import VerifiedMessage
 

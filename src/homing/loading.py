@@ -105,14 +105,32 @@ def resolve(spec: str) -> Any:
     return target
 
 
+def find_homing(target: Any) -> Homing | None:
+    """``target`` itself when it is a ``Homing``, else the one its ``state`` holds, else the
+    one its push endpoint serves (:class:`~homing.asgi.PushFastPath`), looking through ASGI
+    middleware that keeps the app it wraps as ``app``."""
+    for _ in range(20):  # middleware is never this deep; a loop of ``app`` is not followed
+        if isinstance(target, Homing):
+            return target
+        for found in (
+            getattr(getattr(target, "state", None), "homing", None),
+            getattr(getattr(target, "endpoint", None), "homing", None),
+        ):
+            if isinstance(found, Homing):
+                return found
+        target = getattr(target, "app", None)
+        if target is None:
+            return None
+    return None
+
+
 def homing_of(target: Any, spec: str) -> Homing:
-    """``target`` itself when it is a ``Homing``, else the one its ``state`` holds."""
-    if isinstance(target, Homing):
-        return target
-    found = getattr(getattr(target, "state", None), "homing", None)
-    if not isinstance(found, Homing):
+    """The ``Homing`` of ``target`` (:func:`find_homing`); raise when there is none."""
+    found = find_homing(target)
+    if found is None:
         raise ConfigurationError(
-            f"service {spec!r} is neither a Homing nor an app whose state holds one"
+            f"service {spec!r} is neither a Homing nor an app whose state or push endpoint "
+            "holds one"
         )
     return found
 

@@ -13,6 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table
 from starlette.applications import Starlette
 
 from homing import Delivery, Homing, KeyRing, Retry, Signer
+from homing.starlette import push_route
 from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
 
 logger = logging.getLogger("tests.e2e.apps")
@@ -32,7 +33,7 @@ def always_retry() -> Starlette:
         print(f"attempt for event {event.n}", flush=True)
         raise Retry("this handler always asks for a retry")
 
-    return Starlette(routes=[homing.route("/events")])
+    return Starlette(routes=[push_route(homing, "/events")])
 
 
 class SlowWork(BaseModel):
@@ -78,4 +79,4 @@ def slow_effect() -> Starlette:
         finally:
             await engine.dispose()
 
-    return Starlette(routes=[homing.route("/events")], lifespan=lifespan)
+    return Starlette(routes=[push_route(homing, "/events")], lifespan=lifespan)

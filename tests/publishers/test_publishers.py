@@ -18,13 +18,14 @@ from homing import (
     PublishFailed,
 )
 from homing.envelope import parse_push
+from homing.starlette import push_route
 from tests.conftest import OrderPlaced, Recorder
 
 ORDER = OrderPlaced(order_id=1, total_cents=5)
 
 
 def _asgi_client(homing: Homing) -> httpx.AsyncClient:
-    app = Starlette(routes=[homing.route("/events")])
+    app = Starlette(routes=[push_route(homing, "/events")])
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
 
 

@@ -22,6 +22,8 @@ from pydantic import BaseModel
 
 import homing
 from homing import DedupeStore, Homing, KeyRing, MemoryPublisher, Signer
+from homing.fastapi import push_router
+from homing.starlette import push_route
 
 #: The module that each extra makes importable.
 EXTRA_MODULES = {
@@ -66,11 +68,11 @@ async def push(directory: Path, extras: list[str]) -> dict[str, Any]:
         from fastapi import FastAPI
 
         app = FastAPI()
-        app.include_router(service.router())
+        app.include_router(push_router(service))
     else:
         from starlette.applications import Starlette
 
-        app = Starlette(routes=[service.route("/events")])
+        app = Starlette(routes=[push_route(service, "/events")])
 
     await service.publish(Pinged(n=7))
     [(message_id, message)] = publisher.messages

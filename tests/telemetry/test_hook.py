@@ -18,9 +18,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from homing import Homing, Hook, KeyRing, MemoryPublisher, OutgoingMessage, Signer, build_push
-from homing.app import PushResult
 from homing.envelope import PushMessage
+from homing.outcome import PushResult
 from homing.signing import VerifiedMessage, legacy_signature
+from homing.starlette import push_route
 from homing.telemetry import (
     TRACEPARENT_ATTRIBUTE,
     Telemetry,
@@ -74,7 +75,9 @@ async def client(service: Homing) -> AsyncIterator[httpx.AsyncClient]:
         )
         return JSONResponse({"event_id": event_id})
 
-    app = Starlette(routes=[Route("/orders", place, methods=["POST"]), service.route("/events")])
+    app = Starlette(
+        routes=[Route("/orders", place, methods=["POST"]), push_route(service, "/events")]
+    )
     transport = httpx.ASGITransport(app=TraceContextMiddleware(app))
     async with httpx.AsyncClient(transport=transport, base_url="http://shop") as c:
         yield c

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from starlette.applications import Starlette
 
 from homing import EventRegistrationError, Homing
+from homing.starlette import push_route
 from homing.testing import (
     DEFECTS,
     RecordingPublisher,
@@ -26,7 +27,7 @@ class Unknown(BaseModel):
 
 @pytest.fixture
 def asgi_app(homing: Homing) -> Starlette:
-    app = Starlette(routes=[homing.route("/events")])
+    app = Starlette(routes=[push_route(homing, "/events")])
     app.state.homing = homing
     return app
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from homing.envelope import ACK_STATUSES, build_push
+from homing.errors import PublishFailed
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.publishers.journal import Journal
 from homing.stores.base import QuarantinedMessage, QuarantineStore
@@ -42,7 +43,9 @@ class LoopbackPublisher(Publisher):
     """Delivers each message to ``endpoint`` (the service's own ``POST /events``).
 
     Args:
-        endpoint: the push endpoint URL, e.g. ``http://127.0.0.1:8080/events``.
+        endpoint: the push endpoint URL, e.g. ``http://127.0.0.1:8080/events``; ``None`` to
+            learn it from the first request the service serves (:meth:`serving_at`, called by
+            :class:`~homing.asgi.PushFastPath` and :class:`~homing.asgi.PushEndpoint`).
         client: an httpx client to deliver with (a seam for tests); one is made otherwise.
         max_attempts: give up after this many attempts (``None``: retry while running).
         initial_backoff, max_backoff: the retry delay doubles from the first to the second.
@@ -56,7 +59,7 @@ class LoopbackPublisher(Publisher):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None,
         *,
         client: httpx.AsyncClient | None = None,
         subscription: str = "projects/local/subscriptions/homing-loopback",
@@ -108,7 +111,24 @@ class LoopbackPublisher(Publisher):
             logger.info("loopback: delivering %d events left in %s", len(pending), self.journal)
         return len(pending)
 
+    def serving_at(self, scheme: str, host: str, port: int, path: str = "/events") -> None:
+        """Where the service was found to listen; sets the endpoint if none was given."""
+        if self.endpoint is None:
+            if host in ("0.0.0.0", "::"):  # noqa: S104 - listening everywhere: loopback reaches it
+                host = "127.0.0.1"
+            shown = f"[{host}]" if ":" in host else host
+            self.endpoint = f"{scheme}://{shown}:{port}{path}"
+            logger.info("loopback: delivering to %s, where this service listens", self.endpoint)
+
     async def _send(self, message: OutgoingMessage) -> str:
+        if self.endpoint is None:
+            raise PublishFailed(
+                "the loopback publisher does not know where this service listens yet: set "
+                "HOMING_LOOPBACK_URL (or PORT), or serve the app through PushFastPath, which "
+                "tells it",
+                event_type=message.event_type,
+                event_id=message.event_id,
+            )
         message_id = str(next(self._ids))
         body = build_push(
             message.data,
@@ -144,6 +164,8 @@ class LoopbackPublisher(Publisher):
         try:
             for attempt in itertools.count(1):
                 try:
+                    if self.endpoint is None:  # resumed before the service served a request
+                        raise httpx.TransportError("where this service listens is not known yet")
                     response = await self._client.post(
                         self.endpoint, content=body, headers={"content-type": "application/json"}
                     )

@@ -16,6 +16,7 @@ Attached to the pipeline through :mod:`homing.hooks`; the pipeline never imports
 ``Telemetry(homing.events, opentelemetry=OpenTelemetry())``.
 """
 
+from homing.outcome import OUTCOMES
 from homing.telemetry.context import (
     TRACEPARENT_ATTRIBUTE,
     TraceContext,
@@ -25,7 +26,6 @@ from homing.telemetry.context import (
     parse_traceparent,
 )
 from homing.telemetry.hook import (
-    OUTCOMES,
     UNAUTHENTICATED,
     UNREGISTERED,
     Telemetry,

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from homing.hooks import Hook
+from homing.outcome import OTHER, OUTCOMES
 from homing.telemetry.context import (
     CLIENT_TRACEPARENT_ATTRIBUTE,
     TRACEPARENT_ATTRIBUTE,
@@ -27,9 +28,9 @@ from homing.telemetry.context import _current as _trace
 from homing.telemetry.logs import installed_handler
 
 if TYPE_CHECKING:
-    from homing.app import PushResult
-    from homing.envelope import PushMessage
     from homing.events import EventRegistry
+    from homing.ingress import PushMessage
+    from homing.outcome import PushResult
     from homing.publishers.base import OutgoingMessage
     from homing.signing import VerifiedMessage
     from homing.telemetry.logs import LogHandler
@@ -41,25 +42,6 @@ UNAUTHENTICATED = "unauthenticated"
 #: The ``event_type`` label of an authenticated push whose type this service does not register.
 UNREGISTERED = "unregistered"
 
-#: Every outcome a push can have (the pipeline's and the refusals'); any other is ``other``.
-OUTCOMES = frozenset(
-    {
-        "done",
-        "duplicate",
-        "quarantined",
-        "retry",
-        "handler_failed",
-        "in_progress",
-        "store_unavailable",
-        "unknown_event",
-        "malformed",
-        "unauthenticated",
-        "forbidden",
-        "rejected",
-        "too_large",
-    }
-)
-OTHER = "other"
 
 #: The logger of the one summary line per push.
 _PUSH_LOGGER = "homing.push"

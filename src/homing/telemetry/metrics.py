@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "homing's Prometheus metrics need prometheus-client: pip install 'homing[metrics]'"
     ) from exc
 
-from homing.telemetry.hook import OTHER, OUTCOMES
+from homing.outcome import OTHER, OUTCOMES
 
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 DURATION_BUCKETS += (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

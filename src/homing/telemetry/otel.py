@@ -36,8 +36,8 @@ from opentelemetry.trace import (
 from homing.telemetry.context import TraceContext
 
 if TYPE_CHECKING:
-    from homing.app import PushResult
-    from homing.envelope import PushMessage
+    from homing.ingress import PushMessage
+    from homing.outcome import PushResult
     from homing.signing import VerifiedMessage
 
 SYSTEM = "gcp_pubsub"

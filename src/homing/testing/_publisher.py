@@ -6,9 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from homing.app import Homing, PushResult
+from homing.app import Homing
 from homing.errors import ConfigurationError
 from homing.events import decode_event
+from homing.outcome import PushResult
 from homing.publishers.base import OutgoingMessage
 from homing.publishers.memory import MemoryPublisher
 from homing.testing._push import push

@@ -9,8 +9,9 @@ import httpx
 import orjson
 from pydantic import BaseModel
 
-from homing.app import Homing, PushResult
+from homing.app import Homing
 from homing.errors import ConfigurationError
+from homing.outcome import PushResult
 from homing.testing._envelopes import DEFAULT_SUBSCRIPTION, Defect, push_body
 
 
