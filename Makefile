@@ -42,6 +42,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src examples tests bench scripts docs/_hooks.py
 	$(BIN)/ruff check src examples tests bench scripts docs/_hooks.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache  # the layers: [tool.importlinter] in pyproject.toml
+	$(BIN)/python -m scripts.import_cycles
 
 ## docs: the documentation site in site/ (strict: a broken link or reference fails)
 docs: $(STAMP)

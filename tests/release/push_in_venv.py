@@ -22,8 +22,7 @@ from pydantic import BaseModel
 
 import homing
 from homing import DedupeStore, Homing, KeyRing, MemoryPublisher, Signer
-from homing.fastapi import push_router
-from homing.starlette import push_route
+from homing.asgi import PushEndpoint
 
 #: The module that each extra makes importable.
 EXTRA_MODULES = {
@@ -67,12 +66,12 @@ async def push(directory: Path, extras: list[str]) -> dict[str, Any]:
     if "fastapi" in extras:
         from fastapi import FastAPI
 
+        from homing.fastapi import push_router
+
         app = FastAPI()
         app.include_router(push_router(service))
-    else:
-        from starlette.applications import Starlette
-
-        app = Starlette(routes=[push_route(service, "/events")])
+    else:  # the core alone: the plain ASGI endpoint, no framework installed
+        app = PushEndpoint(service)
 
     await service.publish(Pinged(n=7))
     [(message_id, message)] = publisher.messages
