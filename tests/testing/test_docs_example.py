@@ -71,7 +71,10 @@ def test_the_service_can_be_named_in_configuration(tmp_path: Path) -> None:
     [
         ("", "define a `homing` fixture returning your Homing"),
         ("homing_app = shop:nothing_here\n", "shop has no 'nothing_here'"),
-        ("homing_app = shop:receipts\n", "neither a Homing nor an app whose state holds one"),
+        (
+            "homing_app = shop:receipts\n",
+            "neither a Homing nor an app whose state or push endpoint holds one",
+        ),
     ],
 )
 def test_without_a_service_the_fixtures_say_what_to_do(tmp_path: Path, ini: str, says: str) -> None:
