@@ -18,7 +18,6 @@ Example::
 
 from homing.app import Homing
 from homing.dispatch import Delivery, Drop, Retry
-from homing.envelope import PushMessage, build_push, parse_push
 from homing.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -32,6 +31,8 @@ from homing.errors import (
 )
 from homing.events import EventRegistry
 from homing.hooks import Hook
+from homing.ingress import PushMessage
+from homing.ingress.wrapped import build_push, parse_push
 from homing.outcome import PushResult
 from homing.publishers import LoopbackPublisher, MemoryPublisher, OutgoingMessage, Publisher
 from homing.settings import Settings

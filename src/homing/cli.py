@@ -19,9 +19,9 @@ from homing import __version__, provisioning
 from homing.broker.cli import add_command as broker_command
 from homing.catalog import Catalog, incompatible_changes, render_asyncapi, render_markdown
 from homing.dev import add_command as dev_command
-from homing.envelope import build_push
 from homing.errors import ConfigurationError, HomingError
 from homing.escaping import printable
+from homing.ingress.wrapped import build_push
 from homing.loading import homing_of, load, resolve, service_spec
 from homing.settings import Settings
 from homing.signing import Signer, new_key

@@ -15,7 +15,7 @@ from google.pubsub_v1 import types as pubsub
 from homing.broker import Broker
 from homing.broker.delivery import SlowStart
 from homing.broker.storage import Pending, StoredMessage
-from homing.envelope import parse_push
+from homing.ingress.wrapped import parse_push
 from tests.broker.conftest import DEAD_TOPIC, SUBSCRIPTION, TOPIC, Receiver, subscription
 
 

@@ -17,7 +17,7 @@ from homing import (
     Publisher,
     PublishFailed,
 )
-from homing.envelope import parse_push
+from homing.ingress.wrapped import parse_push
 from homing.starlette import push_route
 from tests.conftest import OrderPlaced, Recorder
 

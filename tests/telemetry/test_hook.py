@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from homing import Homing, Hook, KeyRing, MemoryPublisher, OutgoingMessage, Signer, build_push
-from homing.envelope import PushMessage
+from homing.ingress import PushMessage
 from homing.outcome import PushResult
 from homing.signing import VerifiedMessage, legacy_signature
 from homing.starlette import push_route

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from homing.broker.model import Delivery
 from homing.broker.storage import Pending, Storage
 from homing.broker.transport import Pusher, PushFailed, PushTimeout
-from homing.envelope import ACK_STATUSES, build_push
+from homing.ingress.wrapped import ACK_STATUSES, build_push
 
 if TYPE_CHECKING:
     from homing.broker.oidc import TokenIssuer

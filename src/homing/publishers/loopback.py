@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from homing.envelope import ACK_STATUSES, build_push
 from homing.errors import PublishFailed
+from homing.ingress.wrapped import ACK_STATUSES, build_push
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.publishers.journal import Journal
 from homing.stores.base import QuarantinedMessage, QuarantineStore

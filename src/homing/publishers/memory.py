@@ -6,7 +6,7 @@ import itertools
 
 import httpx
 
-from homing.envelope import build_push
+from homing.ingress.wrapped import build_push
 from homing.publishers.base import OutgoingMessage, Publisher
 
 

@@ -11,9 +11,9 @@ import orjson
 from pydantic import BaseModel
 
 from homing.app import Homing
-from homing.envelope import build_push
 from homing.errors import ConfigurationError, EventRegistrationError
 from homing.events import encode_event
+from homing.ingress.wrapped import build_push
 from homing.signing import EVENT_ID, EVENT_TYPE, KEY_ID, SIGNATURE, TIMESTAMP, KeyRing, Signer
 
 #: The ways :func:`push_body` can break a body on purpose, each refused by the endpoint:
