@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from homing import AuthenticationFailed, ConfigurationError, KeyRing, Signer
+from homing import AuthenticationFailed, ConfigurationError, InvalidEvent, KeyRing, Signer
 from homing.signing import (
     EVENT_ID,
     EVENT_TYPE,
@@ -328,3 +328,69 @@ def test_only_names_of_verified_messages_are_learnt(signer: Signer) -> None:
     with pytest.raises(AuthenticationFailed):
         signer.verify(DATA, forged, message_id="m")
     assert "never-verified" not in _NAME_PARTS
+
+
+# -- refused at sign time: what Pub/Sub would refuse, or what is not text ------------------------
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"tenant": 42}, r"attribute 'tenant' is int, not str"),
+        ({"tenant": b"acme"}, r"attribute 'tenant' is bytes, not str"),
+        ({"tenant": None}, r"attribute 'tenant' is NoneType, not str"),
+        ({7: "acme"}, r"an attribute name is int, not str"),
+    ],
+)
+def test_attributes_that_are_not_text_are_refused(
+    signer: Signer, attributes: dict[object, object], message: str
+) -> None:
+    with pytest.raises(InvalidEvent, match=message) as caught:
+        signer.sign(DATA, "a.b", attributes=attributes)  # type: ignore[arg-type]
+    assert "acme" not in str(caught.value)
+
+
+def test_an_event_id_that_is_not_text_is_refused(signer: Signer) -> None:
+    with pytest.raises(InvalidEvent, match="the event id is int, not str"):
+        signer.sign(DATA, "a.b", event_id=12345)  # type: ignore[arg-type]
+
+
+def test_data_over_ten_megabytes_is_refused(signer: Signer) -> None:
+    signer.sign(b"x" * 10_000_000, "a.b")
+    with pytest.raises(InvalidEvent, match="10000001 bytes, over Pub/Sub's limit of 10000000"):
+        signer.sign(b"x" * 10_000_001, "a.b")
+
+
+def test_attributes_are_counted_with_homings_own(signer: Signer) -> None:
+    # homing adds the attribute-names list, type, id, timestamp, key id and signature: 6.
+    signed = signer.sign(DATA, "a.b", attributes={f"a{i}": "v" for i in range(94)})
+    assert len(signed) == 100
+    with pytest.raises(InvalidEvent, match=r"101 attributes \(homing's own included\), over"):
+        signer.sign(DATA, "a.b", attributes={f"a{i}": "v" for i in range(95)})
+
+
+def test_an_attribute_value_over_1024_bytes_is_refused_naming_it(signer: Signer) -> None:
+    signer.sign(DATA, "a.b", attributes={"note": "é" * 512})  # 1,024 bytes
+    with pytest.raises(
+        InvalidEvent, match="attribute 'note' is over Pub/Sub's limit of 1024"
+    ) as caught:
+        signer.sign(DATA, "a.b", attributes={"note": "é" * 512 + "Z"})
+    assert "éZ" not in str(caught.value)
+
+
+def test_a_long_attribute_name_is_refused_naming_only_its_start(signer: Signer) -> None:
+    signer.sign(DATA, "a.b", attributes={"n" * 256: "v"})
+    with pytest.raises(InvalidEvent, match="over Pub/Sub's limit of 256 bytes") as caught:
+        signer.sign(DATA, "a.b", attributes={"n" * 257: "v"})
+    assert repr("n" * 64) in str(caught.value)
+    assert "n" * 65 not in str(caught.value)
+
+
+def test_an_event_id_over_1024_bytes_is_refused(signer: Signer) -> None:
+    with pytest.raises(InvalidEvent, match="attribute 'homing-event-id' is over"):
+        signer.sign(DATA, "a.b", event_id="e" * 1025)
+
+
+def test_an_empty_attribute_name_is_refused(signer: Signer) -> None:
+    with pytest.raises(InvalidEvent, match="attribute name is empty"):
+        signer.sign(DATA, "a.b", attributes={"": "v"})

@@ -5,6 +5,7 @@
     HomingError
     ├── ConfigurationError        settings or keys that cannot work
     ├── EventRegistrationError    an event type or model registered twice, or not at all
+    ├── InvalidEvent              an event that cannot be published as given
     ├── PublishFailed             a publisher could not hand an event to its broker
     ├── StoreError                a store's database refused, dropped or failed an operation
     └── PushRejected              a push request that must not run a handler
@@ -29,6 +30,10 @@ class ConfigurationError(HomingError):
 
 class EventRegistrationError(HomingError):
     """Raised when an event type or model is registered twice, or used unregistered."""
+
+
+class InvalidEvent(HomingError):
+    """Raised when an event is invalid, does not serialise, or exceeds Pub/Sub's limits."""
 
 
 class PublishFailed(HomingError):

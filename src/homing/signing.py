@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from homing.errors import AuthenticationFailed, ConfigurationError
+from homing.errors import AuthenticationFailed, ConfigurationError, InvalidEvent
 
 EVENT_TYPE = "event-type"
 EVENT_ID = "homing-event-id"
@@ -49,6 +49,13 @@ _RESERVED_PREFIXES = ("homing-", "goog", _ADDED_BY_PUBSUB.lower())
 _VERSION = "v1"
 _VERSION_BYTES = _VERSION.encode()
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+#: Pub/Sub's limits on a published message (cloud.google.com/pubsub/quotas), as
+#: ``homing.ingress.message`` holds pushes to them (not imported: ingress imports this module).
+MAX_DATA_BYTES = 10 * 1000 * 1000
+MAX_ATTRIBUTES = 100
+MAX_NAME_BYTES = 256
+MAX_VALUE_BYTES = 1024
 
 #: Pub/Sub keeps unacknowledged messages for 7 days by default and redelivers them all that
 #: time, so a signature must stay valid at least that long. Replays are stopped by event id.
@@ -187,6 +194,38 @@ def _learn(names: list[str]) -> None:
         _NAME_PARTS[name] = f"{len(name)}:{name}"
 
 
+def _check_limits(data: bytes, attributes: Mapping[str, str]) -> None:
+    """Refuse a message Pub/Sub would refuse; ``attributes`` lack only the signature."""
+    if len(data) > MAX_DATA_BYTES:
+        raise InvalidEvent(
+            f"the data is {len(data)} bytes, over Pub/Sub's limit of {MAX_DATA_BYTES} bytes"
+        )
+    count = len(attributes) + 1  # the signature
+    if count > MAX_ATTRIBUTES:
+        raise InvalidEvent(
+            f"the message has {count} attributes (homing's own included), over Pub/Sub's "
+            f"limit of {MAX_ATTRIBUTES}"
+        )
+    for name, value in attributes.items():
+        if not name:
+            raise InvalidEvent("an attribute name is empty, which Pub/Sub refuses")
+        # A character is at most 4 bytes in UTF-8: most text is short enough not to encode.
+        if len(name) > MAX_NAME_BYTES // 4 and _utf8_length(name) > MAX_NAME_BYTES:
+            raise InvalidEvent(
+                f"the attribute name starting {name[:64]!r} is over Pub/Sub's limit of "
+                f"{MAX_NAME_BYTES} bytes"
+            )
+        if len(value) > MAX_VALUE_BYTES // 4 and _utf8_length(value) > MAX_VALUE_BYTES:
+            raise InvalidEvent(
+                f"the value of attribute {name[:64]!r} is over Pub/Sub's limit of "
+                f"{MAX_VALUE_BYTES} bytes"
+            )
+
+
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _keyed(secret: bytes) -> Callable[[bytes], bytes]:
     """HMAC-SHA256 under ``secret``: the standard library's HMAC, keyed once, copied per message.
 
@@ -261,9 +300,17 @@ class Signer:
 
         ``context`` holds homing's own extra attributes (names starting ``homing-``, such as
         the trace context); they are signed with the rest.
+
+        Raises:
+            InvalidEvent: an attribute's name or value is not text, or the message exceeds one
+                of Pub/Sub's limits (attributes counted with homing's own).
         """
         signed: dict[str, str] = {}
         for key, value in (attributes or {}).items():
+            if not isinstance(key, str):
+                raise InvalidEvent(f"an attribute name is {type(key).__name__}, not str")
+            if not isinstance(value, str):
+                raise InvalidEvent(f"attribute {key[:64]!r} is {type(value).__name__}, not str")
             folded = key.lower()
             if folded == EVENT_TYPE or folded.startswith(_RESERVED_PREFIXES):
                 raise ConfigurationError(
@@ -284,10 +331,13 @@ class Signer:
                 if not key.startswith(_HOMING_PREFIX) or key in _SIGNER_OWN:
                     raise ConfigurationError(f"context attribute {key!r} is not homing's to add")
                 signed[key] = value
+        if event_id is not None and not isinstance(event_id, str):
+            raise InvalidEvent(f"the event id is {type(event_id).__name__}, not str")
         signed[EVENT_TYPE] = event_type
         signed[EVENT_ID] = event_id or uuid.uuid4().hex
         signed[TIMESTAMP] = str(int(self._clock()))
         signed[KEY_ID] = self.keys.signing_key_id
+        _check_limits(data, signed)  # before anything is hashed or learnt
         mac = self.keys._macs[self.keys.signing_key_id]  # the ring always holds its signing key
         canonical, unknown = _canonical(data, signed.items())
         if unknown:
