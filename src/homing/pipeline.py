@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from homing.dispatch import BoundHandler, Delivery, Drop, HandlerTable, Retry
 from homing.errors import HomingError, PushRejected, StoreError
 from homing.escaping import printable
-from homing.events import EventRegistry, decode_event
+from homing.events import EventRegistry, decode_event, describe_validation_error
 from homing.hooks import Hook
 from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
 from homing.ingress.wrapped import parse_push
@@ -232,7 +232,7 @@ class PushPipeline:
         try:
             event = decode_event(model, push.data)
         except ValidationError as exc:
-            reason = f"the data does not fit {model.__qualname__}: {exc.error_count()} error(s)"
+            reason = describe_validation_error(exc, model)  # locations and kinds, no values
             return await self._drop(body, verified, reason)
         delivery = Delivery(
             event_id=event_id,
