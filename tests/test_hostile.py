@@ -19,7 +19,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from starlette.applications import Starlette
 
-from homing import ConfigurationError, Homing, KeyRing, MemoryPublisher, Signer, build_push
+from homing import (
+    ConfigurationError,
+    Homing,
+    Hook,
+    KeyRing,
+    MemoryPublisher,
+    PushResult,
+    Signer,
+    build_push,
+)
 from homing.auth import OIDCVerifier
 from homing.escaping import printable
 from homing.flask import FlaskHoming
@@ -305,3 +314,20 @@ def test_signing_refuses_reserved_names_in_any_case() -> None:
     for name in ("Event-Type", "HOMING-x", KEY_ID.upper()):
         with pytest.raises(ConfigurationError, match="reserved"):
             signer.sign(b"{}", "a.b", attributes={name: "x"})
+
+
+async def test_an_oversize_push_is_logged_and_seen_by_the_hooks_through_either_adapter(
+    front: Callable[[Homing], Post], recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    class Counting(Hook):
+        def on_push_handled(self, result: PushResult) -> None:
+            seen.append(result.outcome)
+
+    homing = _service(recorder, max_body_size=1024, hooks=[Counting()])
+    post = front(homing)
+    status, answer = await post(b"x" * 4096, {})
+    assert (status, answer["outcome"]) == (413, "too_large")
+    assert seen == ["too_large"]
+    assert "push refused (too_large)" in caplog.text

@@ -34,6 +34,7 @@ from flask import Blueprint, Flask, Response, request
 from pydantic import BaseModel
 
 from homing.app import Homing
+from homing.errors import PayloadTooLarge
 from homing.outcome import PushResult
 
 __all__ = ["FlaskHoming", "LoopThread"]
@@ -177,16 +178,17 @@ class FlaskHoming:
             response.headers["Allow"] = "POST"
             return response
         limit = self.homing.max_body_size
-        too_large = {"outcome": "too_large", "detail": f"the body is larger than {limit} bytes"}
+        # Logged and seen by the hooks (counted) as through the ASGI endpoint.
+        too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
-            return _json(413, too_large)
+            return _answer(self.homing.refused(too_large))
         chunks: list[bytes] = []
         size = 0
         while chunk := request.stream.read(min(65536, limit + 1 - size)):  # a read may be short
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                return _json(413, too_large)
+                return _answer(self.homing.refused(too_large))
         body = b"".join(chunks)
         # Every shape Google sends is told by its headers (WSGI gives them as latin-1 text).
         headers = {name.lower(): value for name, value in request.headers.items()}
