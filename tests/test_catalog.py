@@ -133,6 +133,26 @@ def test_markdown_lists_each_event_with_its_fields_and_schema() -> None:
     assert '"title": "OrderPlaced"' in text
 
 
+def test_a_model_without_a_docstring_has_no_description() -> None:
+    class Documented(BaseModel):
+        """A documented event."""
+
+    class Inheriting(Documented):  # its parent's docstring is not its own
+        pass
+
+    catalog = Catalog.of(
+        _homing(("order.refunded", Refunded), ("a.documented", Documented), ("a.b", Inheriting))
+    )
+    described = {entry.type_name: entry.description for entry in catalog.events}
+    assert described == {"order.refunded": "", "a.documented": "A documented event.", "a.b": ""}
+    text = render_markdown(catalog)
+    document = render_asyncapi(catalog)
+    pydantic_doc = "A base class for creating Pydantic models"  # BaseModel's own docstring
+    assert pydantic_doc not in text
+    assert pydantic_doc not in orjson.dumps(document).decode()
+    assert "summary" not in document["components"]["messages"]["order.refunded"]
+
+
 # -- check ------------------------------------------------------------------------------------
 
 

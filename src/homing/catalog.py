@@ -50,7 +50,9 @@ class EventEntry:
 
     @property
     def description(self) -> str:
-        return inspect.getdoc(self.model) or ""
+        """The model's own docstring; never one it inherits (pydantic's ``BaseModel``'s)."""
+        doc = self.model.__dict__.get("__doc__")
+        return inspect.cleandoc(doc) if isinstance(doc, str) else ""
 
     @property
     def message_name(self) -> str:
