@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from homing.provisioning import (
     render_gcloud,
     render_terraform,
 )
+from tests.support.ports import free_port
 
 PROJECT = "homing-test"
 ENDPOINT = "https://api-abc.a.run.app/events"
@@ -769,9 +769,7 @@ def test_the_emulator_cannot_update_an_expiration_policy(
 def test_an_unreachable_endpoint_fails_in_one_line_within_seconds(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, names: Names
 ) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
 
     started = time.monotonic()
@@ -790,9 +788,7 @@ def test_an_unreachable_endpoint_fails_in_one_line_within_seconds(
 
 
 def test_an_unreachable_endpoint_fails_the_program_without_a_traceback(names: Names) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
     env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{port}"
     result = subprocess.run(

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homing.broker.cli import child_broker
-from tests.emulator import find_emulator, running_emulator
+from tests.support.emulator import required_emulator, running_emulator
 
 PROJECT = "homing-conformance"
 
@@ -151,11 +151,8 @@ def target(
         host = request.getfixturevalue("local_broker")
         yield from _clients("broker", host)
         return
-    script = find_emulator()
-    if script is None:
-        pytest.skip("the official Pub/Sub emulator is not installed; it is required in CI")
     log: Path = tmp_path_factory.mktemp("emulator") / "emulator.log"
-    with running_emulator(script, log) as host:
+    with running_emulator(required_emulator(), log) as host:
         yield from _clients("emulator", host)
 
 

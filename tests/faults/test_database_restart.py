@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, poll
 from tests.faults.conftest import (
     Database,
     PushSetup,
@@ -26,6 +25,8 @@ from tests.faults.conftest import (
     pubsub_env,
     service_env,
 )
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -102,16 +103,16 @@ def test_database_restarted_mid_run(
     try:
         with ThreadPoolExecutor(WORKERS) as pool:
             running = [pool.submit(traffic, worker) for worker in range(WORKERS)]
-            poll(lambda: len(db.notifications_by_event()) >= 5, deadline=30, interval=0.05)
+            eventually(lambda: len(db.notifications_by_event()) >= 5, timeout=30, interval=0.05)
             restart = subprocess.run(
                 [*cluster, "restart"], capture_output=True, text=True, timeout=60, check=False
             )
             assert restart.returncode == 0, restart.stderr
-            poll(_postgres_up, deadline=30)
+            eventually(_postgres_up, timeout=30)
             restarted.set()
             restarted_at = time.time()
             # Traffic after the restart: the service must have found working connections again.
-            poll(lambda: answers["after: 200"] >= 20, deadline=30, interval=0.05)
+            eventually(lambda: answers["after: 200"] >= 20, timeout=30, interval=0.05)
             stop.set()
             for worker in running:
                 worker.result()
@@ -136,9 +137,9 @@ def test_database_restarted_mid_run(
         return {str(event_id): float(lease) for event_id, lease in rows}
 
     stuck = stuck_claims()  # they run out after one ack deadline; redelivery then runs them
-    poll(
+    eventually(
         lambda: all(db.notifications_by_event().get(e, 0) == 1 for e in sent),
-        deadline=60,
+        timeout=60,
         interval=0.25,
     )
     tally = Tally.of(sent, notifications_seen(service, users))

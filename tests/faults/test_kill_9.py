@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, poll
 from tests.faults.conftest import (
     Database,
     PushSetup,
@@ -21,6 +20,8 @@ from tests.faults.conftest import (
     pubsub_env,
     service_env,
 )
+from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -64,9 +65,9 @@ def test_kill_9_while_handlers_run(
             for n in range(CHANGES)
         ]
         # Kill while pushes are being handled and the last requests are still under way.
-        poll(
+        eventually(
             lambda: sum(f.done() for f in answers) >= CHANGES * 3 // 4 and handled() >= 1,
-            deadline=30,
+            timeout=30,
             interval=0.01,
         )
         kill_9(first)
@@ -86,7 +87,7 @@ def test_kill_9_while_handlers_run(
         counts = db.notifications_by_event()
         return all(counts.get(event_id, 0) == 1 for event_id in sent)
 
-    poll(every_event_once, deadline=60, interval=0.25)
+    eventually(every_event_once, timeout=60, interval=0.25)
     tally = Tally.of(sent, notifications_seen(second, users))
     print(
         f"\n[kill -9] {tally.line()} (handled before the kill: {handled_at_kill}, "
