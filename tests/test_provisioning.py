@@ -4,7 +4,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from homing.provisioning import (
     render_terraform,
 )
 from tests.support.ports import free_port
+from tests.support.required import required_tool
 
 PROJECT = "homing-test"
 ENDPOINT = "https://api-abc.a.run.app/events"
@@ -323,11 +323,17 @@ def test_terraform_rendering_without_bindings_and_with_an_odd_endpoint() -> None
     assert r'push_endpoint = "https://api.example/e?x=\"$${y}\""' in hcl
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-def test_terraform_rendering_is_formatted_as_terraform_fmt_would(tmp_path: Path) -> None:
+@pytest.fixture
+def terraform() -> str:
+    return required_tool("terraform", install="https://developer.hashicorp.com/terraform/install")
+
+
+def test_terraform_rendering_is_formatted_as_terraform_fmt_would(
+    terraform: str, tmp_path: Path
+) -> None:
     (tmp_path / "homing.tf").write_text(render_terraform(plan(full_settings())))
     result = subprocess.run(
-        ["terraform", "fmt", "-check", "-diff", str(tmp_path)],
+        [terraform, "fmt", "-check", "-diff", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
@@ -817,10 +823,10 @@ def test_missing_credentials_fail_in_one_line(
     assert err.count("\n") == 1
 
 
-@pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 def test_the_gcloud_plan_builds_what_check_expects(
     capsys: pytest.CaptureFixture[str], emulator: str, names: Names, tmp_path: Path
 ) -> None:
+    required_tool("gcloud", install="Debian package google-cloud-cli")
     # The printed commands, run by the real gcloud against the emulator (IAM part left out:
     # the emulator has none), produce exactly the planned subscription.
     assert main(["plan", *names.flags()]) == 0
@@ -1112,11 +1118,12 @@ def test_without_a_cloud_run_service_no_invoker_binding_is_printed() -> None:
     assert "cloud_run" not in render_terraform(the_plan)
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-def test_the_invoker_binding_is_formatted_as_terraform_fmt_would(tmp_path: Path) -> None:
+def test_the_invoker_binding_is_formatted_as_terraform_fmt_would(
+    terraform: str, tmp_path: Path
+) -> None:
     (tmp_path / "homing.tf").write_text(render_terraform(plan(run_settings())))
     result = subprocess.run(
-        ["terraform", "fmt", "-check", "-diff", str(tmp_path)],
+        [terraform, "fmt", "-check", "-diff", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import NoReturn
 
 import pytest
@@ -20,3 +21,12 @@ def require(available: object, reason: str) -> None:
     """Go on when ``available`` is truthy; otherwise :func:`missing` with ``reason``."""
     if not available:
         missing(reason)
+
+
+def required_tool(*names: str, install: str) -> str:
+    """The path of the first of ``names`` on ``PATH``; :func:`missing` (saying how to
+    ``install`` it) when none is there."""
+    found = next((path for name in names if (path := shutil.which(name))), None)
+    require(found, f"{' or '.join(names)} is not installed ({install})")
+    assert found is not None
+    return found
