@@ -21,6 +21,7 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1
 
+from tests.support.postgres import Cluster, throwaway_cluster
 from tests.support.processes import halt
 from tests.support.required import missing
 from tests.support.services import Service, start_service
@@ -61,8 +62,8 @@ async def _pg_rows(dsn: str, query: str, args: tuple[Any, ...]) -> list[tuple[An
         await connection.close()
 
 
-async def _pg_admin(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+async def _pg_admin(statement: str, dsn: str = POSTGRES_ADMIN_DSN) -> None:
+    connection = await asyncpg.connect(dsn, timeout=10)
     try:
         await connection.execute(statement)
     finally:
@@ -85,6 +86,20 @@ def postgres_database() -> Iterator[Database]:
         )
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of this test's own, to restart or stop at will."""
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_database(postgres_cluster: Cluster) -> Database:
+    """A database on :func:`postgres_cluster`."""
+    asyncio.run(_pg_admin('CREATE DATABASE "faults"', postgres_cluster.dsn()))
+    return Database("postgresql", postgres_cluster.url("faults"), postgres_cluster.dsn("faults"))
 
 
 @pytest.fixture

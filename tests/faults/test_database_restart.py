@@ -1,16 +1,13 @@
 """PostgreSQL restarts while names change and pushes are handled: requests may fail meanwhile,
-but every event whose request answered 200 ends with exactly one notification."""
+but every event whose request answered 200 ends with exactly one notification. The server
+restarted is a throwaway cluster of this test's own, never the one other tests share."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +23,7 @@ from tests.faults.conftest import (
     service_env,
 )
 from tests.support.ports import free_port
+from tests.support.postgres import Cluster
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -36,35 +34,16 @@ TOKEN = "a-flush-token-for-the-fault-tests"
 LEASE = 10.0  # the claim lease: the ack deadline the service is given (HOMING_ACK_DEADLINE)
 
 
-def _cluster() -> list[str]:
-    tool = shutil.which("pg_ctlcluster")
-    versions = sorted(p.name for p in Path("/etc/postgresql").glob("*")) if tool else []
-    if tool is None or len(versions) != 1:
-        pytest.skip(
-            "restarting PostgreSQL needs pg_ctlcluster and exactly one version under "
-            f"/etc/postgresql (found tool={tool}, versions={versions}); CI has both"
-        )
-    return [tool, "--skip-systemctl-redirect", versions[0], "main"]
-
-
-def _postgres_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(150)
 def test_database_restarted_mid_run(
     pubsub_emulator: str,
-    postgres_database: Database,
+    postgres_cluster: Cluster,
+    cluster_database: Database,
     services: Services,
     pubsub: PushSetup,
 ) -> None:
-    cluster = _cluster()
     started = time.monotonic()
-    db = postgres_database
+    db = cluster_database
     port = free_port()
     topic = pubsub.subscribe(pubsub_emulator, f"http://127.0.0.1:{port}/events")
     service = services.start(
@@ -104,11 +83,7 @@ def test_database_restarted_mid_run(
         with ThreadPoolExecutor(WORKERS) as pool:
             running = [pool.submit(traffic, worker) for worker in range(WORKERS)]
             eventually(lambda: len(db.notifications_by_event()) >= 5, timeout=30, interval=0.05)
-            restart = subprocess.run(
-                [*cluster, "restart"], capture_output=True, text=True, timeout=60, check=False
-            )
-            assert restart.returncode == 0, restart.stderr
-            eventually(_postgres_up, timeout=30)
+            postgres_cluster.restart()  # returns once the server accepts connections again
             restarted.set()
             restarted_at = time.time()
             # Traffic after the restart: the service must have found working connections again.
@@ -118,8 +93,6 @@ def test_database_restarted_mid_run(
                 worker.result()
     finally:
         stop.set()
-        if not _postgres_up():
-            subprocess.run([*cluster, "start"], capture_output=True, timeout=60, check=False)
 
     # A scheduler's flush: events staged by requests that failed after their commit go out too.
     flushed = httpx.post(
