@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = "a-flush-token-for-the-fault-tests"
 CHANGES = 4
+PUBLISH_TIMEOUT = 2.0
 
 
 @pytest.mark.timeout(120)
@@ -42,7 +43,7 @@ def test_broker_down_during_change_name(
     service = services.start(
         service_env(
             database,
-            HOMING_PUBLISH_TIMEOUT="2",
+            HOMING_PUBLISH_TIMEOUT=str(PUBLISH_TIMEOUT),
             HOMING_FLUSH_TOKEN=TOKEN,
             **pubsub_env(broker, topic),
         )
@@ -67,6 +68,16 @@ def test_broker_down_during_change_name(
     assert len(sent) == CHANGES
     waiting = database.rows("SELECT event_id FROM homing_outbox")
     assert {str(event_id) for (event_id,) in waiting} == sent
+    # Each publish was tried and ran into the publish timeout (not refused at once, not the
+    # default timeout): the fault this test is about happened, for every event.
+    timed_out = {
+        event_id
+        for event_id in sent
+        for line in service.output().splitlines()
+        if f"event {event_id} waits in the outbox: " in line
+        and f"within {PUBLISH_TIMEOUT}s" in line
+    }
+    assert timed_out == sent, service.output()[-3000:]
 
     with running_emulator(emulator, tmp_path / "emulator.log", port=port):
         pubsub.subscribe(broker, f"{service.url}/events", topic=topic)
@@ -94,7 +105,8 @@ def test_broker_down_during_change_name(
         pubsub.remove_all()  # while this emulator still answers
     print(
         f"\n[broker down, {database.kind}] {tally.line()} (pending while down: {len(waiting)}, "
-        f"change-name took {min(took):.1f}-{max(took):.1f}s with a 2s publish timeout, "
+        f"change-name took {min(took):.1f}-{max(took):.1f}s with a {PUBLISH_TIMEOUT:.0f}s publish "
+        "timeout, "
         f"flushes: {flushes}, {time.monotonic() - started:.1f}s)"
     )
     assert Tally.of(sent, database.notifications_by_event()) == tally
