@@ -14,7 +14,8 @@ from starlette.applications import Starlette
 from homing import Delivery, Drop, Homing, KeyRing, MemoryPublisher, Retry, Signer
 from homing.starlette import push_route
 from homing.stores.sql import create_engine, create_tables, metadata
-from tests.emulator import find_emulator, running_emulator
+from tests.support.emulator import required_emulator, running_emulator
+from tests.support.required import missing
 
 # Taken out of the environment: homing refuses HOMING_* variables it does not know, and the
 # tests run its CLI and settings against this process's environment.
@@ -79,12 +80,6 @@ async def client(homing: Homing) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def _postgres_unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL is required in CI and is unreachable: {reason}")
-    pytest.skip(f"PostgreSQL unreachable ({reason}); required in CI")
-
-
 SQL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
@@ -105,7 +100,7 @@ async def open_sql_engine(kind: str, directory: Path) -> AsyncIterator[AsyncEngi
                 await connection.run_sync(metadata.drop_all)
         except Exception as exc:  # refused connection, unknown database, ...: one message
             await engine.dispose()
-            _postgres_unavailable(f"{type(exc).__name__}: {exc}")
+            missing(f"PostgreSQL unreachable ({type(exc).__name__}: {exc})")
     await create_tables(engine)
     try:
         yield engine
@@ -121,12 +116,8 @@ async def sql_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``host:port`` of a running official Pub/Sub emulator (skipped only where not installed)."""
-    script = find_emulator()
-    if script is None:
-        pytest.skip(
-            "the official Pub/Sub emulator is not installed (Debian package "
-            "google-cloud-cli-pubsub-emulator); it is required in CI"
-        )
-    with running_emulator(script, tmp_path_factory.mktemp("emulator") / "emulator.log") as host:
+    """``host:port`` of a running official Pub/Sub emulator (required in CI)."""
+    with running_emulator(
+        required_emulator(), tmp_path_factory.mktemp("emulator") / "emulator.log"
+    ) as host:
         yield host

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from homing.cli import main
-from tests.e2e.conftest import ROOT
+from tests.support import ROOT
 
 
 @pytest.fixture(autouse=True)

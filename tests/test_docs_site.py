@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.support import ROOT
 
 
 def _build(root: Path) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,10 @@ from homing.flask import FlaskHoming, LoopThread
 from homing.publishers.base import OutgoingMessage
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
-from tests.e2e.conftest import ROOT, free_port
+from tests.support import ROOT
+from tests.support.ports import free_port
+from tests.support.processes import answers, halt, launch, wait_ready
+from tests.support.waiting import eventually
 from tests.test_endpoint import BAD_INPUT
 from tests.test_ingress import SHAPES
 
@@ -209,18 +210,16 @@ def test_gunicorn_serves_the_example_with_threads_and_workers(tmp_path: Path) ->
     env.update(HOMING_SIGNING_KEYS=keys, HOMING_LOOPBACK_URL=f"{url}/events")
     log = tmp_path / "gunicorn.log"
     gunicorn = [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4"]
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*gunicorn, "--bind", f"127.0.0.1:{port}", "flask_quickstart:app"],
-            cwd=ROOT / "examples",
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = launch(
+        [*gunicorn, "--bind", f"127.0.0.1:{port}", "flask_quickstart:app"],
+        log,
+        env=env,
+        cwd=ROOT / "examples",
+    )
     try:
-        _wait_until_listening(url, server, log)
+        wait_ready(server, log, lambda: answers(f"{url}/events"), timeout=20, what="gunicorn")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            answers = list(
+            responses = list(
                 pool.map(
                     lambda n: httpx.post(
                         f"{url}/change-name", params={"user_id": n, "name": f"N{n}"}, timeout=10
@@ -228,12 +227,9 @@ def test_gunicorn_serves_the_example_with_threads_and_workers(tmp_path: Path) ->
                     range(24),
                 )
             )
-        assert [a.status_code for a in answers] == [200] * 24
+        assert [r.status_code for r in responses] == [200] * 24
         wanted = {f"emailing user {n}: your name is now N{n}" for n in range(24)}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not wanted <= set(log.read_text().splitlines()):
-            time.sleep(0.1)
-        assert wanted <= set(log.read_text().splitlines()), log.read_text()[-3000:]
+        eventually(lambda: wanted <= set(log.read_text().splitlines()), timeout=20)
 
         homing = Homing(signer=Signer(KeyRing.from_string(keys)))
         tampered = push_body(
@@ -249,19 +245,5 @@ def test_gunicorn_serves_the_example_with_threads_and_workers(tmp_path: Path) ->
         chunked = httpx.post(f"{url}/events", content=iter([b"{", b"  ", b"}"]), timeout=10)
         assert (chunked.status_code, chunked.json()["outcome"]) == (400, "malformed")
     finally:
-        server.terminate()
-        server.wait(timeout=15)
+        halt(server)
     assert "Traceback" not in log.read_text()
-
-
-def _wait_until_listening(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            httpx.get(f"{url}/events", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    pytest.fail(f"gunicorn did not answer within 20 s:\n{log.read_text()}")

@@ -4,8 +4,6 @@ import io
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +41,8 @@ from homing.provisioning import (
     render_gcloud,
     render_terraform,
 )
+from tests.support.ports import free_port
+from tests.support.required import required_tool
 
 PROJECT = "homing-test"
 ENDPOINT = "https://api-abc.a.run.app/events"
@@ -323,11 +323,17 @@ def test_terraform_rendering_without_bindings_and_with_an_odd_endpoint() -> None
     assert r'push_endpoint = "https://api.example/e?x=\"$${y}\""' in hcl
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-def test_terraform_rendering_is_formatted_as_terraform_fmt_would(tmp_path: Path) -> None:
+@pytest.fixture
+def terraform() -> str:
+    return required_tool("terraform", install="https://developer.hashicorp.com/terraform/install")
+
+
+def test_terraform_rendering_is_formatted_as_terraform_fmt_would(
+    terraform: str, tmp_path: Path
+) -> None:
     (tmp_path / "homing.tf").write_text(render_terraform(plan(full_settings())))
     result = subprocess.run(
-        ["terraform", "fmt", "-check", "-diff", str(tmp_path)],
+        [terraform, "fmt", "-check", "-diff", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
@@ -769,9 +775,7 @@ def test_the_emulator_cannot_update_an_expiration_policy(
 def test_an_unreachable_endpoint_fails_in_one_line_within_seconds(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, names: Names
 ) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
 
     started = time.monotonic()
@@ -790,9 +794,7 @@ def test_an_unreachable_endpoint_fails_in_one_line_within_seconds(
 
 
 def test_an_unreachable_endpoint_fails_the_program_without_a_traceback(names: Names) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
     env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{port}"
     result = subprocess.run(
@@ -821,10 +823,10 @@ def test_missing_credentials_fail_in_one_line(
     assert err.count("\n") == 1
 
 
-@pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 def test_the_gcloud_plan_builds_what_check_expects(
     capsys: pytest.CaptureFixture[str], emulator: str, names: Names, tmp_path: Path
 ) -> None:
+    required_tool("gcloud", install="Debian package google-cloud-cli")
     # The printed commands, run by the real gcloud against the emulator (IAM part left out:
     # the emulator has none), produce exactly the planned subscription.
     assert main(["plan", *names.flags()]) == 0
@@ -1116,11 +1118,12 @@ def test_without_a_cloud_run_service_no_invoker_binding_is_printed() -> None:
     assert "cloud_run" not in render_terraform(the_plan)
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-def test_the_invoker_binding_is_formatted_as_terraform_fmt_would(tmp_path: Path) -> None:
+def test_the_invoker_binding_is_formatted_as_terraform_fmt_would(
+    terraform: str, tmp_path: Path
+) -> None:
     (tmp_path / "homing.tf").write_text(render_terraform(plan(run_settings())))
     result = subprocess.run(
-        ["terraform", "fmt", "-check", "-diff", str(tmp_path)],
+        [terraform, "fmt", "-check", "-diff", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from homing import LoopbackPublisher
-from tests.e2e.conftest import ROOT
+from tests.support import ROOT
 
 
 def test_the_readme_shows_the_quickstart_file_verbatim() -> None:

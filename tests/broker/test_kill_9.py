@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -25,50 +23,30 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.support.ports import free_port
+from tests.support.processes import running
+from tests.support.waiting import eventually_async
+
 pytestmark = pytest.mark.e2e
 
 PROJECT = "homing-local"
 TOPIC = f"projects/{PROJECT}/topics/load"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _broker(data: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "broker",
-                "--port",
-                str(port),
-                "--data",
-                str(data),
-                # Any free port for the web page: --port + 1 may be held by a closed connection
-                # (TIME_WAIT) on a machine busy with other tests.
-                "--http-port",
-                "0",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while f"on 127.0.0.1:{port}" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+    command = [sys.executable, "-m", "homing.cli", "broker", "--port", str(port)]
+    # Any free port for the web page: --port + 1 may be held by a closed connection (TIME_WAIT)
+    # on a machine busy with other tests.
+    command += ["--data", str(data), "--http-port", "0"]
+    with running(
+        command,
+        log,
+        lambda: f"on 127.0.0.1:{port}" in log.read_text(),
+        timeout=20,
+        what="homing broker",
+    ) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(10)
 
 
 async def test_kill_9_under_load_loses_nothing_acknowledged(
@@ -82,7 +60,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(
         received.append(base64.b64decode(body["message"]["data"]).decode())
         return Response(status_code=204)
 
-    receiver_port = _free_port()
+    receiver_port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             Starlette(routes=[Route("/events", events, methods=["POST"])]),
@@ -92,7 +70,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(
         )
     )
     serving = asyncio.create_task(server.serve())
-    port, data, log = _free_port(), tmp_path / "broker.sqlite3", tmp_path / "broker.log"
+    port, data, log = free_port(), tmp_path / "broker.sqlite3", tmp_path / "broker.log"
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
     try:
         with _broker(data, port, log) as first:
@@ -141,10 +119,11 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(
                     continue
                 acknowledged.add(name)
             assert len(acknowledged) > 500
-            deadline = time.monotonic() + 30
-            while not acknowledged <= set(received):
-                assert time.monotonic() < deadline, sorted(acknowledged - set(received))[:10]
-                await asyncio.sleep(0.1)
+            await eventually_async(
+                lambda: acknowledged <= set(received),
+                timeout=30,
+                explain=lambda: sorted(acknowledged - set(received))[:10],
+            )
             await asyncio.to_thread(publisher.stop)
             publisher.transport.close()
     finally:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from homing.broker import Broker
 from homing.broker.server import Addresses, serving
 from homing.broker.web import create_app, render_page
 from tests.broker.conftest import SUBSCRIPTION, TOPIC, subscription
+from tests.support.required import required_tool
 
 HOSTILE = "<img src=x id=injected onerror=alert(1)><script>document.title='owned'</script>"
 
@@ -123,16 +122,6 @@ async def test_the_rest_view(failing: Broker) -> None:
         assert next(iter(certs.json().values())).startswith("-----BEGIN CERTIFICATE-----")
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        reason = "Debian's chromium package is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI"):  # `make test` installs it: in CI its absence is a failure
-            pytest.fail(f"{reason}; the web page must be tested in a real browser in CI")
-        pytest.skip(reason)
-    return found
-
-
 def _browse(browser: str, url: str, profile: Path, *what: str) -> str:
     result = subprocess.run(
         [
@@ -159,7 +148,8 @@ def _browse(browser: str, url: str, profile: Path, *what: str) -> str:
 
 @pytest.mark.e2e
 async def test_the_page_in_a_real_browser(failing: Broker, tmp_path: Path) -> None:
-    browser = _chromium()
+    # `make test` installs Debian's chromium: in CI the page is always seen by a real browser.
+    browser = required_tool("chromium", "chromium-browser", install="apt-get install -y chromium")
     await _dead_letter_one(failing)
     addresses: Addresses
     async with serving(failing, port=0, http_port=0) as addresses:

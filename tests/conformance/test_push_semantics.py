@@ -43,9 +43,8 @@ def test_the_wrapped_body_has_both_spellings_and_base64_data(
 
 
 def test_delivery_attempt_is_sent_with_a_dead_letter_policy(
-    target: Target, receiver: Receiver, request: pytest.FixtureRequest
+    target: Target, receiver: Receiver
 ) -> None:
-    target.differs(request, "sends no deliveryAttempt")
     topic, dead = target.topic(), target.topic()
     url = receiver.endpoint(lambda n: 500 if n == 1 else 204)
     target.subscription(
@@ -56,37 +55,35 @@ def test_delivery_attempt_is_sent_with_a_dead_letter_policy(
     )
     _publish(target, topic, b"x")
     pushes = receiver.wait(url, 2, seconds=15)
-    assert [orjson.loads(p.body).get("deliveryAttempt") for p in pushes[:2]] == [1, 2]
+    attempts = [orjson.loads(p.body).get("deliveryAttempt") for p in pushes[:2]]
+    assert attempts == ([None, None] if target.emulator else [1, 2])  # the emulator sends none
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
-def test_ack_statuses(
-    target: Target, receiver: Receiver, request: pytest.FixtureRequest, status: int
-) -> None:
-    if status == 202:
-        target.differs(request, "nacks 202")
-    topic = target.topic()
-    url = receiver.endpoint(lambda _n: status)
-    target.subscription(topic, url)
-    _publish(target, topic, b"x")
-    receiver.wait(url, 1)
-    time.sleep(2.5)  # past the emulator's ~1 s redelivery tick
-    assert len(receiver.at(url)) == 1
+def test_ack_statuses(target: Target, receiver: Receiver, status: int) -> None:
+    _assert_acks_or_redelivers(target, receiver, status)
 
 
 @pytest.mark.parametrize("status", [203, 400, 429, 500])
-def test_other_statuses_are_redelivered(
-    target: Target, receiver: Receiver, request: pytest.FixtureRequest, status: int
-) -> None:
-    if status == 203:
-        target.differs(request, "acks 203")
+def test_other_statuses_are_redelivered(target: Target, receiver: Receiver, status: int) -> None:
+    _assert_acks_or_redelivers(target, receiver, status)
+
+
+def _assert_acks_or_redelivers(target: Target, receiver: Receiver, status: int) -> None:
+    """An ack is pushed once; a nack is pushed again, the same message. Which is which is
+    :meth:`Target.acks` (the emulator acks 203 and nacks 202)."""
     topic = target.topic()
     url = receiver.endpoint(lambda n: status if n == 1 else 204)
     target.subscription(topic, url)
     _publish(target, topic, b"x")
-    pushes = receiver.wait(url, 2, seconds=5)
-    ids = {orjson.loads(p.body)["message"]["messageId"] for p in pushes}
-    assert len(ids) == 1
+    if target.acks(status):
+        receiver.wait(url, 1)
+        time.sleep(2.5)  # past the emulator's ~1 s redelivery tick: no second push came
+        assert len(receiver.at(url)) == 1
+    else:
+        pushes = receiver.wait(url, 2, seconds=5)
+        ids = {orjson.loads(p.body)["message"]["messageId"] for p in pushes}
+        assert len(ids) == 1
 
 
 def test_dead_letters_after_max_attempts_with_the_attributes(
@@ -115,10 +112,7 @@ def test_dead_letters_after_max_attempts_with_the_attributes(
     )
 
 
-def test_an_oidc_token_is_attached(
-    target: Target, receiver: Receiver, request: pytest.FixtureRequest
-) -> None:
-    target.differs(request, "sends no Authorization header")
+def test_an_oidc_token_is_attached(target: Target, receiver: Receiver) -> None:
     topic = target.topic()
     url = receiver.endpoint()
     target.subscription(
@@ -130,13 +124,13 @@ def test_an_oidc_token_is_attached(
     )
     _publish(target, topic, b"x")
     [push] = receiver.wait(url, 1)
-    assert push.headers.get("authorization", "").startswith("Bearer ")
+    if target.emulator:
+        assert "authorization" not in push.headers  # the emulator attaches no token
+    else:
+        assert push.headers["authorization"].startswith("Bearer ")
 
 
-def test_the_ordering_key_is_in_the_wrapped_body(
-    target: Target, receiver: Receiver, request: pytest.FixtureRequest
-) -> None:
-    target.differs(request, "omits orderingKey from the wrapped body")
+def test_the_ordering_key_is_in_the_wrapped_body(target: Target, receiver: Receiver) -> None:
     topic = target.topic()
     url = receiver.endpoint()
     target.subscription(topic, url, enable_message_ordering=True)
@@ -146,7 +140,11 @@ def test_the_ordering_key_is_in_the_wrapped_body(
         )
     )
     [push] = receiver.wait(url, 1)
-    assert orjson.loads(push.body)["message"].get("orderingKey") == "key-1"
+    message = orjson.loads(push.body)["message"]
+    if target.emulator:
+        assert "orderingKey" not in message  # the emulator leaves it out
+    else:
+        assert message["orderingKey"] == "key-1"
 
 
 def test_one_message_in_flight_per_ordering_key(target: Target, receiver: Receiver) -> None:
@@ -167,16 +165,18 @@ def test_one_message_in_flight_per_ordering_key(target: Target, receiver: Receiv
     assert min(gaps) >= 0.09  # each waited for the one before to be answered
 
 
-def test_raw_bytes_for_no_wrapper(
-    target: Target, receiver: Receiver, request: pytest.FixtureRequest
-) -> None:
-    target.differs(request, "decodes unwrapped bodies as UTF-8, corrupting binary data")
+def test_raw_bytes_for_no_wrapper(target: Target, receiver: Receiver) -> None:
     topic = target.topic()
     url = receiver.endpoint()
     target.subscription(topic, url, push_config={"no_wrapper": {"write_metadata": True}})
-    _publish(target, topic, b"\xff\xfe\x00raw", kind="k")
+    data = b"\xff\xfe\x00raw"
+    _publish(target, topic, data, kind="k")
     [push] = receiver.wait(url, 1)
-    assert push.body == b"\xff\xfe\x00raw"
+    if target.emulator:
+        # The emulator decodes the body as UTF-8: each invalid byte becomes U+FFFD.
+        assert push.body == data.decode("utf-8", "replace").encode()
+    else:
+        assert push.body == data
     assert push.headers["kind"] == "k"
 
 
@@ -196,14 +196,14 @@ def test_more_than_1000_messages_are_refused(target: Target) -> None:
         _publish_raw(target, topic, *[pubsub.PubsubMessage(data=b"x")] * 1001)
 
 
-def test_more_than_100_attributes_are_refused(
-    target: Target, request: pytest.FixtureRequest
-) -> None:
-    target.differs(request, "enforces no attribute limits")
+def test_more_than_100_attributes_are_refused(target: Target) -> None:
     topic = target.topic()
-    attributes = {f"k{i}": "v" for i in range(101)}
+    message = pubsub.PubsubMessage(data=b"x", attributes={f"k{i}": "v" for i in range(101)})
+    if target.emulator:
+        _publish_raw(target, topic, message)  # the emulator enforces no attribute limits
+        return
     with pytest.raises(api.InvalidArgument):
-        _publish_raw(target, topic, pubsub.PubsubMessage(data=b"x", attributes=attributes))
+        _publish_raw(target, topic, message)
 
 
 def test_unknown_and_existing_resources(target: Target) -> None:

@@ -8,14 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, free_port
+from tests.support import ROOT
+from tests.support.ports import free_port
+from tests.support.processes import answers, launch, wait_ready
+from tests.support.waiting import eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -33,34 +35,30 @@ def _start(tmp_path: Path, port: int, log: Path, **extra: str) -> subprocess.Pop
         HOMING_MAX_BACKOFF="2",
         HOMING_MAX_DELIVERY_ATTEMPTS="30",
     )
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homing.cli",
-                "dev",
-                "--app",
-                "users_api.app:create_app",
-                "--data",
-                str(tmp_path / "broker.sqlite3"),
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    end = time.monotonic() + 40
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < end, log.read_text()
-        time.sleep(0.1)
+    process = launch(
+        [
+            sys.executable,
+            "-m",
+            "homing.cli",
+            "dev",
+            "--app",
+            "users_api.app:create_app",
+            "--data",
+            str(tmp_path / "broker.sqlite3"),
+        ],
+        log,
+        env=env,
+        cwd=tmp_path,
+        group=True,
+    )
+    wait_ready(
+        process,
+        log,
+        lambda: answers(f"http://127.0.0.1:{port}/healthz", 200),
+        timeout=40,
+        what="homing dev",
+    )
+    return process
 
 
 async def _rename(client: httpx.AsyncClient, n: int) -> str | None:
@@ -90,15 +88,15 @@ async def test_kill_9_under_load_then_restart_one_effect_each(tmp_path: Path) ->
         assert len(published) >= 30
         process = _start(tmp_path, port, log)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            end = time.monotonic() + 30
-            while True:
-                shown = Counter(
-                    n["event_id"] for n in (await client.get("/users/1/notifications")).json()
-                )
-                if set(published) <= set(shown):
-                    break
-                assert time.monotonic() < end, (set(published) - set(shown), log.read_text())
-                await asyncio.sleep(0.2)
+
+            async def every_event_shown() -> Counter[str]:
+                notes = (await client.get("/users/1/notifications")).json()
+                shown = Counter(note["event_id"] for note in notes)
+                return shown if set(published) <= set(shown) else Counter()
+
+            shown = await eventually_async(
+                every_event_shown, timeout=30, interval=0.2, explain=log.read_text
+            )
         assert max(shown.values()) == 1  # one effect per event, redeliveries or not
         output = log.read_text()
         assert "Traceback" not in output
@@ -124,21 +122,20 @@ async def test_the_summary_line_names_the_publishing_requests_trace(tmp_path: Pa
             )
             assert renamed.status_code == 200
             event_id = renamed.headers["x-event-id"]
-            end = time.monotonic() + 20
-            while not (await client.get("/users/1/notifications")).json():
-                assert time.monotonic() < end, log.read_text()
-                await asyncio.sleep(0.1)
-        end = time.monotonic() + 5
-        while True:
-            summaries = [
+
+            async def notified() -> bool:
+                return bool((await client.get("/users/1/notifications")).json())
+
+            await eventually_async(notified, timeout=20, interval=0.1, explain=log.read_text)
+
+        def summaries() -> list[dict[str, object]]:
+            return [
                 json.loads(line)
                 for line in log.read_text().splitlines()
                 if line.startswith("{") and '"logger":"homing.push"' in line
             ]
-            if summaries or time.monotonic() > end:
-                break
-            await asyncio.sleep(0.1)
-        [summary] = summaries
+
+        [summary] = await eventually_async(summaries, timeout=5, interval=0.1)
         assert summary["event_id"] == event_id
         assert summary["outcome"] == "done"
         assert summary["delivery_attempt"] == 1

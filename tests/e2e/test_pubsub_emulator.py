@@ -15,7 +15,9 @@ from google.cloud import pubsub_v1
 from homing import KeyRing, Signer
 from homing.cli import main as homing_cli
 from homing.signing import EVENT_ID
-from tests.e2e.conftest import Service, free_port, poll, serve_test_app
+from tests.support.ports import free_port
+from tests.support.services import Service, serve_test_app
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +94,7 @@ def test_an_event_the_broker_refused_waits_in_the_outbox_until_flushed(
     def notes() -> list[dict[str, str]]:
         return httpx.get(f"{service.url}/users/{user['id']}/notifications").json()  # type: ignore[no-any-return]
 
-    found = poll(notes, deadline=20)
+    found = eventually(notes, timeout=20)
     assert isinstance(found, list)
     assert [n["event_id"] for n in found] == [response.headers["x-event-id"]]
 
@@ -139,7 +141,7 @@ def test_a_failing_handler_is_redelivered_then_dead_lettered(
     def dead_lettered() -> list[pubsub_v1.types.ReceivedMessage]:
         return list(subscriber.pull(subscription=dead, max_messages=1, timeout=5).received_messages)
 
-    found = poll(dead_lettered, deadline=60, interval=0.5)
+    found = eventually(dead_lettered, timeout=60, interval=0.5)
     assert isinstance(found, list)
     message = found[0].message
     assert message.attributes[EVENT_ID] == attributes[EVENT_ID]
@@ -191,7 +193,7 @@ def _rename_once_through_pubsub(
     def notes() -> list[dict[str, str]]:
         return httpx.get(f"{service.url}/users/{user['id']}/notifications").json()  # type: ignore[no-any-return]
 
-    found = poll(notes, deadline=20)
+    found = eventually(notes, timeout=20)
     assert isinstance(found, list)
     assert found[0]["text"] == "Your name was changed from 'Ann' to 'Bea'."
     time.sleep(1.5)  # the emulator would have redelivered by now had it not taken the ack

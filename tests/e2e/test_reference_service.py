@@ -9,7 +9,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Service, homing_envelope, poll
+from tests.support import ROOT
+from tests.support.services import Service, homing_envelope
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +30,7 @@ def test_change_name_reaches_the_handler_through_the_loopback(service_factory: S
     user = httpx.post(f"{service.url}/users", json={"name": "Ann", "email": "a@example.com"}).json()
     changed = httpx.post(f"{service.url}/change-name", json={"user_id": user["id"], "name": "Bea"})
     assert changed.status_code == 200
-    notes = poll(lambda: _notifications(service, user["id"]))
+    notes = eventually(lambda: _notifications(service, user["id"]))
     assert isinstance(notes, list)
     assert notes[0]["text"] == "Your name was changed from 'Ann' to 'Bea'."
     assert service.stop()
@@ -67,7 +69,7 @@ def test_without_keys_a_development_key_is_made_and_announced(service_factory: S
     service = service_factory()
     user = httpx.post(f"{service.url}/users", json={"name": "Ed", "email": "e@example.com"}).json()
     httpx.post(f"{service.url}/change-name", json={"user_id": user["id"], "name": "Flo"})
-    poll(lambda: _notifications(service, user["id"]))
+    eventually(lambda: _notifications(service, user["id"]))
     assert "HOMING_SIGNING_KEYS is not set: signing with a development key" in service.output()
 
 

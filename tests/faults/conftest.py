@@ -1,21 +1,17 @@
 """Real processes and real faults: a database of its own per test, services that can be killed
-and restarted on their port, an emulator on a port chosen in advance, and the tally every fault
-test prints."""
+and restarted on their port, and the tally every fault test prints."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +21,11 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1
 
-from tests.e2e.conftest import Service, start_service
-from tests.emulator import find_emulator
+from tests.support.postgres import Cluster, throwaway_cluster
+from tests.support.processes import halt
+from tests.support.required import missing
+from tests.support.services import Service, start_service
+from tests.support.waiting import eventually
 
 KEYS = "fault-key:a-fault-test-secret-that-is-long-enough"
 PROJECT = "homing-faults"
@@ -63,8 +62,8 @@ async def _pg_rows(dsn: str, query: str, args: tuple[Any, ...]) -> list[tuple[An
         await connection.close()
 
 
-async def _pg_admin(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
+async def _pg_admin(statement: str, dsn: str = POSTGRES_ADMIN_DSN) -> None:
+    connection = await asyncpg.connect(dsn, timeout=10)
     try:
         await connection.execute(statement)
     finally:
@@ -78,10 +77,7 @@ def postgres_database() -> Iterator[Database]:
     try:
         asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
-        reason = f"PostgreSQL unreachable ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; it is required in CI")
-        pytest.skip(f"{reason}; required in CI")
+        missing(f"PostgreSQL unreachable ({type(exc).__name__}: {exc})")
     try:
         yield Database(
             "postgresql",
@@ -90,6 +86,20 @@ def postgres_database() -> Iterator[Database]:
         )
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of this test's own, to restart or stop at will."""
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_database(postgres_cluster: Cluster) -> Database:
+    """A database on :func:`postgres_cluster`."""
+    asyncio.run(_pg_admin('CREATE DATABASE "faults"', postgres_cluster.dsn()))
+    return Database("postgresql", postgres_cluster.url("faults"), postgres_cluster.dsn("faults"))
 
 
 @pytest.fixture
@@ -106,28 +116,6 @@ def database(request: pytest.FixtureRequest) -> Database:
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def halt(process: subprocess.Popen[bytes], *, group: bool = False) -> None:
-    """SIGTERM, then SIGKILL if it is still there after 10 s (the whole group with ``group``)."""
-    if process.poll() is not None:
-        return
-
-    def signal_it(number: int) -> None:
-        try:
-            if group:
-                os.killpg(process.pid, number)
-            else:
-                process.send_signal(number)
-        except ProcessLookupError:
-            pass
-
-    signal_it(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        signal_it(signal.SIGKILL)
-        process.wait(10)
 
 
 def kill_9(service: Service) -> None:
@@ -163,42 +151,6 @@ def services(tmp_path: Path) -> Iterator[Services]:
     finally:
         for service in launched.started:
             halt(service.process)
-
-
-@contextmanager
-def emulator_on(port: int, log: Path, deadline: float = 60.0) -> Iterator[str]:
-    """The official emulator on ``port`` (chosen before, while nothing listened there)."""
-    script = find_emulator()
-    if script is None:
-        pytest.skip(
-            "the official Pub/Sub emulator is not installed (Debian package "
-            "google-cloud-cli-pubsub-emulator); it is required in CI"
-        )
-    host = f"127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(script), "--host=127.0.0.1", f"--port={port}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the script starts java: stop the whole group
-        )
-    try:
-        end = time.monotonic() + deadline
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the Pub/Sub emulator exited: {log.read_text()[-2000:]}")
-            try:
-                probe = httpx.get(f"http://{host}/v1/projects/probe/topics", timeout=1)
-                if probe.status_code < 500:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > end:
-                pytest.fail(f"the Pub/Sub emulator did not answer on {host} in {deadline}s")
-            time.sleep(0.1)
-        yield host
-    finally:
-        halt(process, group=True)
 
 
 # -- Pub/Sub -----------------------------------------------------------------------------------
@@ -393,6 +345,10 @@ class RenameLoad:
         with self._lock:
             return sum(1 for r in self.results if r.status == status)
 
+    def answered(self, at_least: int) -> bool:
+        """``True`` once ``at_least`` renames were answered 200."""
+        return self.count(200) >= at_least
+
     def stop(self) -> list[Rename]:
         self._stop.set()
         for thread in self._threads:
@@ -427,15 +383,13 @@ class Settled:
 
 def settle(database: Database, results: list[Rename], *, drain_within: float = 30) -> Settled:
     """Wait (no flush by anyone) for the outbox to empty and the answered events' effects."""
-    from tests.e2e.conftest import poll
-
     ended = time.monotonic()
-    poll(lambda: outbox_rows(database) == 0, deadline=drain_within, interval=0.25)
+    eventually(lambda: outbox_rows(database) == 0, timeout=drain_within, interval=0.25)
     drained = time.monotonic() - ended
     ok = {r.event_id for r in results if r.status == 200 and r.event_id}
-    poll(
+    eventually(
         lambda: all(database.notifications_by_event().get(e, 0) == 1 for e in ok),
-        deadline=60,
+        timeout=60,
         interval=0.25,
     )
     refused = [r for r in results if r.status is not None and r.status != 200]

@@ -12,7 +12,6 @@ import orjson
 import pytest
 
 from homing.signing import EVENT_ID
-from tests.e2e.conftest import homing_envelope, poll
 from tests.faults.conftest import (
     KEYS,
     Database,
@@ -22,6 +21,8 @@ from tests.faults.conftest import (
     notifications_seen,
     service_env,
 )
+from tests.support.services import homing_envelope
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -68,9 +69,9 @@ def test_ten_concurrent_deliveries_of_one_envelope(database: Database, services:
 
     statuses = asyncio.run(_post_all(service.url, body))
     assert set(statuses) <= {204, 409}, statuses
-    redelivered = poll(
+    redelivered = eventually(
         lambda: httpx.post(f"{service.url}/events", content=body).status_code == 204,
-        deadline=10,
+        timeout=10,
         interval=0.1,
     )
     assert redelivered

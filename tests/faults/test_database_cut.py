@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import free_port, poll
 from tests.faults.conftest import (
     Database,
     PushSetup,
@@ -19,7 +18,9 @@ from tests.faults.conftest import (
     service_env,
     settle,
 )
-from tests.faults.proxy import cuttable_proxy
+from tests.support.ports import free_port
+from tests.support.proxy import cuttable_proxy
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -44,12 +45,12 @@ def test_database_connections_cut_and_refused_mid_load(
         users = create_users(service, USERS)
         load = RenameLoad(service.url, users).start()
         try:
-            poll(lambda: load.count(200) >= 30, deadline=30, interval=0.05)
+            eventually(lambda: load.count(200) >= 30, timeout=30, interval=0.05)
             proxy.cut()
             time.sleep(CUT)
             proxy.restore()
             answered_before = load.count(200)
-            poll(lambda: load.count(200) >= answered_before + 30, deadline=60, interval=0.05)
+            eventually(lambda: load.count(200) >= answered_before + 30, timeout=60, interval=0.05)
         finally:
             results = load.stop()
         settled = settle(db, results)

@@ -13,8 +13,9 @@ import pytest
 
 from homing import KeyRing, Signer
 from homing.signing import EVENT_ID
-from tests.e2e.conftest import poll, serve_test_app
 from tests.faults.conftest import KEYS, Database, PushSetup, Tally
+from tests.support.services import serve_test_app
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +69,7 @@ def test_handler_slower_than_the_ack_deadline(
         # after it is a duplicate, answered 204, which the emulator takes.
         return slow_app.answers().count(204) >= 2
 
-    poll(acked_after_the_run, deadline=SLOW_SECONDS + 25, interval=0.25)
+    eventually(acked_after_the_run, timeout=SLOW_SECONDS + 25, interval=0.25)
     answers = slow_app.answers()
     effects = {
         str(e): int(n)

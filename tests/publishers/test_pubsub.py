@@ -17,7 +17,8 @@ from homing import Homing, PublishFailed
 from homing.publishers.pubsub import PubSubPublisher, topic_path
 from homing.signing import EVENT_ID
 from tests.conftest import OrderPlaced
-from tests.faults.proxy import cuttable_proxy
+from tests.support.ports import free_port
+from tests.support.proxy import cuttable_proxy
 
 PROJECT = "homing-test"
 
@@ -114,9 +115,7 @@ async def _threads_left_of(before: set[threading.Thread]) -> set[threading.Threa
 async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
     homing: Homing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.emulator import _free_port
-
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
     homing.publisher = PubSubPublisher("events", project=PROJECT, timeout=1.0)
     before = set(threading.enumerate())
     loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from tests.e2e.conftest import free_port
+from tests.support.ports import free_port
 
 
 class CuttableProxy:
