@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from homing.cli import main as homing_cli
-from tests.e2e.conftest import ROOT, free_port
+from tests.support import ROOT
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
