@@ -3,13 +3,18 @@ and answer a database they cannot use with one line, never a traceback or a pass
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from homing.cli import main
 from tests.support import ROOT
+
+#: SQLAlchemy's default PostgreSQL driver: psycopg2 before 2.1, psycopg since.
+DEFAULT_PG = make_url("postgresql://").get_dialect().driver
 
 
 @pytest.fixture(autouse=True)
@@ -69,25 +74,31 @@ def test_outside_a_checkout_without_app_it_says_how_to_name_one(
     [
         (
             "not a url with pass-word-1",
-            "the database URL (DATABASE_URL) cannot be read as a URL; expected "
+            "the database URL cannot be read as a URL; write "
             "postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH",
+        ),
+        (
+            # The sync driver's URL: installing homing[sql] would not fix it; asyncpg would.
+            "postgresql://u:pass-word-1@127.0.0.1:5432/test",
+            "the database URL's scheme 'postgresql' selects SQLAlchemy's default driver for "
+            f"postgresql, {DEFAULT_PG}; homing runs on the async driver asyncpg: write "
+            "postgresql+asyncpg://USER@HOST:5432/DB",
         ),
         (
             "mysql+aiomysql://u:pass-word-1@127.0.0.1/db",
-            "the database URL (DATABASE_URL) names a driver whose module 'aiomysql' is not "
-            "installed; homing's SQL stores use postgresql+asyncpg://USER@HOST:5432/DB or "
-            "sqlite+aiosqlite:///PATH (pip install 'homing[sql]')",
+            "the database URL's scheme 'mysql+aiomysql' needs the driver module 'aiomysql', "
+            "which is not installed (install it, or write postgresql+asyncpg://USER@HOST:5432/DB "
+            "or sqlite+aiosqlite:///PATH, whose drivers homing[sql] installs)",
         ),
         (
             "nosuchdb://u:pass-word-1@127.0.0.1/db",
-            "the database URL (DATABASE_URL) names a database SQLAlchemy has no dialect for "
-            "('nosuchdb'); homing's SQL stores use postgresql+asyncpg://USER@HOST:5432/DB or "
-            "sqlite+aiosqlite:///PATH",
+            "the database URL's scheme 'nosuchdb' names a database or driver SQLAlchemy does "
+            "not know; write postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH",
         ),
         (
             "sqlite:///pass-word-1.db",
-            "the database URL (DATABASE_URL) names a driver that is not async; use "
-            "postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH",
+            "the database URL's scheme 'sqlite' selects SQLAlchemy's default driver for sqlite, "
+            "pysqlite; homing runs on the async driver aiosqlite: write sqlite+aiosqlite:///PATH",
         ),
         (
             "postgresql+asyncpg://u:pass-word-1@127.0.0.1:1/db",
@@ -113,5 +124,29 @@ def test_a_missing_driver_names_the_extra(
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
     assert main(["quarantine", "list", "--app", "users_api.app:create_app"]) == 2
     assert capsys.readouterr().err == (
-        "homing: error: the module 'asyncpg' is not installed (pip install 'homing[sql]')\n"
+        "homing: error: the database URL's scheme 'postgresql+asyncpg' needs the driver "
+        "module 'asyncpg', which is not installed (pip install 'homing[sql]')\n"
     )
+
+
+def test_a_service_on_sqlalchemys_own_engine_gets_the_same_advice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if importlib.util.find_spec(DEFAULT_PG) is not None:
+        pytest.skip(f"{DEFAULT_PG} is installed here, so postgresql:// makes an engine")
+    (tmp_path / "own_engine.py").write_text(
+        "import os\n"
+        "from sqlalchemy.ext.asyncio import create_async_engine\n\n"
+        "def create():\n"
+        "    create_async_engine(os.environ['DATABASE_URL'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pass-word-1@127.0.0.1/test")
+    assert main(["quarantine", "list", "--app", "own_engine:create"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"homing: error: the database URL (DATABASE_URL) selects a driver whose module "
+        f"{DEFAULT_PG!r} is not installed, and homing's SQL stores do not run on it; write "
+        "postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH\n"
+    )
+    assert "homing[sql]" not in err

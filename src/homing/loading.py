@@ -100,6 +100,8 @@ def resolve(spec: str) -> Any:
     if callable(target) and not isinstance(target, Homing) and not hasattr(target, "state"):
         try:
             target = target()
+        except HomingError:  # said already: homing's create_engine names a URL's problem
+            raise
         except Exception as exc:
             raise _explained(exc) from exc
     return target
@@ -204,9 +206,10 @@ def _explained(exc: Exception) -> HomingError:
         if name.partition(".")[0] in _EXTRAS:
             return ConfigurationError(f"the module {name!r} is not installed{_install_hint(exc)}")
         if _from_sqlalchemy(exc):
+            # Not a driver homing[sql] brings (those are in _EXTRAS): installing it won't do.
             return ConfigurationError(
-                f"the database URL (DATABASE_URL) names a driver whose module {name!r} is not "
-                f"installed; homing's SQL stores use {_SQL_DRIVERS} (pip install 'homing[sql]')"
+                f"the database URL (DATABASE_URL) selects a driver whose module {name!r} is not "
+                f"installed, and homing's SQL stores do not run on it; write {_SQL_DRIVERS}"
             )
         return ConfigurationError(f"the service needs the module {name!r}, which is not installed")
     if kind == "ArgumentError" and "URL" in message:

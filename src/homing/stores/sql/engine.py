@@ -16,12 +16,27 @@ from typing import Any
 
 from sqlalchemy import Insert, Table, event, insert
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from homing.errors import StoreError
+from homing.errors import ConfigurationError, StoreError
 from homing.stores.sql._sqlite_inline import DBAPI as inline_sqlite_dbapi
+
+#: The driver homing's SQL stores run on, per database, and a URL that selects it. (Their
+#: hot-path statements are compiled with positional parameters: psycopg's named ones won't do.)
+_DRIVERS = {
+    "postgresql": ("asyncpg", "postgresql+asyncpg://USER@HOST:5432/DB"),
+    "sqlite": ("aiosqlite", "sqlite+aiosqlite:///PATH"),
+}
+_EXPECTED = " or ".join(example for _, example in _DRIVERS.values())
 
 
 def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> AsyncEngine:
@@ -44,8 +59,15 @@ def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> As
     surfaces as SQLAlchemy's ``OperationalError`` like every other database error, so an
     application needs to handle only ``SQLAlchemyError`` (homing's stores turn it into
     :class:`~homing.errors.StoreError`).
+
+    Raises:
+        ConfigurationError: ``url`` cannot be read, names a database or driver SQLAlchemy does
+            not know, a driver homing does not run on (``postgresql://`` selects psycopg, not
+            asyncpg; ``sqlite://`` the synchronous pysqlite), or one that is not installed.
+            The message says what to write instead and never repeats the URL (it may hold a
+            password).
     """
-    database = make_url(url)
+    database = _checked_url(url)
     if database.get_backend_name() == "postgresql":
         options.setdefault("pool_size", 15)
         options.setdefault("max_overflow", 0)
@@ -58,7 +80,18 @@ def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> As
         options.setdefault("pool_timeout", 60)
         if inline_sqlite and database.get_driver_name() == "aiosqlite":
             options.setdefault("module", inline_sqlite_dbapi)
-    engine = create_async_engine(url, **options)
+    try:
+        engine = create_async_engine(database, **options)
+    except ImportError as exc:  # the driver's module, which SQLAlchemy imports here
+        fix = (
+            "pip install 'homing[sql]'"
+            if database.get_backend_name() in _DRIVERS
+            else f"install it, or write {_EXPECTED}, whose drivers homing[sql] installs"
+        )
+        raise ConfigurationError(
+            f"the database URL's scheme {database.drivername!r} needs the driver module "
+            f"{exc.name or '?'!r}, which is not installed ({fix})"
+        ) from None
 
     @event.listens_for(engine.sync_engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -78,6 +111,47 @@ def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> As
             cursor.close()
 
     return engine
+
+
+def _checked_url(url: str) -> URL:
+    """``url`` parsed, if homing can run on the database and driver it names.
+
+    Raises :class:`ConfigurationError` saying what to write instead; ``url`` itself is never
+    repeated, and SQLAlchemy's error (which may quote it) is not chained.
+    """
+    try:
+        database = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigurationError(
+            f"the database URL cannot be read as a URL; write {_EXPECTED}"
+        ) from None
+    scheme = database.drivername
+    try:
+        dialect = database.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"the database URL's scheme {scheme!r} names a database or driver SQLAlchemy does "
+            f"not know; write {_EXPECTED}"
+        ) from None
+    backend = database.get_backend_name()
+    selects = (
+        f"selects the {dialect.driver} driver"
+        if "+" in scheme
+        else f"selects SQLAlchemy's default driver for {backend}, {dialect.driver}"
+    )
+    if backend in _DRIVERS:
+        driver, example = _DRIVERS[backend]
+        if dialect.driver != driver:
+            raise ConfigurationError(
+                f"the database URL's scheme {scheme!r} {selects}; homing runs on the async "
+                f"driver {driver}: write {example}"
+            )
+    elif not dialect.get_async_dialect_cls(database).is_async:
+        raise ConfigurationError(
+            f"the database URL's scheme {scheme!r} {selects}, which is not async; homing "
+            f"needs an async driver: write {_EXPECTED}"
+        )
+    return database
 
 
 #: What a database or its driver raises when it is down, unreachable or failing.
