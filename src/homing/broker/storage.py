@@ -18,33 +18,18 @@ from pathlib import Path
 
 import orjson
 
-from homing.publishers.journal import SQLiteWriter
+from homing.publishers.journal import MESSAGE_TABLES, SQLiteWriter
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, proto BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions (
     name TEXT PRIMARY KEY, topic TEXT NOT NULL, proto BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    data BLOB NOT NULL,
-    attributes BLOB NOT NULL,
-    ordering_key TEXT NOT NULL,
-    publish_time REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    subscription TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    due REAL NOT NULL,
-    dead INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    PRIMARY KEY (subscription, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_by_seq ON deliveries (seq);
 """
+    + MESSAGE_TABLES
+)
 
 
 @dataclass(slots=True)

@@ -128,9 +128,9 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-# The tables and names of the broker's storage, which journals were files of before: a journal
-# an earlier version left is read, and an earlier version reads this one.
-_SCHEMA = """
+#: The message tables, shared with the broker's storage (journals were files of it before: a
+#: journal an earlier version left is read, and an earlier version reads this one).
+MESSAGE_TABLES = """
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -168,7 +168,9 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._writer = SQLiteWriter(path, schema=_SCHEMA, thread_name="homing-loopback-journal")
+        self._writer = SQLiteWriter(
+            path, schema=MESSAGE_TABLES, thread_name="homing-loopback-journal"
+        )
 
     async def append(self, body: bytes, *, event_type: str, event_id: str) -> int:
         """Write a push body; return its number once it is committed."""
