@@ -28,19 +28,11 @@ from homing.auth import (
 )
 from homing.errors import AuthenticationFailed, ConfigurationError, Forbidden
 from homing.settings import Settings
+from tests.support.clock import NOW, Clock
 
-NOW = 1_800_000_000.0
 AUDIENCE = "https://events.example.com/events"
 PUSHER = "pubsub-push@my-project.iam.gserviceaccount.com"
 KID = "google-key-1"
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def new_rsa_key() -> rsa.RSAPrivateKey:

@@ -14,13 +14,12 @@ from homing import ConfigurationError, Homing, KeyRing, Signer, build_push
 from homing.auth import OIDCVerifier
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
+from tests.support.clock import NOW, Clock
 from tests.test_auth import (
     AUDIENCE,
     KID,
-    NOW,
     PUSHER,
     CertServer,
-    Clock,
     certificate_pem,
     claims,
     new_rsa_key,

@@ -17,18 +17,10 @@ from homing.signing import (
     legacy_signature,
     new_key,
 )
+from tests.support.clock import NOW, Clock
 
-NOW = 1_800_000_000.0
 DATA = b'{"user_id":1}'
 NOT_MATCHING = "the signature does not match the message"
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

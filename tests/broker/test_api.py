@@ -44,7 +44,7 @@ async def served(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Served]:
     client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
-    broker = Broker(tmp_path / "broker.sqlite3", client=client, push_timeout=0.5)
+    broker = Broker(tmp_path / "broker.sqlite3", client=client)
     async with client, serving(broker, port=0, http_port=0) as addresses:
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", addresses.grpc)
         publisher = pubsub_v1.PublisherClient()
