@@ -15,13 +15,12 @@ from homing.auth import OIDCVerifier
 from homing.starlette import push_route
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
+from tests.support.clock import NOW, Clock
 from tests.test_auth import (
     AUDIENCE,
     KID,
-    NOW,
     PUSHER,
     CertServer,
-    Clock,
     certificate_pem,
     claims,
     new_rsa_key,

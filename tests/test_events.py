@@ -96,7 +96,7 @@ def test_events_round_trip_through_json_bytes() -> None:
 
 
 def test_decoding_data_that_does_not_fit_raises_validation_error() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"(?s)2 validation errors.*user_id.*new_name"):
         decode_event(NameChanged, b'{"user_id": "seven"}')
 
 

@@ -37,13 +37,12 @@ from homing.starlette import push_route
 from homing.telemetry.logs import TextFormatter
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
+from tests.support.clock import NOW, Clock
 from tests.test_auth import (
     AUDIENCE,
     KID,
-    NOW,
     PUSHER,
     CertServer,
-    Clock,
     certificate_pem,
     claims,
     new_rsa_key,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from homing import ConfigurationError, Homing, MemoryPublisher, OutgoingMessage, Publisher
 from homing.outbox import FlushEndpoint, SQLOutbox
 from tests.conftest import SQL_BACKENDS, OrderPlaced, open_sql_engine
+from tests.support.waiting import eventually_async
 
 
 class Switchable(Publisher):
@@ -204,11 +205,11 @@ async def test_a_rolled_back_stage_does_not_lose_the_deletes_it_carried(
         await outbox.stage(connection, _message(homing, 2))
         await transaction.rollback()
     assert await _rows(engine) == {first.event_id}
-    for _ in range(100):  # the timed sweep deletes it instead
-        if not await _rows(engine):
-            break
-        await asyncio.sleep(0.02)
-    assert await _rows(engine) == set()
+
+    async def swept() -> bool:  # by the timed sweep instead
+        return not await _rows(engine)
+
+    await eventually_async(swept)
     assert [m.event_id for m in broker.sent] == [first.event_id]
     await outbox.aclose()
 
@@ -219,14 +220,12 @@ async def test_start_publishes_what_a_killed_process_left_once_it_is_old_enough(
     killed = SQLOutbox(engine, broker)
     async with engine.begin() as connection:
         left = await killed.stage(connection, _message(homing, 1))  # committed, never sent
-    successor = SQLOutbox(engine, broker, drain_age=0.3)
+    # No clock to move in SQLOutbox: a drain age far beyond the pause before the check.
+    successor = SQLOutbox(engine, broker, drain_age=2.0)
     await successor.start()
     await asyncio.sleep(0.1)
     assert broker.sent == []  # too young: its own request may still be sending it
-    for _ in range(100):
-        if broker.sent:
-            break
-        await asyncio.sleep(0.02)
+    await eventually_async(lambda: broker.sent)
     assert [m.event_id for m in broker.sent] == [left.event_id]
     await successor.aclose()
     assert await _rows(engine) == set()
@@ -316,10 +315,7 @@ async def test_start_drains_batch_after_batch(
     successor = SQLOutbox(engine, broker, drain_age=0.01, backlog_limit=3)
     await asyncio.sleep(0.02)
     await successor.start()
-    for _ in range(100):
-        if len(broker.sent) == len(left):
-            break
-        await asyncio.sleep(0.02)
+    await eventually_async(lambda: len(broker.sent) == len(left))
     assert sorted(m.event_id for m in broker.sent) == sorted(m.event_id for m in left)
     await successor.aclose()
 

@@ -17,17 +17,10 @@ from homing.signing import (
     legacy_signature,
     new_key,
 )
+from tests.support.clock import NOW, Clock
 
-NOW = 1_800_000_000.0
 DATA = b'{"user_id":1}'
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+NOT_MATCHING = "the signature does not match the message"
 
 
 @pytest.fixture
@@ -98,7 +91,7 @@ def test_attribute_boundaries_cannot_be_shifted(signer: Signer) -> None:
     # "ab"="c" and "a"="bc" must not sign the same bytes.
     attributes = signer.sign(DATA, "a.b", attributes={"ab": "c"})
     shifted = {k: v for k, v in attributes.items() if k != "ab"} | {"a": "bc"}
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(AuthenticationFailed, match=NOT_MATCHING):
         signer.verify(DATA, shifted, message_id="m1")
 
 
@@ -137,11 +130,19 @@ def test_missing_signature(signer: Signer) -> None:
         signer.verify(DATA, {EVENT_TYPE: "a.b"}, message_id="m")
 
 
-@pytest.mark.parametrize("value", ["v2:abcd", "v1:not-hex", "v1:", "nonsense"])
-def test_malformed_signatures(signer: Signer, value: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("v2:abcd", "unknown signature version 'v2'"),
+        ("v1:not-hex", "the signature is not hexadecimal"),
+        ("v1:", NOT_MATCHING),
+        ("nonsense", "unknown signature version 'nonsense'"),
+    ],
+)
+def test_malformed_signatures(signer: Signer, value: str, reason: str) -> None:
     attributes = signer.sign(DATA, "a.b")
     attributes[SIGNATURE] = value
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(AuthenticationFailed, match=reason):
         signer.verify(DATA, attributes, message_id="m")
 
 
@@ -287,7 +288,7 @@ def test_non_ascii_attributes_sign_and_verify(signer: Signer) -> None:
     attributes = signer.sign(DATA, "a.b", attributes={"name": "Zoë 🎉"})
     assert signer.verify(DATA, attributes, message_id="m").attributes["name"] == "Zoë 🎉"
     attributes["name"] = "Zoe 🎉"
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(AuthenticationFailed, match=NOT_MATCHING):
         signer.verify(DATA, attributes, message_id="m")
 
 
@@ -312,7 +313,7 @@ def test_unauthenticated_attribute_names_do_not_grow_memory(signer: Signer) -> N
     attributes = signer.sign(DATA, "a.b")
     for n in range(2 * _MAX_NAME_PARTS):
         forged = {**attributes, f"name-{n}": "x"}
-        with pytest.raises(AuthenticationFailed):
+        with pytest.raises(AuthenticationFailed, match=NOT_MATCHING):
             signer.verify(DATA, forged, message_id="m")
     assert len(_NAME_PARTS) <= _MAX_NAME_PARTS
     assert not any(name.startswith("name-") for name in _NAME_PARTS)  # refused: not learnt
@@ -325,7 +326,7 @@ def test_only_names_of_verified_messages_are_learnt(signer: Signer) -> None:
     attributes = signer.sign(DATA, "a.b", attributes={"learnt-on-signing": "1"})
     assert "learnt-on-signing" in _NAME_PARTS
     forged = {**attributes, "never-verified": "x"}
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(AuthenticationFailed, match=NOT_MATCHING):
         signer.verify(DATA, forged, message_id="m")
     assert "never-verified" not in _NAME_PARTS
 

@@ -52,8 +52,10 @@ def receiver() -> Receiver:
 
 @pytest.fixture
 async def broker(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Broker]:
+    """Pushes time out after the subscription's ack deadline (10 s by default), as in
+    production: a loaded machine makes no answer late."""
     client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
-    async with client, Broker(tmp_path / "broker.sqlite3", client=client, push_timeout=0.5) as b:
+    async with client, Broker(tmp_path / "broker.sqlite3", client=client) as b:
         yield b
 
 

@@ -44,7 +44,7 @@ async def served(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Served]:
     client = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
-    broker = Broker(tmp_path / "broker.sqlite3", client=client, push_timeout=0.5)
+    broker = Broker(tmp_path / "broker.sqlite3", client=client)
     async with client, serving(broker, port=0, http_port=0) as addresses:
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", addresses.grpc)
         publisher = pubsub_v1.PublisherClient()
@@ -61,23 +61,23 @@ async def test_topics_lifecycle_and_status_codes(served: Served) -> None:
     publisher = served.publisher
     created = await served.call(publisher.create_topic, name=TOPIC)
     assert created.name == TOPIC
-    with pytest.raises(api.AlreadyExists):
+    with pytest.raises(api.AlreadyExists, match=f"Topic already exists: {TOPIC}"):
         await served.call(publisher.create_topic, name=TOPIC)
     assert (await served.call(publisher.get_topic, topic=TOPIC)).name == TOPIC
     listed = await served.call(lambda: list(publisher.list_topics(project=f"projects/{PROJECT}")))
     assert [t.name for t in listed] == [TOPIC]
-    for bad in (
-        "projects/homing-local/topics/x",
-        "projects/p/topics/1abc",
-        "topics/abc",
-        "projects/homing-local/topics/goog-abc",
+    for bad, why in (
+        ("projects/homing-local/topics/x", "an id is 3-255 characters"),
+        ("projects/p/topics/1abc", "starts with a letter"),
+        ("topics/abc", r"\(expected projects/PROJECT/topics/ID\)"),
+        ("projects/homing-local/topics/goog-abc", "ids may not start with 'goog'"),
     ):
-        with pytest.raises(api.InvalidArgument):
+        with pytest.raises(api.InvalidArgument, match=why):
             await served.call(publisher.create_topic, name=bad)
-    with pytest.raises(api.NotFound):
+    with pytest.raises(api.NotFound, match=f"Topic not found: {TOPIC}-missing"):
         await served.call(publisher.get_topic, topic=TOPIC + "-missing")
     await served.call(publisher.delete_topic, topic=TOPIC)
-    with pytest.raises(api.NotFound):
+    with pytest.raises(api.NotFound, match=f"Topic not found: {TOPIC}"):
         await served.call(publisher.delete_topic, topic=TOPIC)
 
 
@@ -126,7 +126,7 @@ async def test_publish_limits_are_productions(
 
 async def test_publish_to_an_unknown_topic_is_not_found(served: Served) -> None:
     request = pubsub.PublishRequest(topic=TOPIC, messages=[pubsub.PubsubMessage(data=b"x")])
-    with pytest.raises(api.NotFound):
+    with pytest.raises(api.NotFound, match=f"Topic not found: {TOPIC}"):
         await served.call(served.publisher._gapic_publish, request=request)
 
 
@@ -140,26 +140,37 @@ async def test_more_than_1000_messages_are_refused(served: Served) -> None:
 async def test_subscription_settings_are_validated(served: Served) -> None:
     await served.call(served.publisher.create_topic, name=TOPIC)
     name = f"projects/{PROJECT}/subscriptions/push"
-    bad: list[dict[str, Any]] = [
-        {"ack_deadline_seconds": 5},
-        {"ack_deadline_seconds": 601},
-        {"push_config": {"push_endpoint": "ftp://x"}},
-        {"retry_policy": {"minimum_backoff": {"seconds": 700}}},
-        {"retry_policy": {"minimum_backoff": {"seconds": 60}, "maximum_backoff": {"seconds": 10}}},
-        {"dead_letter_policy": {"dead_letter_topic": TOPIC, "max_delivery_attempts": 4}},
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"ack_deadline_seconds": 5}, "Invalid ack deadline 5s"),
+        ({"ack_deadline_seconds": 601}, "Invalid ack deadline 601s"),
+        ({"push_config": {"push_endpoint": "ftp://x"}}, "Invalid push endpoint given"),
+        ({"retry_policy": {"minimum_backoff": {"seconds": 700}}}, "Invalid minimum backoff 700"),
+        (
+            {
+                "retry_policy": {
+                    "minimum_backoff": {"seconds": 60},
+                    "maximum_backoff": {"seconds": 10},
+                }
+            },
+            r"minimum backoff \(60(\.0)?s\) is greater than the maximum backoff",
+        ),
+        (
+            {"dead_letter_policy": {"dead_letter_topic": TOPIC, "max_delivery_attempts": 4}},
+            "Invalid max delivery attempts 4",
+        ),
     ]
-    for extra in bad:
-        with pytest.raises(api.InvalidArgument):
+    for extra, why in bad:
+        with pytest.raises(api.InvalidArgument, match=why):
             await served.call(
                 served.subscriber.create_subscription,
                 request={"name": name, "topic": TOPIC, **extra},
             )
-    with pytest.raises(api.NotFound):
+    with pytest.raises(api.NotFound, match=f"Topic not found: {TOPIC}-missing"):
         await served.call(
             served.subscriber.create_subscription,
             request={"name": name, "topic": TOPIC + "-missing"},
         )
-    with pytest.raises(api.NotFound):
+    with pytest.raises(api.NotFound, match=f"Subscription does not exist: {name}"):
         await served.call(served.subscriber.get_subscription, subscription=name)
 
 

@@ -88,9 +88,9 @@ async def test_another_brokers_key_does_not_verify(broker: Broker) -> None:
     stranger = TokenIssuer(new_private_key())
     verifier = _verifier(broker)
     try:
-        with pytest.raises(AuthenticationFailed):
+        with pytest.raises(AuthenticationFailed, match="no Google certificate has key id"):
             await verifier.verify("Bearer " + stranger.token(ACCOUNT, ENDPOINT))
-        with pytest.raises(Forbidden):
+        with pytest.raises(Forbidden, match=r"service account 'x@y\.z' may not push here"):
             await verifier.verify("Bearer " + broker.issuer.token("x@y.z", ENDPOINT))
     finally:
         await verifier._client.aclose()

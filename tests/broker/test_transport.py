@@ -61,10 +61,17 @@ async def test_posts_and_reuses_the_connection() -> None:
 
 
 @pytest.mark.parametrize(
-    "answer",
-    [b"", b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+    ("answer", "failure"),
+    [
+        (b"", "the endpoint closed the connection before answering"),
+        (b"garbage\r\n\r\n", "the endpoint answered a malformed response"),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            "the endpoint closed the connection before answering",
+        ),
+    ],
 )
-async def test_no_proper_answer_is_a_push_failure(answer: bytes) -> None:
+async def test_no_proper_answer_is_a_push_failure(answer: bytes, failure: str) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         writer.write(answer)
@@ -72,7 +79,7 @@ async def test_no_proper_answer_is_a_push_failure(answer: bytes) -> None:
 
     pusher = SocketPusher()
     async with _server(handle) as url:
-        with pytest.raises(PushFailed):
+        with pytest.raises(PushFailed, match=failure):
             await pusher.push(url, b"x", {}, 5)
     await pusher.aclose()
 
@@ -130,7 +137,7 @@ async def test_no_answer_within_the_timeout_abandons_the_connection() -> None:
 
     pusher = SocketPusher()
     async with _server(handle) as url:
-        with pytest.raises(PushTimeout):
+        with pytest.raises(PushTimeout, match=r"no answer within 0\.1 s"):
             await pusher.push(url, b"x", {}, 0.1)
         async with asyncio.timeout(5):
             await ended.wait()

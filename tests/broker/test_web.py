@@ -17,6 +17,7 @@ from homing.broker.server import Addresses, serving
 from homing.broker.web import create_app, render_page
 from tests.broker.conftest import SUBSCRIPTION, TOPIC, subscription
 from tests.support.required import required_tool
+from tests.support.waiting import eventually_async
 
 HOSTILE = "<img src=x id=injected onerror=alert(1)><script>document.title='owned'</script>"
 
@@ -30,16 +31,14 @@ async def _dead_letter_one(broker: Broker) -> str:
     await broker.create_subscription(subscription(dead_letter=5))
     [message_id] = await broker.publish(TOPIC, [(HOSTILE.encode(), {"kind": HOSTILE}, "")])
     worker = broker.worker(SUBSCRIPTION)
-    async with asyncio.timeout(10):
-        while not worker.dead:  # noqa: ASYNC110 - polls the broker's state
-            await asyncio.sleep(0.02)
+    await eventually_async(lambda: worker.dead)
     return message_id
 
 
 @pytest.fixture
 async def failing(tmp_path: Path) -> AsyncIterator[Broker]:
     client = httpx.AsyncClient(transport=httpx.MockTransport(_always_500))
-    async with client, Broker(tmp_path / "b.sqlite3", client=client, push_timeout=0.5) as b:
+    async with client, Broker(tmp_path / "b.sqlite3", client=client) as b:
         yield b
 
 

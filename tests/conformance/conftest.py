@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from homing.broker.cli import child_broker
 from tests.support.emulator import required_emulator, running_emulator
+from tests.support.waiting import eventually
 
 PROJECT = "homing-conformance"
 
@@ -67,11 +68,13 @@ class Receiver:
             return [p for p in self.pushes if p.path == path]
 
     def wait(self, url: str, count: int, seconds: float = 20.0) -> list[Push]:
-        end = time.monotonic() + seconds
-        while len(found := self.at(url)) < count:
-            assert time.monotonic() < end, f"{len(found)} of {count} pushes to {url}"
-            time.sleep(0.05)
-        return found
+        def enough() -> list[Push]:
+            found = self.at(url)
+            return found if len(found) >= count else []
+
+        return eventually(
+            enough, seconds, explain=lambda: f"{len(self.at(url))} of {count} pushes to {url}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +103,7 @@ def receiver() -> Iterator[Receiver]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    eventually(lambda: server.started)
     state.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     yield state
     server.should_exit = True

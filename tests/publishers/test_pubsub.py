@@ -19,6 +19,7 @@ from homing.signing import EVENT_ID
 from tests.conftest import OrderPlaced
 from tests.support.ports import free_port
 from tests.support.proxy import cuttable_proxy
+from tests.support.waiting import eventually_async
 
 PROJECT = "homing-test"
 
@@ -101,15 +102,14 @@ async def test_a_missing_topic_fails_with_the_event(homing: Homing, emulator_env
     await homing.publisher.aclose()
 
 
-async def _threads_left_of(before: set[threading.Thread]) -> set[threading.Thread]:
-    """The threads started since ``before`` still running after up to 5 s (a failed publish's
-    attempts end by their deadline, within the publish's timeout)."""
-    for _ in range(50):
-        left = set(threading.enumerate()) - before
-        if not left:
-            break
-        await asyncio.sleep(0.1)
-    return left
+async def _no_thread_left_of(before: set[threading.Thread]) -> None:
+    """Wait until no thread started since ``before`` runs (a failed publish's attempts end by
+    their deadline, within the publish's timeout)."""
+    await eventually_async(
+        lambda: not set(threading.enumerate()) - before,
+        timeout=5,
+        explain=lambda: set(threading.enumerate()) - before,
+    )
 
 
 async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
@@ -127,7 +127,7 @@ async def test_an_unreachable_broker_fails_within_the_timeout_and_stops_trying(
         assert loop.time() - started < 5
     # Nothing of a failed publish goes on trying (a client with message ordering on, given a
     # retry, tries for 2**32 seconds in a thread of its own).
-    assert await _threads_left_of(before) == set()
+    await _no_thread_left_of(before)
     await homing.publisher.aclose()
 
 
@@ -146,7 +146,7 @@ async def test_a_broker_that_never_answers_fails_within_the_timeout_and_stops_tr
         with pytest.raises(PublishFailed, match=r"within 1.5s"):
             await homing.publish(OrderPlaced(order_id=1, total_cents=1), ordering_key="o-1")
         assert loop.time() - started < 5
-        assert await _threads_left_of(before) == set()
+        await _no_thread_left_of(before)
         await homing.publisher.aclose()
         await asyncio.sleep(0.1)  # the ended attempt's outcome reaches the loop
         gc.collect()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from contextlib import closing
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from sqlalchemy import text
 
 from homing.stores import Claim
 from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
+from tests.support.waiting import eventually_async
 
 
 def _checkpointers() -> list[threading.Thread]:
@@ -29,25 +29,22 @@ async def test_a_lock_held_elsewhere_is_waited_for_without_stopping_the_event_lo
     store = SQLDedupeStore(engine)
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # as another process would: the write lock, held
-    ticks = 0
+    released = asyncio.Event()
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
+    async def release_after_some_turns_of_the_loop() -> None:
+        for _ in range(20):
             await asyncio.sleep(0.01)
+        other.execute("ROLLBACK")  # only an event loop that went on while claim() waited
+        released.set()  # gets here: a blocked one would keep the lock held for ever
 
-    running = asyncio.create_task(ticker())
-    asyncio.get_running_loop().call_later(0.5, other.execute, "ROLLBACK")
-    started = time.monotonic()
+    releasing = asyncio.create_task(release_after_some_turns_of_the_loop())
     try:
         assert await store.claim("e1", lease=60) is Claim.CLAIMED
+        assert released.is_set()  # it did wait for the lock
     finally:
-        running.cancel()
+        releasing.cancel()
         other.close()
         await engine.dispose()
-    assert time.monotonic() - started >= 0.4  # it did wait for the lock
-    assert ticks >= 20  # and the event loop went on meanwhile
 
 
 async def test_sqlalchemy_features_work_inline(tmp_path: Path) -> None:
@@ -89,11 +86,7 @@ async def test_checkpoints_run_on_a_thread_while_the_database_is_open(tmp_path: 
     assert busy == 0
     assert frames == copied  # nothing was left for this checkpoint to copy
     await engine.dispose()
-    for _ in range(60):
-        if len(_checkpointers()) == before:
-            break
-        await asyncio.sleep(0.05)
-    assert len(_checkpointers()) == before
+    await eventually_async(lambda: len(_checkpointers()) == before)
 
 
 async def test_the_done_marks_are_one_btree_and_an_older_table_still_works(tmp_path: Path) -> None:

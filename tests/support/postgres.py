@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.ports import free_port, listening
+from tests.support.ports import free_port
 from tests.support.required import missing, require
 
 _TOOLS = ("initdb", "pg_ctl", "postgres")
@@ -62,9 +62,6 @@ class Cluster:
     def url(self, database: str = "postgres") -> str:
         """A SQLAlchemy URL of ``database`` (asyncpg driver)."""
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def up(self) -> bool:
-        return listening(self.port)
 
     def init(self) -> None:
         self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync")

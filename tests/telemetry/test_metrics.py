@@ -117,7 +117,7 @@ async def test_publishes_and_failed_publishes_are_counted(
 ) -> None:
     await service.publish(OrderPlaced(order_id=1, total_cents=5))
     service.publisher = Refusing()
-    with pytest.raises(PublishFailed):
+    with pytest.raises(PublishFailed, match="Refusing could not publish: ConnectionError"):
         await service.publish(OrderPlaced(order_id=2, total_cents=5))
     found = samples(metrics)
     labels = (("event_type", "order.placed"),)
