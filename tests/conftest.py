@@ -7,15 +7,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from homing import Delivery, Drop, Homing, KeyRing, MemoryPublisher, Retry, Signer
+from homing.auth import OIDCVerifier
 from homing.starlette import push_route
 from homing.stores.sql import create_engine, create_tables, metadata
+from tests.support.clock import NOW, Clock
 from tests.support.emulator import required_emulator, running_emulator
 from tests.support.required import missing
+from tests.test_auth import AUDIENCE, KID, PUSHER, CertServer, certificate_pem, new_rsa_key
 
 # Taken out of the environment: homing refuses HOMING_* variables it does not know, and the
 # tests run its CLI and settings against this process's environment.
@@ -123,3 +127,18 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         required_emulator(), tmp_path_factory.mktemp("emulator") / "emulator.log"
     ) as host:
         yield host
+
+
+# Google's push token, signed by a key of the test's own and verified against its certificate.
+@pytest.fixture(scope="module")
+def google_key() -> rsa.RSAPrivateKey:
+    return new_rsa_key()
+
+
+@pytest.fixture
+async def verifier(google_key: rsa.RSAPrivateKey) -> AsyncIterator[OIDCVerifier]:
+    server = CertServer({KID: certificate_pem(google_key)})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as certs_client:
+        yield OIDCVerifier(
+            audience=AUDIENCE, service_accounts=[PUSHER], client=certs_client, clock=Clock(NOW)
+        )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import orjson
 import pytest
@@ -15,33 +13,13 @@ from homing.auth import OIDCVerifier
 from homing.starlette import push_route
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
-from tests.support.clock import NOW, Clock
+from tests.support.clock import NOW
 from tests.test_auth import (
-    AUDIENCE,
-    KID,
-    PUSHER,
-    CertServer,
-    certificate_pem,
     claims,
-    new_rsa_key,
     rs256,
 )
 
 ORDER = OrderPlaced(order_id=1, total_cents=2)
-
-
-@pytest.fixture(scope="module")
-def google_key() -> rsa.RSAPrivateKey:
-    return new_rsa_key()
-
-
-@pytest.fixture
-async def verifier(google_key: rsa.RSAPrivateKey) -> AsyncIterator[OIDCVerifier]:
-    server = CertServer({KID: certificate_pem(google_key)})
-    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as certs_client:
-        yield OIDCVerifier(
-            audience=AUDIENCE, service_accounts=[PUSHER], client=certs_client, clock=Clock(NOW)
-        )
 
 
 def _app(keys: KeyRing, verifier: OIDCVerifier, recorder: Recorder, auth: str) -> Homing:

@@ -10,7 +10,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,8 @@ from homing.starlette import push_route
 from homing.telemetry.logs import TextFormatter
 from homing.testing import push_body
 from tests.conftest import OrderPlaced, Recorder
-from tests.support.clock import NOW, Clock
 from tests.test_auth import (
-    AUDIENCE,
-    KID,
-    PUSHER,
-    CertServer,
-    certificate_pem,
     claims,
-    new_rsa_key,
     rs256,
 )
 
@@ -190,20 +183,6 @@ async def test_without_a_token_dead_letter_attributes_are_ignored(
     [(_, delivery)] = recorder.seen
     assert not any(name.startswith("CloudPubSub") for name in delivery.attributes)
     assert await homing.quarantine.list() == []
-
-
-@pytest.fixture(scope="module")
-def google_key() -> rsa.RSAPrivateKey:
-    return new_rsa_key()
-
-
-@pytest.fixture
-async def verifier(google_key: rsa.RSAPrivateKey) -> AsyncIterator[OIDCVerifier]:
-    server = CertServer({KID: certificate_pem(google_key)})
-    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as certs_client:
-        yield OIDCVerifier(
-            audience=AUDIENCE, service_accounts=[PUSHER], client=certs_client, clock=Clock(NOW)
-        )
 
 
 async def test_with_a_token_a_dead_letter_is_kept_unless_its_event_was_handled(
