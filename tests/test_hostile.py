@@ -27,7 +27,7 @@ from homing import (
     Hook,
     KeyRing,
     MemoryPublisher,
-    PushResult,
+    PushContext,
     Signer,
     build_push,
 )
@@ -293,8 +293,9 @@ async def test_an_oversize_push_is_logged_and_seen_by_the_hooks_through_either_a
     seen: list[str] = []
 
     class Counting(Hook):
-        def on_push_handled(self, result: PushResult) -> None:
-            seen.append(result.outcome)
+        def on_push_handled(self, context: PushContext) -> None:
+            assert context.result is not None
+            seen.append(context.result.outcome)
 
     homing = _service(recorder, max_body_size=1024, hooks=[Counting()])
     post = front(homing)

@@ -209,4 +209,4 @@ def test_effects_is_checked() -> None:
     homing = Homing(signer=Signer(KeyRing({"k": "a-secret-of-enough-length"})))
     homing.events.register("order.placed", OrderPlaced)
     with pytest.raises(EventRegistrationError, match="'external' or 'database'"):
-        homing.handler(OrderPlaced, effects="somewhere")(Handler())  # type: ignore[arg-type]
+        homing.handler(OrderPlaced, effects="somewhere")(Handler())  # type: ignore[call-overload]

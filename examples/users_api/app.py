@@ -253,7 +253,7 @@ def create_app(
     if metrics is not None:
         otel = OpenTelemetry() if sdk_configured() else None
         homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=otel))
-    outbox = SQLOutbox(engine, publisher, on_published=homing.published)
+    outbox = SQLOutbox(engine, publisher, hooks=homing.hooks)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @asynccontextmanager

@@ -31,7 +31,7 @@ from homing.errors import (
     StoreError,
 )
 from homing.events import EventRegistry
-from homing.hooks import Hook
+from homing.hooks import Hook, PublishContext, PushContext
 from homing.ingress import PushMessage
 from homing.ingress.wrapped import build_push, parse_push
 from homing.outcome import PushResult
@@ -70,8 +70,10 @@ __all__ = [
     "MemoryQuarantineStore",
     "OutgoingMessage",
     "PayloadTooLarge",
+    "PublishContext",
     "PublishFailed",
     "Publisher",
+    "PushContext",
     "PushMessage",
     "PushRejected",
     "PushResult",

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
-from homing.dispatch import Effects, Handler, HandlerTable
+from homing.dispatch import Effects, Handler, HandlerTable, model_from_annotation
 from homing.errors import ConfigurationError
 from homing.events import EventRegistry, encode_event
-from homing.hooks import Hook
+from homing.hooks import Hook, Hooks, PublishContext
 from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, PushPipeline, UnknownEvents
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.publishers.loopback import LoopbackPublisher
@@ -57,8 +56,9 @@ class Homing(PushPipeline):
         max_delivery_attempts: the subscription's dead-letter limit; when a push says it is the
             last attempt (``deliveryAttempt``) and the handler fails, the envelope is
             quarantined and acknowledged rather than left to Pub/Sub's dead-letter topic.
-        hooks: called at the named points of publishing and of every push (see
-            :mod:`homing.hooks`); telemetry attaches here.
+        hooks: middleware called at the named points of publishing and of every push, in
+            this order (closing points in reverse; see :mod:`homing.hooks`); telemetry
+            attaches here. ``homing.hooks.append``/``insert`` add more.
         accept_legacy_without_oidc: accept the article's format (a signer with a legacy
             secret) under ``auth="hmac"``. It signs only the data: whoever holds one such
             message can send it again under another event type and message id, which stands in
@@ -147,7 +147,7 @@ class Homing(PushPipeline):
         self._sender_verified = oidc is not None and auth in ("oidc", "both")
         self.events = EventRegistry()
         self.handlers = HandlerTable()
-        self.hooks: list[Hook] = list(hooks)
+        self.hooks = Hooks(hooks)
         self._starting: list[Step] = []
         self._closing: list[Step] = []
 
@@ -157,25 +157,59 @@ class Homing(PushPipeline):
         """Class decorator: bind a pydantic model to an event type name."""
         return self.events.event(type_name)
 
-    def handler(self, model: type[BaseModel], *, effects: Effects = "external") -> Callable[[H], H]:
-        """Decorator: the async function that handles events of ``model``.
+    @overload
+    def handler(
+        self,
+        model: type[BaseModel] | None = None,
+        /,
+        *,
+        effects: Effects = "external",
+        name: str | None = None,
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def handler(self, model: H, /) -> H: ...
+
+    def handler(
+        self,
+        model: type[BaseModel] | Handler | None = None,
+        /,
+        *,
+        effects: Effects = "external",
+        name: str | None = None,
+    ) -> Any:
+        """Decorator: a function that handles events of ``model``.
+
+        ``@homing.handler(Model)``, or ``@homing.handler`` alone to take the model from the
+        annotation of the function's first parameter. An ``async def`` runs on the event loop,
+        a plain ``def`` in a worker thread. An event type may have several handlers, each
+        exactly-once on its own; ``name`` (default: module and qualified name) keys all but
+        the first one's done marks, so keep it stable across deploys.
 
         ``effects`` says where the handler's effects go (:mod:`homing.dispatch`):
         ``"external"`` (default: anything, run under a renewed claim) or ``"database"`` (only
         writes through ``delivery.session``, committed once with the done mark; needs
         :class:`~homing.stores.sql.SQLDedupeStore`).
         """
-        type_name = self.events.type_name(model)
-        if effects == "database" and not self.dedupe.transactional:
-            raise ConfigurationError(
-                f"effects='database' (handler of {type_name!r}) needs a dedupe store on the "
-                f"handler's database (SQLDedupeStore), not {type(self.dedupe).__name__}"
-            )
+
+        def check(chosen: type[BaseModel]) -> str:
+            type_name = self.events.type_name(chosen)
+            if effects == "database" and not self.dedupe.transactional:
+                raise ConfigurationError(
+                    f"effects='database' (handler of {type_name!r}) needs a dedupe store on "
+                    f"the handler's database (SQLDedupeStore), not {type(self.dedupe).__name__}"
+                )
+            return type_name
 
         def bind(function: H) -> H:
-            self.handlers.add(type_name, function, effects=effects)
+            type_name = check(model if isinstance(model, type) else model_from_annotation(function))
+            self.handlers.add(type_name, function, effects=effects, name=name)
             return function
 
+        if isinstance(model, type):
+            check(model)  # a mistake surfaces where the decorator is written
+        elif model is not None:
+            return bind(model)  # used bare: @homing.handler
         return bind
 
     # -- publishing ---------------------------------------------------------------------------
@@ -189,21 +223,7 @@ class Homing(PushPipeline):
         ordering_key: str | None = None,
     ) -> OutgoingMessage:
         """Serialise and sign ``event`` into a message ready for any publisher."""
-        if self.signer is None:
-            raise ConfigurationError("signing needs a signer (signing keys)")
-        type_name = self.events.type_name(event)
-        data = encode_event(event)
-        context = self._hook_context(type_name) if self.hooks else None
-        signed = self.signer.sign(
-            data, type_name, event_id=event_id, attributes=attributes, context=context
-        )
-        return OutgoingMessage(
-            data=data,
-            attributes=signed,
-            event_type=type_name,
-            event_id=signed[EVENT_ID],
-            ordering_key=ordering_key,
-        )
+        return self._sign(event, event_id, attributes, ordering_key, None)
 
     async def publish(
         self,
@@ -219,41 +239,40 @@ class Homing(PushPipeline):
         """
         if self.publisher is None:
             raise ConfigurationError("publishing needs a publisher: Homing(publisher=...)")
-        message = self.sign(
-            event, event_id=event_id, attributes=attributes, ordering_key=ordering_key
-        )
-        if not self.hooks:
-            await self.publisher.publish(message)
-            return message.event_id
-        started = time.perf_counter()
-        try:
-            await self.publisher.publish(message)
-        except BaseException as exc:
-            self.published(message, time.perf_counter() - started, exc)
-            raise
-        self.published(message, time.perf_counter() - started, None)
+        context = PublishContext(self.events.type_name(event)) if self.hooks else None
+        message = self._sign(event, event_id, attributes, ordering_key, context)
+        await self.hooks.publish(self.publisher, message, context)  # timed, for the hooks
         return message.event_id
 
-    # -- hooks -------------------------------------------------------------------------------
-
-    def published(
-        self, message: OutgoingMessage, seconds: float, error: BaseException | None
-    ) -> None:
-        """Tell the hooks a publish finished (for publishing paths outside :meth:`publish`,
-        such as the outbox)."""
-        self._hook("after_publish", message, seconds, error)
-
-    def _hook_context(self, event_type: str) -> dict[str, str] | None:
-        context: dict[str, str] = {}
-        for hook in self.hooks:
-            try:
-                added = hook.before_sign(event_type)
-            except Exception:
-                logger.exception("hook %s.before_sign failed", type(hook).__name__)
-                continue
-            if added:
-                context.update(added)
-        return context or None
+    def _sign(
+        self,
+        event: BaseModel,
+        event_id: str | None,
+        attributes: Mapping[str, str] | None,
+        ordering_key: str | None,
+        context: PublishContext | None,
+    ) -> OutgoingMessage:
+        if self.signer is None:
+            raise ConfigurationError("signing needs a signer (signing keys)")
+        type_name = self.events.type_name(event)
+        data = encode_event(event)
+        if self.hooks:
+            context = context or PublishContext(type_name)
+            self.hooks.call("before_sign", context)  # may add (signed) attributes
+        signed = self.signer.sign(
+            data,
+            type_name,
+            event_id=event_id,
+            attributes=attributes,
+            context=(context.attributes or None) if context is not None else None,
+        )
+        return OutgoingMessage(
+            data=data,
+            attributes=signed,
+            event_type=type_name,
+            event_id=signed[EVENT_ID],
+            ordering_key=ordering_key,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

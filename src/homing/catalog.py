@@ -89,7 +89,7 @@ class Catalog:
     ) -> Catalog:
         """The catalogue of every event registered with ``homing``, sorted by type name."""
         entries = tuple(
-            EventEntry(name, model, homing.handlers.get(name) is not None)
+            EventEntry(name, model, bool(homing.handlers.get(name)))
             for name in sorted(homing.events)
             if (model := homing.events.model(name)) is not None
         )

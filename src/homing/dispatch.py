@@ -1,6 +1,7 @@
 """Handlers and their outcomes: done (return), retry (:class:`Retry`), drop (:class:`Drop`).
 
-A handler is ``async def handler(event)`` or ``async def handler(event, delivery)``. Returning
+A handler is ``async def handler(event)`` or ``async def handler(event, delivery)``; a plain
+``def`` runs in a worker thread, under the same guarantees. Returning
 means done: the push is acknowledged and the event id is remembered, so a redelivery runs
 nothing. Raising :class:`Retry` answers non-2xx and Pub/Sub redelivers. Raising :class:`Drop`
 acknowledges the push and keeps the raw envelope in the quarantine store for a person to inspect.
@@ -17,12 +18,19 @@ from repeating them:
   the handler as ``delivery.session`` and commits once: the effect and the mark commit together
   or not at all, and of two racing deliveries the second finds the mark and is a duplicate.
   One commit per event, nothing held between deliveries.
+
+An event type may have several handlers. Each is exactly-once on its own: a redelivery runs only
+those not yet done. The first handler registered for a type is remembered under the event id
+(so adding a second handler later keeps the first one's marks); each other one under
+``<event id>/<handler name>``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -55,6 +63,8 @@ class Delivery:
     delivery_attempt: int | None
     scheme: Literal["v1", "legacy", "unsigned"]
     dedupe: DedupeStore | None = field(default=None, repr=False)
+    #: The handler's own dedupe key (the event id for a type's first handler).
+    key: str = field(default="", repr=False)
     marked_done: bool = field(default=False, repr=False)
     transaction: Transaction | None = field(default=None, repr=False)
 
@@ -102,55 +112,143 @@ class Delivery:
             return
         if self.dedupe is None:
             raise ConfigurationError("this delivery has no dedupe store")
-        await self.dedupe.done_in(transaction, self.event_id)
+        await self.dedupe.done_in(transaction, self.key or self.event_id)
         self.marked_done = True
 
 
-Handler = Callable[..., Awaitable[None]]
+Handler = Callable[..., Any]
+
+#: A handler's name, as its dedupe key carries it: letters, digits, ``._-:``.
+_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:")
+_MAX_NAME = 120
 
 
 @dataclass(frozen=True, slots=True)
 class BoundHandler:
+    """One registered handler: how to call it and under which key it is remembered."""
+
     handler: Handler
     wants_delivery: bool
     effects: Effects = "external"
+    name: str = ""
+    #: ``""`` for a type's first handler (its key is the event id), ``"/<name>"`` otherwise.
+    suffix: str = ""
+    threaded: bool = False
+
+    def key(self, event_id: str) -> str:
+        return event_id + self.suffix if self.suffix else event_id
 
     async def __call__(self, event: BaseModel, delivery: Delivery) -> None:
-        if self.wants_delivery:
-            await self.handler(event, delivery)
+        args = (event, delivery) if self.wants_delivery else (event,)
+        if self.threaded:
+            await asyncio.to_thread(self.handler, *args)  # the context (trace) goes along
         else:
-            await self.handler(event)
+            await self.handler(*args)
+
+
+def is_async(function: Any) -> bool:
+    """``async def`` functions, and objects whose ``__call__`` is one."""
+    call = getattr(function, "__call__", None)  # noqa: B004 - async callable objects count
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
+
+
+def handler_name(function: Any) -> str:
+    """The default name of a handler: its module and qualified name."""
+    module = getattr(function, "__module__", None) or "?"
+    qualname = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{qualname}".replace("<", "").replace(">", "")
+
+
+def model_from_annotation(function: Any) -> type[BaseModel]:
+    """The pydantic model a handler's first parameter is annotated with.
+
+    Raises :class:`~homing.errors.EventRegistrationError` when there is none.
+    """
+    target = function if inspect.isfunction(function) or inspect.ismethod(function) else None
+    target = target or getattr(function, "__call__", function)  # noqa: B004
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception as exc:  # an annotation that does not resolve (a forward reference)
+        raise EventRegistrationError(
+            f"the annotations of {handler_name(function)} do not resolve ({exc}); name the "
+            "model in the decorator: @homing.handler(Model)"
+        ) from exc
+    params = _positional(function)
+    annotation = hints.get(params[0].name) if params else None
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        raise EventRegistrationError(
+            f"{handler_name(function)} names no model: annotate its first parameter with the "
+            "event's model, or name it in the decorator: @homing.handler(Model)"
+        )
+    return annotation
+
+
+def _positional(function: Any) -> list[inspect.Parameter]:
+    return [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 class HandlerTable:
-    """One handler per event type name."""
+    """The handlers of each event type name, in the order they were registered."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, BoundHandler] = {}
+        self._handlers: dict[str, tuple[BoundHandler, ...]] = {}
 
-    def add(self, type_name: str, handler: Handler, *, effects: Effects = "external") -> None:
+    def add(
+        self,
+        type_name: str,
+        handler: Handler,
+        *,
+        effects: Effects = "external",
+        name: str | None = None,
+    ) -> BoundHandler:
         if effects not in get_args(Effects):
             raise EventRegistrationError(
                 f"effects must be 'external' or 'database', not {effects!r} ({type_name!r})"
             )
-        if type_name in self._handlers:
-            raise EventRegistrationError(f"event type {type_name!r} already has a handler")
-        call = getattr(handler, "__call__", None)  # noqa: B004 - async callable objects count
-        if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
-            raise EventRegistrationError(f"the handler for {type_name!r} must be an async function")
-        params = [
-            p
-            for p in inspect.signature(handler).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        if not callable(handler):
+            raise EventRegistrationError(f"the handler for {type_name!r} must be a function")
+        threaded = not is_async(handler)
+        if threaded and effects == "database":
+            raise EventRegistrationError(
+                f"the effects='database' handler {handler_name(handler)} of {type_name!r} must "
+                "be async: delivery.session is an AsyncSession, which a thread cannot use"
+            )
+        params = _positional(handler)
         if not 1 <= len(params) <= 2:
             raise EventRegistrationError(
                 f"the handler for {type_name!r} must take (event) or (event, delivery)"
             )
-        self._handlers[type_name] = BoundHandler(handler, len(params) == 2, effects)
+        name = handler_name(handler) if name is None else name
+        if not name or len(name) > _MAX_NAME or not set(name) <= _NAME_CHARACTERS:
+            raise EventRegistrationError(
+                f"handler name {name!r} ({type_name!r}) must be 1-{_MAX_NAME} letters, digits "
+                "or ._-: (it is part of the handler's dedupe key)"
+            )
+        existing = self._handlers.get(type_name, ())
+        for other in existing:
+            if other.name == name:
+                raise EventRegistrationError(
+                    f"event type {type_name!r} already has a handler named {name!r}; give "
+                    "this one another with name="
+                )
+        bound = BoundHandler(
+            handler,
+            len(params) == 2,
+            effects,
+            name,
+            f"/{name}" if existing else "",
+            threaded,
+        )
+        self._handlers[type_name] = (*existing, bound)
+        return bound
 
-    def get(self, type_name: str) -> BoundHandler | None:
-        return self._handlers.get(type_name)
+    def get(self, type_name: str) -> tuple[BoundHandler, ...]:
+        """The handlers of ``type_name``, first registered first; empty when it has none."""
+        return self._handlers.get(type_name, ())
 
     def __contains__(self, type_name: Any) -> bool:
         return type_name in self._handlers

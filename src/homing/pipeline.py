@@ -10,13 +10,14 @@ Each push goes through these steps, in this order, in :meth:`PushPipeline.handle
 5. **dead letter**: a copy Pub/Sub moved to the dead-letter topic (believed only with a verified
    push token) is quarantined for a person;
 6. **decode**: the data into the model; data that does not fit is quarantined;
-7. **handler**: in one transaction with the done mark (``effects="database"``), or under a
-   claim renewed while it runs (``effects="external"``, :class:`_LeaseKeeper`);
+7. **handlers**: each in one transaction with its done mark (``effects="database"``), or under
+   a claim renewed while it runs (``effects="external"``, :class:`_LeaseKeeper`); each
+   exactly-once on its own, so a redelivery runs only those not yet done;
 8. **outcome**: a :class:`~homing.outcome.PushResult`; a failure on the last delivery attempt is
    quarantined rather than left to Pub/Sub's dead-letter topic.
 
-Hooks (:mod:`homing.hooks`) are called at the named points; :class:`~homing.Homing` is a
-pipeline with registration, publishing and a lifecycle on top.
+Hooks (:mod:`homing.hooks`) are called at the named points with one :class:`PushContext` per
+push; :class:`~homing.Homing` is a pipeline with registration, publishing and a lifecycle on top.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,7 +36,7 @@ from homing.dispatch import BoundHandler, Delivery, Drop, HandlerTable, Retry
 from homing.errors import HomingError, PushRejected, StoreError
 from homing.escaping import printable
 from homing.events import EventRegistry, decode_event, describe_validation_error
-from homing.hooks import Hook
+from homing.hooks import Hooks, PushContext
 from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
 from homing.ingress.wrapped import parse_push
 from homing.outcome import DONE, DUPLICATE, IN_PROGRESS, STORE_DOWN, PushResult
@@ -62,10 +63,10 @@ class _LeaseKeeper:
     the lease (most) cost one timer and no write.
     """
 
-    __slots__ = ("_dedupe", "_event_id", "_lease", "_task", "_timer")
+    __slots__ = ("_dedupe", "_key", "_lease", "_task", "_timer")
 
-    def __init__(self, dedupe: DedupeStore, event_id: str, lease: float) -> None:
-        self._dedupe, self._event_id, self._lease = dedupe, event_id, lease
+    def __init__(self, dedupe: DedupeStore, key: str, lease: float) -> None:
+        self._dedupe, self._key, self._lease = dedupe, key, lease
         self._task: asyncio.Task[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
 
@@ -75,10 +76,10 @@ class _LeaseKeeper:
     async def _renew(self) -> None:
         while True:
             try:
-                if not await self._dedupe.renew(self._event_id, lease=self._lease):
-                    logger.warning("the claim on %s was lost while its handler ran", self._event_id)
+                if not await self._dedupe.renew(self._key, lease=self._lease):
+                    logger.warning("the claim on %s was lost while its handler ran", self._key)
             except StoreError as exc:
-                logger.warning("could not renew the claim on %s: %s", self._event_id, exc)
+                logger.warning("could not renew the claim on %s: %s", self._key, exc)
             await asyncio.sleep(self._lease / 3)
 
     def stop(self) -> None:
@@ -90,7 +91,12 @@ class _LeaseKeeper:
 def _log_handled(delivery: Delivery, started: float) -> None:
     if logger.isEnabledFor(logging.DEBUG):
         elapsed = (time.perf_counter() - started) * 1000
-        logger.debug("handled %s (%s) in %.1f ms", delivery.event_type, delivery.event_id, elapsed)
+        logger.debug("handled %s (%s) in %.1f ms", delivery.event_type, delivery.key, elapsed)
+
+
+#: Which answer stands when an event's handlers answer differently: a redelivery first (a
+#: handler failed), then a quarantine, then done; duplicate only when every one was.
+_PRECEDENCE = {"duplicate": 0, "done": 1, "quarantined": 2}
 
 
 class PushPipeline:
@@ -111,7 +117,7 @@ class PushPipeline:
     max_delivery_attempts: int | None
     events: EventRegistry
     handlers: HandlerTable
-    hooks: list[Hook]
+    hooks: Hooks
     _sender_verified: bool
 
     async def handle_push(
@@ -133,9 +139,9 @@ class PushPipeline:
                 ``headers`` when not given.
             shapes: the request shapes accepted; others are refused with 400.
         """
-        hooks = self.hooks
-        if hooks:
-            self._hook("on_push_received")
+        context = PushContext() if self.hooks else None
+        if context is not None:
+            self.hooks.call("on_push_received", context)
         if authorization is None and headers is not None:
             authorization = headers.get("authorization")
         try:
@@ -148,13 +154,15 @@ class PushPipeline:
             logger.warning("push refused (%s): %s", exc.code, exc.detail)
             result = PushResult(exc.status_code, exc.code, exc.detail)
         else:
-            if hooks:
-                self._hook("on_authenticated", push, verified)
+            if context is not None:
+                context.push, context.verified = push, verified
+                self.hooks.call("on_authenticated", context)
             if shape != "wrapped":
                 body = as_wrapped(push)  # the quarantine keeps every shape as a wrapped envelope
-            result = await self._dispatch(body, push, verified, replay=False)
-        if hooks:
-            self._hook("on_push_handled", result)
+            result = await self._dispatch(body, push, verified, context, replay=False)
+        if context is not None:
+            context.result = result
+            self.hooks.call("on_push_handled", context)
         return result
 
     async def replay(self, entry_id: str, *, force: bool = False) -> PushResult:
@@ -177,7 +185,9 @@ class PushPipeline:
         except PushRejected as exc:
             result = PushResult(exc.status_code, exc.code, exc.detail)
         else:
-            result = await self._dispatch(entry.body, push, verified, replay=True, force=force)
+            result = await self._dispatch(
+                entry.body, push, verified, None, replay=True, force=force
+            )
             if result.outcome == "duplicate":
                 return PushResult(
                     409,
@@ -203,23 +213,28 @@ class PushPipeline:
         body: bytes,
         push: PushMessage,
         verified: VerifiedMessage,
+        context: PushContext | None,
         *,
         replay: bool,
         force: bool = False,
     ) -> PushResult:
-        """After authentication: route, skip duplicates, decode, run the handler, answer."""
+        """After authentication: route, skip duplicates, decode, run the handlers, answer."""
         type_name, event_id = verified.event_type, verified.event_id
         model = self.events.model(type_name)
-        handler = self.handlers.get(type_name)
-        if model is None or handler is None:
+        handlers = self.handlers.get(type_name)
+        if model is None or not handlers:
             what = "no model" if model is None else "no handler"
             reason = f"event type {type_name!r} has {what} here"
             if self.unknown_events == "retry":
                 logger.warning("%s; asking for redelivery (%s)", reason, event_id)
                 return PushResult(503, "unknown_event", reason)
             return await self._drop(body, verified, reason)
-        if self.dedupe.known_done(event_id) and not force:  # the common redelivery, in-process
-            return DUPLICATE
+        if not force and (
+            self.dedupe.known_done(event_id)
+            if len(handlers) == 1
+            else all(self.dedupe.known_done(h.key(event_id)) for h in handlers)
+        ):
+            return DUPLICATE  # the common redelivery, answered in-process
         # A copy Pub/Sub moved to the dead-letter topic: kept for a person, unless handled.
         # Only the push token vouches that Pub/Sub added these attributes (they are not
         # signed); without it they are anyone's, and ignored.
@@ -244,33 +259,77 @@ class PushPipeline:
             delivery_attempt=push.delivery_attempt,
             scheme=verified.scheme,
             dedupe=self.dedupe,
+            key=event_id,
         )
+        if context is not None:
+            self.hooks.call("before_handlers", context)
+        if len(handlers) == 1:  # most types: one handler, one answer
+            answer = await self._handle(handlers[0], event, delivery, push, force=force)
+        else:
+            answer = await self._handle_each(handlers, event, delivery, push, force=force)
+        if isinstance(answer, str):  # a reason to quarantine
+            return await self._drop(body, verified, answer)
+        return answer
+
+    async def _handle_each(
+        self,
+        handlers: tuple[BoundHandler, ...],
+        event: BaseModel,
+        delivery: Delivery,
+        push: PushMessage,
+        *,
+        force: bool,
+    ) -> PushResult | str:
+        """Every handler of the event, each on its own key; the answer that matters most."""
+        final: PushResult | str = DUPLICATE
+        for handler in handlers:
+            own = replace(delivery, key=handler.key(delivery.event_id))
+            if not force and self.dedupe.known_done(own.key):
+                continue  # done on an earlier delivery
+            answer = await self._handle(handler, event, own, push, force=force)
+            if isinstance(answer, str):
+                answer = f"{handler.name}: {answer}"
+            if _weight(answer) > _weight(final):
+                final = answer
+        return final
+
+    async def _handle(
+        self,
+        handler: BoundHandler,
+        event: BaseModel,
+        delivery: Delivery,
+        push: PushMessage,
+        *,
+        force: bool,
+    ) -> PushResult | str:
+        """Run one handler on its key; its answer, or the reason to quarantine the event."""
+        type_name, key = delivery.event_type, delivery.key
         run = self._run_in_transaction if handler.effects == "database" else self._run_under_claim
         try:
             return await run(handler, event, delivery, force=force)
         except StoreError as exc:
-            logger.error("%s (%s, %s): %s", STORE_DOWN.detail, type_name, event_id, exc)
+            logger.error("%s (%s, %s): %s", STORE_DOWN.detail, type_name, key, exc)
             return STORE_DOWN
         except Drop as exc:
-            return await self._drop(body, verified, f"dropped by the handler: {exc}")
+            return f"dropped by the handler: {exc}"
         except Retry as exc:
-            logger.info("handler asked to retry %s (%s): %s", type_name, event_id, exc)
+            logger.info("handler asked to retry %s (%s): %s", type_name, key, exc)
             reason = str(exc) or "the handler asked for a retry"
             if self._is_last_attempt(push):
-                return await self._drop(body, verified, self._last_attempt(push, reason))
+                return self._last_attempt(push, reason)
             return PushResult(503, "retry", reason)
         except Exception as exc:
-            logger.exception("handler for %s (%s) failed", type_name, event_id)
+            logger.exception("handler for %s (%s) failed", type_name, key)
             reason = f"the handler raised {type(exc).__name__}"
             if self._is_last_attempt(push):
-                return await self._drop(body, verified, self._last_attempt(push, reason))
+                return self._last_attempt(push, reason)
             return PushResult(500, "handler_failed", reason)
 
     async def _run_in_transaction(
         self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
     ) -> PushResult:
         """``effects="database"``: the done mark, the effect and one commit (or none)."""
-        async with self.dedupe.transaction(delivery.event_id, force=force) as transaction:
+        async with self.dedupe.transaction(delivery.key, force=force) as transaction:
             if transaction.claim is Claim.DUPLICATE:
                 return DUPLICATE  # the race was lost, or the event was handled before
             if transaction.claim is Claim.IN_PROGRESS:
@@ -285,30 +344,30 @@ class PushPipeline:
         self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
     ) -> PushResult:
         """``effects="external"``: claim the event, keep the claim alive, run, mark done."""
-        event_id = delivery.event_id
+        key = delivery.key
         if not force:
-            claim = await self.dedupe.claim(event_id, lease=self.lease)
+            claim = await self.dedupe.claim(key, lease=self.lease)
             if claim is Claim.DUPLICATE:
                 return DUPLICATE
             if claim is Claim.IN_PROGRESS:
                 return IN_PROGRESS
-        keeper = _LeaseKeeper(self.dedupe, event_id, self.lease)
+        keeper = _LeaseKeeper(self.dedupe, key, self.lease)
         started = time.perf_counter()
         try:
             await handler(event, delivery)
         except BaseException:
             keeper.stop()
-            await self._release(event_id)
+            await self._release(key)
             raise
         keeper.stop()
         if delivery.marked_done:
-            self.dedupe.note_done(event_id)
+            self.dedupe.note_done(key)
         else:
             try:
-                await self.dedupe.done(event_id)
+                await self.dedupe.done(key)
             except StoreError as exc:
                 # The effect happened; the claim lapses and a redelivery may repeat it.
-                logger.error("could not mark %s (%s) done: %s", delivery.event_type, event_id, exc)
+                logger.error("could not mark %s (%s) done: %s", delivery.event_type, key, exc)
         _log_handled(delivery, started)
         return DONE
 
@@ -333,23 +392,17 @@ class PushPipeline:
         logger.warning("push refused (%s): %s", exc.code, exc.detail)
         result = PushResult(exc.status_code, exc.code, exc.detail)
         if self.hooks:
-            self._hook("on_push_received")
-            self._hook("on_push_handled", result)
+            context = PushContext()
+            self.hooks.call("on_push_received", context)
+            context.result = result
+            self.hooks.call("on_push_handled", context)
         return result
 
-    def _hook(self, point: str, *args: Any) -> None:
-        for hook in self.hooks:
-            try:
-                getattr(hook, point)(*args)
-            except Exception:
-                # Telemetry failing must never fail a push or a publish.
-                logger.exception("hook %s.%s failed", type(hook).__name__, point)
-
-    async def _release(self, event_id: str) -> None:
+    async def _release(self, key: str) -> None:
         try:
-            await self.dedupe.release(event_id)
+            await self.dedupe.release(key)
         except StoreError as exc:  # the lease runs out instead
-            logger.error("could not release the claim on %s: %s", event_id, exc)
+            logger.error("could not release the claim on %s: %s", key, exc)
 
     def _is_last_attempt(self, push: PushMessage) -> bool:
         limit, attempt = self.max_delivery_attempts, push.delivery_attempt
@@ -410,3 +463,9 @@ def _dead_letter_source(attributes: Mapping[str, str]) -> str | None:
         f"dead-lettered by Pub/Sub from subscription {source or '?'} (project {project}) "
         f"after {count or '?'} delivery attempts"
     )
+
+
+def _weight(answer: PushResult | str) -> int:
+    if isinstance(answer, str):
+        return _PRECEDENCE["quarantined"]
+    return _PRECEDENCE.get(answer.outcome, 3)  # anything not acknowledged: a redelivery

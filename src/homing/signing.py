@@ -377,10 +377,7 @@ class Signer:
             covered = {k: v for k, v in covered.items() if not k.startswith(_ADDED_BY_CLIENT)}
         if _DEAD_LETTER_COUNT in covered:  # a dead-lettered copy: drop what Pub/Sub added
             covered = {k: v for k, v in covered.items() if not k.startswith(_ADDED_BY_PUBSUB)}
-        try:
-            given = bytes.fromhex(hex_digest)
-        except ValueError:
-            raise AuthenticationFailed("the signature is not hexadecimal") from None
+        given = _hex_digest(hex_digest)
         canonical, unknown = _canonical(data, covered.items())
         if not hmac.compare_digest(mac(canonical), given):
             raise AuthenticationFailed("the signature does not match the message")
@@ -409,10 +406,7 @@ class Signer:
                 "the message is in the legacy (article) format, which is not accepted here; "
                 "set HOMING_LEGACY_SECRET to accept it"
             )
-        try:
-            given = bytes.fromhex(attributes[LEGACY_SIGNATURE])
-        except ValueError:
-            raise AuthenticationFailed("the signature is not hexadecimal") from None
+        given = _hex_digest(attributes[LEGACY_SIGNATURE])
         if not hmac.compare_digest(self._legacy_mac(data), given):
             raise AuthenticationFailed("the signature does not match the message")
         event_type = attributes.get(EVENT_TYPE)
@@ -429,3 +423,20 @@ def legacy_signature(secret: str | bytes, data: bytes) -> str:
     """The article's signature: hex HMAC-SHA256 of the raw data."""
     raw = secret.encode() if isinstance(secret, str) else secret
     return _digest(raw, data).hex()
+
+
+#: A SHA-256 digest in hexadecimal.
+_HEX_DIGEST_LENGTH = 64
+
+
+def _hex_digest(text: str) -> bytes:
+    """The digest a signature attribute spells: exactly 64 hexadecimal digits.
+
+    ``bytes.fromhex`` alone skips whitespace, which would let a changed attribute verify.
+    """
+    try:
+        if len(text) != _HEX_DIGEST_LENGTH or not (text.isascii() and text.isalnum()):
+            raise ValueError
+        return bytes.fromhex(text)
+    except ValueError:
+        raise AuthenticationFailed("the signature is not 64 hexadecimal digits") from None

@@ -17,10 +17,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from homing import Homing, Hook, KeyRing, MemoryPublisher, OutgoingMessage, Signer, build_push
-from homing.ingress import PushMessage
-from homing.outcome import PushResult
-from homing.signing import VerifiedMessage, legacy_signature
+from homing import (
+    Homing,
+    Hook,
+    KeyRing,
+    MemoryPublisher,
+    OutgoingMessage,
+    PublishContext,
+    PushContext,
+    Signer,
+    build_push,
+)
+from homing.signing import legacy_signature
 from homing.starlette import push_route
 from homing.telemetry import (
     TRACEPARENT_ATTRIBUTE,
@@ -286,21 +294,22 @@ async def test_no_secret_token_or_data_reaches_a_log_line(
 
 
 class Broken(Hook):
-    def before_sign(self, event_type: str) -> Mapping[str, str] | None:
+    def before_sign(self, context: PublishContext) -> None:
         raise RuntimeError("before_sign")
 
-    def after_publish(
-        self, message: OutgoingMessage, seconds: float, error: BaseException | None
-    ) -> None:
+    def after_publish(self, context: PublishContext) -> None:
         raise RuntimeError("after_publish")
 
-    def on_push_received(self) -> None:
+    def on_push_received(self, context: PushContext) -> None:
         raise RuntimeError("received")
 
-    def on_authenticated(self, push: PushMessage, verified: VerifiedMessage) -> None:
+    def on_authenticated(self, context: PushContext) -> None:
         raise RuntimeError("authenticated")
 
-    def on_push_handled(self, result: PushResult) -> None:
+    def before_handlers(self, context: PushContext) -> None:
+        raise RuntimeError("handlers")
+
+    def on_push_handled(self, context: PushContext) -> None:
         raise RuntimeError("handled")
 
 
@@ -314,7 +323,7 @@ async def test_a_failing_hook_never_fails_a_publish_or_a_push(
     assert result.outcome == "done"
     assert len(seen.traces) == 1
     failures = [e for e in json_lines.entries if e["message"].startswith("hook Broken.")]
-    assert len(failures) == 5
+    assert len(failures) == 6  # every point: the other hooks still ran at each
     assert len(json_lines.summaries()) == 1  # the other hooks still ran
 
 

@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import homing
 from homing import Homing, KeyRing, MemoryPublisher, Retry, Signer, build_push
+from homing.hooks import Hooks
 from homing.telemetry import TRACEPARENT_ATTRIBUTE, Telemetry, current_trace, parse_traceparent
 from homing.telemetry.otel import OpenTelemetry
 from tests.conftest import OrderPlaced
@@ -243,7 +244,7 @@ async def test_a_handled_push_leaves_nothing_for_the_cycle_collector(
     """Each push ends with no reference cycle (a trace token kept in the state its own context
     holds made one per push: the collector's work, on every push)."""
     if not with_otel:
-        service.hooks[:] = [Telemetry(service.events)]
+        service.hooks = Hooks([Telemetry(service.events)])
     pushes = []
     for order_id in range(20):
         with provider.get_tracer("web").start_as_current_span("POST /orders"):

@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from homing.errors import PublishFailed, StoreError
+from homing.hooks import Hooks
 from homing.outbox.table import add_failed_attempt, count_waiting, delete_events, select_waiting
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.stores.sql.engine import translate_errors
@@ -56,7 +57,7 @@ class DrainingOutbox:
         drain_interval: float = 30.0,
         sweep_delay: float = 1.0,
         keep_published: float = 12.0,
-        on_published: Callable[[OutgoingMessage, float, BaseException | None], None] | None = None,
+        hooks: Hooks | None = None,
     ):
         self.engine = engine
         self.publisher = publisher
@@ -65,7 +66,7 @@ class DrainingOutbox:
         self.drain_interval = drain_interval
         self.sweep_delay = sweep_delay
         self.keep_published = keep_published
-        self.on_published = on_published
+        self.hooks = hooks if hooks is not None else Hooks()
         self._backlog = False
         self._last_drain = time.monotonic()
         self._published: dict[str, float] = {}  # published here (when), row not yet deleted
@@ -104,16 +105,7 @@ class DrainingOutbox:
         self._sweeper = asyncio.get_running_loop().call_later(due, self._spawn, self.sweep)
 
     async def _publish(self, message: OutgoingMessage) -> None:
-        if self.on_published is None:
-            await self.publisher.publish(message)
-            return
-        started = time.perf_counter()
-        try:
-            await self.publisher.publish(message)
-        except BaseException as exc:
-            self.on_published(message, time.perf_counter() - started, exc)
-            raise
-        self.on_published(message, time.perf_counter() - started, None)
+        await self.hooks.publish(self.publisher, message)
 
     def _spawn(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = asyncio.get_running_loop().create_task(function())

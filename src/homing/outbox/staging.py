@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from homing.errors import PublishFailed, StoreError
+from homing.hooks import Hooks
 from homing.outbox.draining import DrainingOutbox
 from homing.outbox.table import delete_row, find_row, insert_row, select_event_id
 from homing.publishers.base import OutgoingMessage, Publisher
@@ -43,8 +43,9 @@ class SQLOutbox(DrainingOutbox):
     Args:
         drain_age: rows younger than this many seconds are left to the request that staged
             them (its send is probably under way) by the periodic and start-up drains.
-        on_published: told of every publish tried, with its duration and error (pass
-            ``homing.published`` so that the service's hooks, such as its metrics, see them).
+        hooks: the service's hooks (``homing.hooks``): every publish tried is timed and told
+            to them, as :meth:`~homing.Homing.publish` does, so its metrics count outbox
+            publishes too.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class SQLOutbox(DrainingOutbox):
         drain_interval: float = 30.0,
         sweep_delay: float = 1.0,
         keep_published: float = 12.0,
-        on_published: Callable[[OutgoingMessage, float, BaseException | None], None] | None = None,
+        hooks: Hooks | None = None,
     ):
         super().__init__(
             engine,
@@ -67,7 +68,7 @@ class SQLOutbox(DrainingOutbox):
             drain_interval=drain_interval,
             sweep_delay=sweep_delay,
             keep_published=keep_published,
-            on_published=on_published,
+            hooks=hooks,
         )
         self._exists = select_event_id()
         self._insert_row = insert_row(engine)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from homing.hooks import Hook
+from homing.hooks import Hook, PublishContext, PushContext
 from homing.outcome import OTHER, OUTCOMES
 from homing.telemetry.context import (
     CLIENT_TRACEPARENT_ATTRIBUTE,
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
     from homing.events import EventRegistry
     from homing.ingress import PushMessage
     from homing.outcome import PushResult
-    from homing.publishers.base import OutgoingMessage
     from homing.signing import VerifiedMessage
     from homing.telemetry.logs import LogHandler
     from homing.telemetry.metrics import PrometheusMetrics
@@ -49,15 +47,11 @@ push_logger = logging.getLogger(_PUSH_LOGGER)
 
 
 class _Push:
-    """What the telemetry knows about the push under way (one per push, in a context var)."""
+    """What the telemetry keeps of one push between its points (in its ``PushContext``)."""
 
-    __slots__ = ("handled", "process", "push", "received", "token", "trace", "verified")
+    __slots__ = ("process", "token", "trace")
 
-    def __init__(self, received: float) -> None:
-        self.handled = False
-        self.received = received  # time.perf_counter()
-        self.push: PushMessage | None = None
-        self.verified: VerifiedMessage | None = None
+    def __init__(self) -> None:
         self.trace: TraceContext | None = None  # the trace the push continues
         self.token: Any = None
         self.process: ProcessSpan | None = None
@@ -126,54 +120,47 @@ class Telemetry(Hook):
         self.metrics = metrics
         self.opentelemetry = opentelemetry
         self.summary = summary
-        self._push: ContextVar[_Push | None] = ContextVar("homing_push", default=None)
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def before_sign(self, event_type: str) -> dict[str, str] | None:
-        context = current_trace()
+    def before_sign(self, context: PublishContext) -> None:
+        trace = current_trace()
         if self.opentelemetry is not None:
-            context = self.opentelemetry.create(event_type, context)
-        if context is None:
-            return None
-        return {TRACEPARENT_ATTRIBUTE: context.traceparent}
+            trace = self.opentelemetry.create(context.event_type, trace)
+        if trace is not None:
+            context.attributes[TRACEPARENT_ATTRIBUTE] = trace.traceparent
 
-    def after_publish(
-        self, message: OutgoingMessage, seconds: float, error: BaseException | None
-    ) -> None:
-        event_type = self._label(message.event_type)
+    def after_publish(self, context: PublishContext) -> None:
+        event_type = self._label(context.event_type)
+        failed = context.error is not None
         if self.metrics is not None:
-            self.metrics.record_publish(event_type, failed=error is not None)
+            self.metrics.record_publish(event_type, failed=failed)
         if self.opentelemetry is not None:
-            self.opentelemetry.published(event_type, failed=error is not None)
+            self.opentelemetry.published(event_type, failed=failed)
 
     # -- pushes -------------------------------------------------------------------------------
 
-    def on_push_received(self) -> None:
-        self._push.set(_Push(time.perf_counter()))
-
-    def on_authenticated(self, push: PushMessage, verified: VerifiedMessage) -> None:
-        state = self._push.get()
-        if state is None:
+    def on_authenticated(self, context: PushContext) -> None:
+        push, verified = context.push, context.verified
+        if push is None or verified is None:
             return
-        state.push = push
-        state.verified = verified
-        context = message_trace(push, verified)
+        state = context.state[self] = _Push()
+        trace = message_trace(push, verified)
         if self.opentelemetry is not None:
-            received_ns = time.time_ns() - int((time.perf_counter() - state.received) * 1e9)
-            state.process = self.opentelemetry.start_process(context, push, verified, received_ns)
-            context = state.process.context or context
-        if context is not None:
-            state.trace = context
-            state.token = _trace.set(context)
+            received_ns = time.time_ns() - int((time.perf_counter() - context.received) * 1e9)
+            state.process = self.opentelemetry.start_process(trace, push, verified, received_ns)
+            trace = state.process.context or trace
+        if trace is not None:
+            state.trace = trace
+            state.token = _trace.set(trace)
 
-    def on_push_handled(self, result: PushResult) -> None:
-        state = self._push.get()
-        if state is None or state.handled:
+    def on_push_handled(self, context: PushContext) -> None:
+        result = context.result
+        if result is None:
             return
-        state.handled = True  # (cheaper than clearing the context variable)
-        seconds = time.perf_counter() - state.received
-        push, verified = state.push, state.verified
+        seconds = time.perf_counter() - context.received
+        push, verified = context.push, context.verified
+        state: _Push | None = context.state.get(self)
         if verified is None or push is None:
             event_type = UNAUTHENTICATED
             age = None
@@ -184,19 +171,20 @@ class Telemetry(Hook):
             if self.metrics is not None:
                 self.metrics.record_push(event_type, result.outcome, seconds, age)
             if self.opentelemetry is not None:
-                process, state.process = state.process, None  # (its token: the cycle below)
+                process = state.process if state is not None else None
                 if process is not None:
+                    state.process = None  # type: ignore[union-attr]  # (the cycle below)
                     self.opentelemetry.end_process(process, result)
                 outcome = result.outcome if result.outcome in OUTCOMES else OTHER
                 self.opentelemetry.handled(event_type, outcome, seconds, age)
             if self.summary:
-                self._summarise(result, push, verified, seconds, age, state.trace)
+                trace = state.trace if state is not None else None
+                self._summarise(result, push, verified, seconds, age, trace)
         finally:
-            token = state.token
-            if token is not None:
+            if state is not None and state.token is not None:
                 # The token refers to the context that holds this state: dropping it here
                 # leaves no reference cycle for the garbage collector to find on every push.
-                state.token = None
+                token, state.token = state.token, None
                 _trace.reset(token)
 
     def _label(self, event_type: str) -> str:
