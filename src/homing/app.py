@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
-from homing.dispatch import Effects, Handler, HandlerTable, model_from_annotation
+from homing.dispatch import Effects, Handler, HandlerTable
 from homing.errors import ConfigurationError
-from homing.events import EventRegistry, encode_event
+from homing.events import EventRegistry
 from homing.hooks import Hook, Hooks, PublishContext
 from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, PushPipeline, UnknownEvents
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.publishers.loopback import LoopbackPublisher
-from homing.signing import EVENT_ID, Signer
+from homing.publishing import sign_event
+from homing.signing import Signer
 from homing.stores.base import DedupeStore, QuarantineStore
 from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
 
@@ -94,30 +95,6 @@ class Homing(PushPipeline):
         hooks: Sequence[Hook] = (),
         accept_legacy_without_oidc: bool = False,
     ) -> None:
-        if auth not in ("hmac", "oidc", "both", "none"):
-            raise ConfigurationError(f"auth must be 'hmac', 'oidc', 'both' or 'none', not {auth!r}")
-        if auth in ("hmac", "both") and signer is None:
-            raise ConfigurationError(f"auth={auth!r} needs a signer (signing keys)")
-        if auth in ("oidc", "both") and oidc is None:
-            raise ConfigurationError(
-                f"auth={auth!r} needs an OIDC verifier (push audience and service accounts)"
-            )
-        if unknown_events not in ("quarantine", "retry"):
-            raise ConfigurationError(
-                f"unknown_events must be 'quarantine' or 'retry', not {unknown_events!r}"
-            )
-        if (
-            auth == "hmac"
-            and signer is not None
-            and signer.accepts_legacy
-            and not accept_legacy_without_oidc
-        ):
-            raise ConfigurationError(
-                "the article's legacy format signs only the data, so under auth='hmac' anyone "
-                "holding one legacy message may choose its event type and event id; use "
-                "auth='both' (HOMING_AUTH=both), or accept the risk explicitly with "
-                "accept_legacy_without_oidc=True (HOMING_LEGACY_WITHOUT_OIDC=true)"
-            )
         if dedupe is None and (
             auth in ("oidc", "both") or (publisher is not None and not publisher.local)
         ):
@@ -127,27 +104,22 @@ class Homing(PushPipeline):
                 "instances, so a redelivery may run a handler again; use SQLDedupeStore",
                 f"auth={auth!r}" if auth in ("oidc", "both") else type(publisher).__name__,
             )
-        if auth == "none":
-            logger.warning(
-                "push authentication is OFF (auth='none'): anyone who can reach the "
-                "push endpoint can run handlers. Never use this outside development."
-            )
-        self.signer = signer
-        self.oidc = oidc
+        super().__init__(
+            signer=signer,
+            oidc=oidc,
+            dedupe=dedupe if dedupe is not None else MemoryDedupeStore(),
+            quarantine=quarantine if quarantine is not None else MemoryQuarantineStore(),
+            auth=auth,
+            unknown_events=unknown_events,
+            max_body_size=max_body_size,
+            lease=lease,
+            max_delivery_attempts=max_delivery_attempts,
+            hooks=Hooks(hooks),
+            accept_legacy_without_oidc=accept_legacy_without_oidc,
+        )
         self.publisher = publisher
-        self.dedupe = dedupe if dedupe is not None else MemoryDedupeStore()
-        self.quarantine = quarantine if quarantine is not None else MemoryQuarantineStore()
-        self.auth = auth
-        self.unknown_events = unknown_events
-        self.max_body_size = max_body_size
-        self.lease = lease
-        self.max_delivery_attempts = max_delivery_attempts
-        #: Every push that reaches dispatch carried a verified OIDC token: the subscription's
-        #: identity, the only thing that vouches for what Pub/Sub itself adds to a message.
-        self._sender_verified = oidc is not None and auth in ("oidc", "both")
         self.events = EventRegistry()
         self.handlers = HandlerTable()
-        self.hooks = Hooks(hooks)
         self._starting: list[Step] = []
         self._closing: list[Step] = []
 
@@ -192,25 +164,8 @@ class Homing(PushPipeline):
         :class:`~homing.stores.sql.SQLDedupeStore`).
         """
 
-        def check(chosen: type[BaseModel]) -> str:
-            type_name = self.events.type_name(chosen)
-            if effects == "database" and not self.dedupe.transactional:
-                raise ConfigurationError(
-                    f"effects='database' (handler of {type_name!r}) needs a dedupe store on "
-                    f"the handler's database (SQLDedupeStore), not {type(self.dedupe).__name__}"
-                )
-            return type_name
-
-        def bind(function: H) -> H:
-            type_name = check(model if isinstance(model, type) else model_from_annotation(function))
-            self.handlers.add(type_name, function, effects=effects, name=name)
-            return function
-
-        if isinstance(model, type):
-            check(model)  # a mistake surfaces where the decorator is written
-        elif model is not None:
-            return bind(model)  # used bare: @homing.handler
-        return bind
+        store = None if self.dedupe.transactional else type(self.dedupe).__name__
+        return self.handlers.decorator(self.events, model, effects, name, plain_store=store)
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -254,23 +209,14 @@ class Homing(PushPipeline):
     ) -> OutgoingMessage:
         if self.signer is None:
             raise ConfigurationError("signing needs a signer (signing keys)")
-        type_name = self.events.type_name(event)
-        data = encode_event(event)
-        if self.hooks:
-            context = context or PublishContext(type_name)
-            self.hooks.call("before_sign", context)  # may add (signed) attributes
-        signed = self.signer.sign(
-            data,
-            type_name,
+        return sign_event(
+            self.signer,
+            self.events.type_name(event),
+            event,
+            self.hooks,
+            context,
             event_id=event_id,
             attributes=attributes,
-            context=(context.attributes or None) if context is not None else None,
-        )
-        return OutgoingMessage(
-            data=data,
-            attributes=signed,
-            event_type=type_name,
-            event_id=signed[EVENT_ID],
             ordering_key=ordering_key,
         )
 

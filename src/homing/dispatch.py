@@ -37,6 +37,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel
 
 from homing.errors import ConfigurationError, EventRegistrationError
+from homing.events import EventRegistry
 from homing.stores.base import DedupeStore, Transaction
 
 Effects = Literal["external", "database"]
@@ -245,6 +246,41 @@ class HandlerTable:
         )
         self._handlers[type_name] = (*existing, bound)
         return bound
+
+    def decorator(
+        self,
+        events: EventRegistry,
+        model: type[BaseModel] | Handler | None,
+        effects: Effects,
+        name: str | None,
+        *,
+        plain_store: str | None,
+    ) -> Any:
+        """``Homing.handler``'s decorator (or, used bare, its result).
+
+        ``plain_store`` names the dedupe store when it cannot hold ``effects="database"``
+        transactions.
+        """
+
+        def check(chosen: type[BaseModel]) -> str:
+            type_name = events.type_name(chosen)
+            if effects == "database" and plain_store is not None:
+                raise ConfigurationError(
+                    f"effects='database' (handler of {type_name!r}) needs a dedupe store on "
+                    f"the handler's database (SQLDedupeStore), not {plain_store}"
+                )
+            return type_name
+
+        def bind(function: Handler) -> Handler:
+            chosen = model if isinstance(model, type) else model_from_annotation(function)
+            self.add(check(chosen), function, effects=effects, name=name)
+            return function
+
+        if isinstance(model, type):
+            check(model)  # a mistake surfaces where the decorator is written
+        elif model is not None:
+            return bind(model)  # used bare: @homing.handler
+        return bind
 
     def get(self, type_name: str) -> tuple[BoundHandler, ...]:
         """The handlers of ``type_name``, first registered first; empty when it has none."""

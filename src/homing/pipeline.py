@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ValidationError
 
 from homing.dispatch import BoundHandler, Delivery, Drop, HandlerTable, Retry
-from homing.errors import HomingError, PushRejected, StoreError
+from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
 from homing.escaping import printable
 from homing.events import EventRegistry, decode_event, describe_validation_error
 from homing.hooks import Hooks, PushContext
@@ -102,23 +102,71 @@ _PRECEDENCE = {"duplicate": 0, "done": 1, "quarantined": 2}
 class PushPipeline:
     """The steps every push goes through, with the stores and settings they use.
 
-    Not made on its own: :class:`~homing.Homing` sets these attributes and registers the
-    events and handlers the pipeline dispatches to.
+    Not made on its own: :class:`~homing.Homing` is a pipeline with registration (the events
+    and handlers it dispatches to), publishing and a lifecycle on top; its docstring describes
+    these arguments.
     """
 
-    signer: Signer | None
-    oidc: OIDCVerifier | None
-    dedupe: DedupeStore
-    quarantine: QuarantineStore
-    auth: AuthMode
-    unknown_events: UnknownEvents
-    max_body_size: int
-    lease: float
-    max_delivery_attempts: int | None
     events: EventRegistry
     handlers: HandlerTable
-    hooks: Hooks
-    _sender_verified: bool
+
+    def __init__(
+        self,
+        *,
+        signer: Signer | None,
+        oidc: OIDCVerifier | None,
+        dedupe: DedupeStore,
+        quarantine: QuarantineStore,
+        auth: AuthMode,
+        unknown_events: UnknownEvents,
+        max_body_size: int,
+        lease: float,
+        max_delivery_attempts: int | None,
+        hooks: Hooks,
+        accept_legacy_without_oidc: bool,
+    ) -> None:
+        if auth not in ("hmac", "oidc", "both", "none"):
+            raise ConfigurationError(f"auth must be 'hmac', 'oidc', 'both' or 'none', not {auth!r}")
+        if auth in ("hmac", "both") and signer is None:
+            raise ConfigurationError(f"auth={auth!r} needs a signer (signing keys)")
+        if auth in ("oidc", "both") and oidc is None:
+            raise ConfigurationError(
+                f"auth={auth!r} needs an OIDC verifier (push audience and service accounts)"
+            )
+        if unknown_events not in ("quarantine", "retry"):
+            raise ConfigurationError(
+                f"unknown_events must be 'quarantine' or 'retry', not {unknown_events!r}"
+            )
+        if (
+            auth == "hmac"
+            and signer is not None
+            and signer.accepts_legacy
+            and not accept_legacy_without_oidc
+        ):
+            raise ConfigurationError(
+                "the article's legacy format signs only the data, so under auth='hmac' anyone "
+                "holding one legacy message may choose its event type and event id; use "
+                "auth='both' (HOMING_AUTH=both), or accept the risk explicitly with "
+                "accept_legacy_without_oidc=True (HOMING_LEGACY_WITHOUT_OIDC=true)"
+            )
+        if auth == "none":
+            logger.warning(
+                "push authentication is OFF (auth='none'): anyone who can reach the "
+                "push endpoint can run handlers. Never use this outside development."
+            )
+        self.signer = signer
+        self.oidc = oidc
+        self.dedupe = dedupe
+        self.quarantine = quarantine
+        self.auth = auth
+        self.unknown_events = unknown_events
+        self.max_body_size = max_body_size
+        self.lease = lease
+        self.max_delivery_attempts = max_delivery_attempts
+        self.hooks = hooks
+        #: Every push that reaches dispatch carried a verified OIDC token: the subscription's
+        #: identity, the only thing that vouches for what Pub/Sub itself adds to a message.
+        self._sender_verified = oidc is not None and auth in ("oidc", "both")
 
     async def handle_push(
         self,

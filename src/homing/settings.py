@@ -7,6 +7,7 @@ appear in ``repr``.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -118,6 +119,9 @@ class Settings:
             as ``MODULE:ATTRIBUTE`` (like ``FLASK_APP``).
         log_format: ``json`` (Cloud Logging's structured lines), ``text``, or ``auto``: JSON on
             Cloud Run (``K_SERVICE`` set), text elsewhere.
+        telemetry: :meth:`homing.Homing.from_env` attaches :class:`~homing.telemetry.Telemetry`
+            (a summary line per push, the publisher's trace continued, Prometheus metrics
+            when ``homing[metrics]`` is installed, OpenTelemetry when an SDK is configured).
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -150,6 +154,7 @@ class Settings:
     scheduler_audience: str | None = _setting(None)
     app: str | None = _setting(None)
     log_format: LogFormat = _setting("auto", _choice(get_args(LogFormat)))
+    telemetry: bool = _setting(True, _flag)
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:
@@ -189,9 +194,14 @@ class Settings:
         variables = {cls.variable(f.name, prefix): f for f in fields(cls)}
         unknown = sorted(k for k in env if k.startswith(prefix) and k not in variables)
         if unknown:
+            known = [v for v in variables if v.startswith(prefix)]
+            guesses = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in unknown
+                for close in [difflib.get_close_matches(name, known, n=1, cutoff=0.75)]
+            ]
             raise ConfigurationError(
-                f"unknown setting(s) {', '.join(unknown)}; known: "
-                + ", ".join(v for v in variables if v.startswith(prefix))
+                f"unknown setting(s) {', '.join(guesses)}; known: " + ", ".join(known)
             )
         values: dict[str, object] = {}
         for variable, spec in variables.items():
