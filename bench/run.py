@@ -410,7 +410,7 @@ def _emulator_for(selected: list[HttpCase], workdir: Path) -> Iterator[None]:
         yield
         return
     from google.cloud import pubsub_v1
-    from tests.emulator import find_emulator, running_emulator
+    from tests.support.emulator import find_emulator, running_emulator
 
     script = find_emulator()
     if script is None:
@@ -659,7 +659,7 @@ def run_publish_latency(runs: int, count: int = 200) -> dict[str, dict[str, floa
     import asyncio
 
     from google.cloud import pubsub_v1
-    from tests.emulator import find_emulator, running_emulator
+    from tests.support.emulator import find_emulator, running_emulator
 
     from bench.apps import Noop, _homing
     from homing.publishers.pubsub import PubSubPublisher
