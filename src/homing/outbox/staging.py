@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -45,6 +44,9 @@ class SQLOutbox(DrainingOutbox):
             them (its send is probably under way) by the periodic and start-up drains.
         on_published: told of every publish tried, with its duration and error (pass
             ``homing.published`` so that the service's hooks, such as its metrics, see them).
+        clock: the time in seconds since the epoch that rows are stamped with when staged and
+            aged by (``drain_age``). Wall time, not ``time.monotonic``: a row staged by one
+            instance is aged by another. Tests pass a clock they move.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SQLOutbox(DrainingOutbox):
         sweep_delay: float = 1.0,
         keep_published: float = 12.0,
         on_published: Callable[[OutgoingMessage, float, BaseException | None], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         super().__init__(
             engine,
@@ -68,6 +71,7 @@ class SQLOutbox(DrainingOutbox):
             sweep_delay=sweep_delay,
             keep_published=keep_published,
             on_published=on_published,
+            clock=clock,
         )
         self._exists = select_event_id()
         self._insert_row = insert_row(engine)
@@ -89,7 +93,7 @@ class SQLOutbox(DrainingOutbox):
             data=message.data,
             attributes=orjson.dumps(dict(message.attributes)).decode(),
             ordering_key=message.ordering_key,
-            created_at=datetime.now(UTC),
+            created_at=self._now(),
             attempts=0,
             last_error=None,
         )
