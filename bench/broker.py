@@ -37,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from tests.emulator import find_emulator, running_emulator
+from tests.support.emulator import find_emulator, running_emulator
 
 from bench.run import free_port, wait_up
 from homing.broker.cli import child_broker

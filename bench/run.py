@@ -213,7 +213,7 @@ def cases(workdir: Path) -> list[HttpCase]:
         "PORT": "{port}",
         "PYTHONPATH": str(ROOT / "examples"),
     }
-    telemetry_off = {**service_env, "TELEMETRY": "off"}
+    telemetry_off = {**service_env, "HOMING_TELEMETRY": "off"}
     return [
         HttpCase(CEILING, _uvicorn("bare"), baselines=()),
         HttpCase("homing, memory dedupe", _uvicorn("homing_memory"), baselines=(CEILING, NAIVE)),
@@ -225,7 +225,7 @@ def cases(workdir: Path) -> list[HttpCase]:
         ),
         HttpCase(NAIVE, _uvicorn("naive_fastapi"), envelope="legacy"),
         _reference(REFERENCE, service_env, (CEILING, REFERENCE_OFF)),
-        # The same service with TELEMETRY=off: what its summary lines, trace and metrics cost.
+        # The same service with HOMING_TELEMETRY=off: what its summary lines, trace, metrics cost.
         _reference(REFERENCE_OFF, {**telemetry_off, "DATABASE_URL": f"{sqlite_dir}/svc-off.db"}),
         # New events: every request claims, runs the handler and marks done.
         HttpCase("homing, memory dedupe, new events", _uvicorn("homing_memory"), fresh=True),
@@ -410,7 +410,7 @@ def _emulator_for(selected: list[HttpCase], workdir: Path) -> Iterator[None]:
         yield
         return
     from google.cloud import pubsub_v1
-    from tests.emulator import find_emulator, running_emulator
+    from tests.support.emulator import find_emulator, running_emulator
 
     script = find_emulator()
     if script is None:
@@ -659,7 +659,7 @@ def run_publish_latency(runs: int, count: int = 200) -> dict[str, dict[str, floa
     import asyncio
 
     from google.cloud import pubsub_v1
-    from tests.emulator import find_emulator, running_emulator
+    from tests.support.emulator import find_emulator, running_emulator
 
     from bench.apps import Noop, _homing
     from homing.publishers.pubsub import PubSubPublisher

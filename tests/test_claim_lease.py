@@ -1,9 +1,9 @@
 """``effects="external"`` handlers run under a short claim that is renewed while they run.
 
-The stores here tell a claim's age by a clock the test moves (through the ``now`` that
-:class:`DedupeStore` hands its backends), so "past the lease" is a fact, not a sleep that a
-busy machine may stretch. Renewals still come on the event loop's timer, every third of
-``LEASE``; the test waits for them rather than for an amount of time.
+The stores here tell a claim's age by a clock the test moves (``clock=``), so "past the
+lease" is a fact, not a sleep that a busy machine may stretch. Renewals still come on the
+event loop's timer, every third of ``LEASE``; the test waits for them rather than for an
+amount of time.
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ LEASE = 0.3  # seconds of the test's clock; also sets how often the handler's cl
 
 
 class _ClockedClaims(DedupeStore):
-    """Claims and renewals timed by :attr:`clock`; every renewal's new lease end is kept."""
+    """Claims and renewals timed by the test's clock; every renewal's new lease end is kept."""
 
     clock: Clock
     renewed_until: list[float]
-
-    async def claim(self, event_id: str, *, lease: float) -> Claim:
-        return await self._claim(event_id, self.clock(), lease)
 
     async def renew(self, event_id: str, *, lease: float) -> bool:
         until = self.clock() + lease
@@ -44,14 +41,14 @@ class _ClockedClaims(DedupeStore):
 
 class ClockedMemoryDedupe(_ClockedClaims, MemoryDedupeStore):
     def __init__(self, clock: Clock) -> None:
-        super().__init__()
-        self.clock, self.renewed_until = clock, []
+        super().__init__(clock=clock)
+        self.renewed_until = []
 
 
 class ClockedSQLDedupe(_ClockedClaims, SQLDedupeStore):
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
-        super().__init__(engine)
-        self.clock, self.renewed_until = clock, []
+        super().__init__(engine, clock=clock)
+        self.renewed_until = []
 
 
 async def _check(dedupe: _ClockedClaims) -> None:

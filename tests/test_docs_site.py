@@ -30,7 +30,7 @@ def _build(root: Path) -> subprocess.CompletedProcess[str]:
 def copy(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "mkdocs.yml", tmp_path)  # docs/ holds its hook
     shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    for shared in ("src", "examples"):  # the API reference and the pages' snippets
+    for shared in ("src", "examples", "README.md"):  # the API reference and the pages' snippets
         (tmp_path / shared).symlink_to(ROOT / shared)
     return tmp_path
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import types
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from homing import ConfigurationError, Homing, MemoryPublisher, OutgoingMessage, Publisher
 from homing.outbox import FlushEndpoint, SQLOutbox
 from tests.conftest import SQL_BACKENDS, OrderPlaced, open_sql_engine
+from tests.support.clock import Clock
 from tests.support.waiting import eventually_async
 
 
@@ -214,17 +214,34 @@ async def test_a_rolled_back_stage_does_not_lose_the_deletes_it_carried(
     await outbox.aclose()
 
 
-async def test_start_publishes_what_a_killed_process_left_once_it_is_old_enough(
+async def test_a_drain_leaves_a_row_younger_than_the_drain_age(
     engine: AsyncEngine, broker: Switchable, homing: Homing
 ) -> None:
-    killed = SQLOutbox(engine, broker)
+    clock = Clock()
+    killed = SQLOutbox(engine, broker, clock=clock)
     async with engine.begin() as connection:
         left = await killed.stage(connection, _message(homing, 1))  # committed, never sent
-    # No clock to move in SQLOutbox: a drain age far beyond the pause before the check.
-    successor = SQLOutbox(engine, broker, drain_age=2.0)
+    successor = SQLOutbox(engine, broker, drain_age=10.0, clock=clock)
+    clock.advance(9.5)
+    report = await successor.flush(older_than=successor.drain_age)  # as start()'s drains do
+    assert (report.published, broker.sent) == (0, [])  # its own request may still send it
+    clock.advance(0.5)
+    assert (await successor.flush(older_than=successor.drain_age)).published == 1
+    assert [m.event_id for m in broker.sent] == [left.event_id]
+    await successor.aclose()
+    assert await _rows(engine) == set()
+
+
+async def test_start_publishes_what_a_killed_process_left(
+    engine: AsyncEngine, broker: Switchable, homing: Homing
+) -> None:
+    clock = Clock()
+    killed = SQLOutbox(engine, broker, clock=clock)
+    async with engine.begin() as connection:
+        left = await killed.stage(connection, _message(homing, 1))  # committed, never sent
+    successor = SQLOutbox(engine, broker, clock=clock)
+    clock.advance(successor.drain_age)
     await successor.start()
-    await asyncio.sleep(0.1)
-    assert broker.sent == []  # too young: its own request may still be sending it
     await eventually_async(lambda: broker.sent)
     assert [m.event_id for m in broker.sent] == [left.event_id]
     await successor.aclose()
@@ -309,11 +326,12 @@ async def test_a_row_another_instance_published_is_kept_for_an_in_doubt_commit(
 async def test_start_drains_batch_after_batch(
     engine: AsyncEngine, broker: Switchable, homing: Homing
 ) -> None:
-    killed = SQLOutbox(engine, broker)
+    clock = Clock()
+    killed = SQLOutbox(engine, broker, clock=clock)
     async with engine.begin() as connection:
         left = [await killed.stage(connection, _message(homing, n)) for n in range(7)]
-    successor = SQLOutbox(engine, broker, drain_age=0.01, backlog_limit=3)
-    await asyncio.sleep(0.02)
+    successor = SQLOutbox(engine, broker, backlog_limit=3, clock=clock)
+    clock.advance(successor.drain_age)
     await successor.start()
     await eventually_async(lambda: len(broker.sent) == len(left))
     assert sorted(m.event_id for m in broker.sent) == sorted(m.event_id for m in left)

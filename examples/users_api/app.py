@@ -12,25 +12,22 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr, Field
-from sqlalchemy import bindparam, insert, make_url, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
-from homing import Delivery, Homing, LoopbackPublisher, Publisher, Settings, wiring
+from homing import Delivery, Homing, Publisher, Settings, wiring
 from homing.auth import OIDCVerifier
 from homing.errors import ConfigurationError, StoreError
 from homing.fastapi import push_router
 from homing.outbox import FlushEndpoint, SQLOutbox
-from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
-from homing.telemetry import Telemetry, TraceContextMiddleware
-from homing.telemetry.metrics import PrometheusMetrics
-from homing.telemetry.otel import OpenTelemetry, sdk_configured
+from homing.telemetry import TraceContextMiddleware
 from users_api.db import Base, Notification, User
 
 logger = logging.getLogger("users_api")
@@ -40,15 +37,12 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./users_api.db"
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
-    """The service's own settings (``PORT``, ``HOST``, ``DATABASE_URL``, ``TELEMETRY``) plus
-    homing's."""
+    """The service's own settings (``PORT``, ``HOST``, ``DATABASE_URL``, ``API_DOCS``) plus
+    homing's (``HOMING_TELEMETRY`` among them)."""
 
     port: int = 8080
     host: str = "127.0.0.1"
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
-    #: A summary line per push, the publisher's trace continued, ``GET /metrics`` (``TELEMETRY``:
-    #: ``on``, the default, or ``off``).
-    telemetry: bool = True
     #: FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (``API_DOCS``: ``off``, the default,
     #: or ``on``): off, so a deployed service does not describe itself to anyone who asks.
     api_docs: bool = False
@@ -64,7 +58,6 @@ class ServiceConfig:
             port=int(port),
             host=env.get("HOST", "127.0.0.1"),
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            telemetry=_switch(env, "TELEMETRY", "on"),
             api_docs=_switch(env, "API_DOCS", "off"),
             homing=Settings.from_env(env),
         )
@@ -106,41 +99,16 @@ class NotificationOut(BaseModel):
     text: str
 
 
-def _publisher(config: ServiceConfig, keep: SQLQuarantineStore) -> Publisher:
-    # Its journal beside a SQLite database: an event published is delivered even after a kill -9.
-    environ = {"PORT": str(config.port)}
-    return wiring.publisher(
-        config.homing, environ, keep=keep, journal=_beside_database(config.database_url)
-    )
-
-
-def _beside_database(database_url: str) -> Path | None:
-    """``users_api.loopback.sqlite3`` beside a SQLite file database; ``None`` for others."""
-    url = make_url(database_url)
-    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database).with_suffix(".loopback.sqlite3")
-
-
-def build_homing(
-    config: ServiceConfig, engine: AsyncEngine, publisher: Publisher, quarantine: SQLQuarantineStore
-) -> Homing:
-    settings = config.homing
-    homing = Homing(
-        # A development key (said so) when HOMING_SIGNING_KEYS is unset: `make run` works as is.
-        signer=wiring.signer(settings, development=True),
-        oidc=wiring.oidc(settings),
-        publisher=publisher,
-        dedupe=SQLDedupeStore(engine),
-        quarantine=quarantine,
-        auth=settings.auth,
-        unknown_events=settings.unknown_events,
-        max_body_size=settings.max_body_size,
-        max_delivery_attempts=(
-            settings.max_delivery_attempts if settings.dead_letter_topic else None
-        ),
-        accept_legacy_without_oidc=settings.legacy_without_oidc,
-    )
+def build_homing(config: ServiceConfig, publisher: Publisher | None = None) -> Homing:
+    """homing's wiring from the settings (``Homing.from_env``): the stores and the outbox on
+    the service's database, the loopback journal beside a SQLite file, telemetry; a
+    development key (said so) when ``HOMING_SIGNING_KEYS`` is unset, so ``make run`` works as
+    is. ``publisher`` replaces the one the settings choose (a seam for tests)."""
+    environ = {"DATABASE_URL": config.database_url, "PORT": str(config.port)}
+    overrides: dict[str, Any] = {"publisher": publisher} if publisher is not None else {}
+    if config.homing.signing_keys is None:
+        overrides["signer"] = wiring.signer(config.homing, development=True)
+    homing = Homing.from_env(environ, settings=config.homing, **overrides)
     homing.events.register("user.name.changed", UserNameChanged)
 
     # Its only effect is a row in this database: homing commits it with the event's "handled"
@@ -243,33 +211,22 @@ def create_app(
     ``publisher`` replaces the one the settings choose (a seam for tests).
     """
     config = config or ServiceConfig.from_env()
-    engine = create_engine(config.database_url)
-    quarantine = SQLQuarantineStore(engine)
-    publisher = publisher or _publisher(config, quarantine)
-    homing = build_homing(config, engine, publisher, quarantine)
-    # One summary log line per push, the publishing request's trace continued, metrics; spans
-    # when the deployment installs an OpenTelemetry SDK (e.g. with `opentelemetry-instrument`).
-    metrics = PrometheusMetrics() if config.telemetry else None
-    if metrics is not None:
-        otel = OpenTelemetry() if sdk_configured() else None
-        homing.hooks.append(Telemetry(homing.events, metrics=metrics, opentelemetry=otel))
-    outbox = SQLOutbox(engine, publisher, hooks=homing.hooks)
+    homing = build_homing(config, publisher)
+    # Built by Homing.from_env on DATABASE_URL, which the service always sets.
+    assert homing.wired is not None
+    assert homing.wired.engine is not None
+    assert homing.wired.outbox is not None
+    engine, outbox, metrics = homing.wired.engine, homing.wired.outbox, homing.wired.metrics
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
-        await create_tables(engine)
-        await outbox.start()  # publishes what a killed predecessor left in the outbox
-        if isinstance(publisher, LoopbackPublisher):
-            await publisher.resume()  # and delivers what it left in the loopback journal
-        try:
-            async with homing:
-                yield
-        finally:
-            await outbox.aclose()
-            await engine.dispose()
+        # homing's tables, what a killed predecessor left in the outbox and in the loopback
+        # journal; at shutdown the outbox, the publisher, the stores and the engine close.
+        async with homing:
+            yield
 
     described = config.api_docs
     app = FastAPI(
@@ -287,8 +244,9 @@ def create_app(
     app.state.outbox = outbox
     app.include_router(api_router(homing, outbox, engine, sessions))
     app.include_router(push_router(homing, "/events"))
+    if homing.wired.telemetry is not None:
+        app.add_middleware(TraceContextMiddleware)  # the request's trace reaches its events
     if metrics is not None:
-        app.add_middleware(TraceContextMiddleware)
         app.router.routes.append(
             Route("/metrics", metrics.endpoint(), methods=["GET"], name="metrics")
         )

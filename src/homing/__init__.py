@@ -16,6 +16,7 @@ Example::
     app.include_router(push_router(homing))   # POST /events (homing.fastapi)
 """
 
+from homing._version import __version__
 from homing.app import Homing
 from homing.dispatch import Delivery, Drop, Retry
 from homing.errors import (
@@ -46,8 +47,6 @@ from homing.stores import (
     QuarantinedMessage,
     QuarantineStore,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationFailed",

@@ -28,6 +28,8 @@ from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
 
 if TYPE_CHECKING:
     from homing.auth import OIDCVerifier
+    from homing.settings import Settings
+    from homing.wiring import Wired
 
 logger = logging.getLogger("homing")
 
@@ -120,6 +122,8 @@ class Homing(PushPipeline):
         self.publisher = publisher
         self.events = EventRegistry()
         self.handlers = HandlerTable()
+        #: What :meth:`from_env` built beside it (engine, outbox, telemetry), else ``None``.
+        self.wired: Wired | None = None
         self._starting: list[Step] = []
         self._closing: list[Step] = []
 
@@ -223,14 +227,22 @@ class Homing(PushPipeline):
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> Self:
         """A ``Homing`` configured from ``HOMING_*``, ``PORT`` and ``DATABASE_URL``.
 
         The signer (``HOMING_SIGNING_KEYS``; a development key, said so, when the publisher
         is local), the publisher (``HOMING_PUBLISHER``: loopback to this service, memory, or
-        Pub/Sub, the emulator's too), the push token (``HOMING_AUTH``), and the SQL stores on
-        ``DATABASE_URL`` (their tables made at start-up) — see :mod:`homing.wiring`. Keyword
-        arguments replace what the environment chose. A mistake is one
+        Pub/Sub, the emulator's too), the push token (``HOMING_AUTH``), the SQL stores and an
+        outbox on ``DATABASE_URL`` (tables made at start-up), and telemetry
+        (``HOMING_TELEMETRY``) — see :mod:`homing.wiring`; what is built beside the
+        ``Homing`` is ``homing.wired``. Keyword arguments replace what the environment
+        chose; ``settings`` replace the ``HOMING_*`` variables. A mistake is one
         :class:`~homing.errors.ConfigurationError` naming the variable.
 
         Example::
@@ -239,10 +251,12 @@ class Homing(PushPipeline):
         """
         from homing import wiring  # the settings and every backend: only when asked for
 
-        chosen, starting, closing = wiring.options(environ)
-        homing = cls(**(chosen | overrides))
+        parts = wiring.from_env(environ, settings)
+        homing = cls(**(parts.options | overrides))
+        starting, closing = parts.attach(homing.events, homing.hooks, homing.publisher)
         homing._starting += starting
         homing._closing += closing
+        homing.wired = parts.wired
         return homing
 
     @contextlib.asynccontextmanager

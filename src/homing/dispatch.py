@@ -154,10 +154,11 @@ def is_async(function: Any) -> bool:
 
 
 def handler_name(function: Any) -> str:
-    """The default name of a handler: its module and qualified name."""
-    module = getattr(function, "__module__", None) or "?"
+    """The default name of a handler: its module and qualified name, spelt as a name may be."""
+    module = getattr(function, "__module__", None) or "main"
     qualname = getattr(function, "__qualname__", None) or type(function).__qualname__
-    return f"{module}.{qualname}".replace("<", "").replace(">", "")
+    name = "".join(c if c in _NAME_CHARACTERS else "_" for c in f"{module}.{qualname}")
+    return name[-_MAX_NAME:]
 
 
 def model_from_annotation(function: Any) -> type[BaseModel]:

@@ -1,15 +1,19 @@
-"""From the environment to the parts of a service: keys, publisher, push token, stores.
+"""From the environment to the parts of a service: keys, publisher, push token, stores, outbox
+and telemetry.
 
-:meth:`homing.Homing.from_env` is built from these; a service that owns more wiring (its own
-engine, an outbox) calls the pieces it needs. Every mistake is one
-:class:`~homing.errors.ConfigurationError` naming the variable, never a secret.
+The composition root: it stands above the core, the outbox and telemetry, and only
+:meth:`homing.Homing.from_env` (lazily) and services reach it. A service that owns more wiring
+calls the pieces it needs (:func:`signer`, :func:`publisher`, :func:`oidc`). Every mistake is
+one :class:`~homing.errors.ConfigurationError` naming the variable, never a secret.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +26,14 @@ from homing.signing import KeyRing, Signer
 from homing.stores.base import QuarantineStore
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from homing.auth import OIDCVerifier
+    from homing.events import EventRegistry
+    from homing.hooks import Hooks
+    from homing.outbox import SQLOutbox
+    from homing.telemetry import Telemetry
+    from homing.telemetry.metrics import PrometheusMetrics
 
 logger = logging.getLogger("homing")
 
@@ -107,21 +118,101 @@ def oidc(settings: Settings) -> OIDCVerifier | None:
 Step = Callable[[], Awaitable[None]]
 
 
-def options(
-    environ: Mapping[str, str] | None = None,
-) -> tuple[dict[str, Any], list[Step], list[Step]]:
-    """``Homing``'s keyword arguments from the environment, what to run at start-up, and what
-    to run at shutdown.
+@dataclass(kw_only=True)
+class Wired:
+    """What :meth:`homing.Homing.from_env` built beside the ``Homing`` (``homing.wired``).
 
-    ``DATABASE_URL`` puts the dedupe and quarantine stores on that database (their tables
-    are created at start-up if missing); without it they are in memory.
+    Attributes:
+        settings: the ``HOMING_*`` settings it was built from.
+        engine: the SQLAlchemy engine on ``DATABASE_URL`` (else ``None``).
+        outbox: a :class:`~homing.outbox.SQLOutbox` on that engine, publishing through the
+            service's publisher and telling its hooks (else ``None``); it drains what an
+            earlier process left at start-up.
+        telemetry: the :class:`~homing.telemetry.Telemetry` hook (``HOMING_TELEMETRY``).
+        metrics: its Prometheus metrics when ``homing[metrics]`` is installed: serve
+            ``metrics.endpoint()`` as ``GET /metrics``.
     """
+
+    settings: Settings
+    engine: AsyncEngine | None = None
+    outbox: SQLOutbox | None = None
+    telemetry: Telemetry | None = None
+    metrics: PrometheusMetrics | None = None
+
+
+@dataclass(kw_only=True)
+class Wiring:
+    """``Homing``'s keyword arguments from the settings, and what to attach once it exists."""
+
+    options: dict[str, Any]
+    wired: Wired
+    starting: list[Step] = field(default_factory=list)
+    closing: list[Step] = field(default_factory=list)
+
+    def attach(
+        self, events: EventRegistry, hooks: Hooks, publisher: Publisher | None
+    ) -> tuple[list[Step], list[Step]]:
+        """Attach telemetry to ``hooks`` and build the outbox on ``publisher``, once the
+        ``Homing`` exists; its start-up and shutdown steps."""
+        wired = self.wired
+        if wired.settings.telemetry:
+            wired.telemetry, wired.metrics = telemetry(events)
+            hooks.append(wired.telemetry)
+        starting, closing = list(self.starting), list(self.closing)
+        if wired.engine is not None and publisher is not None:
+            from homing.outbox import SQLOutbox
+
+            outbox = wired.outbox = SQLOutbox(wired.engine, publisher, hooks=hooks)
+            starting.append(outbox.start)  # publishes what a killed predecessor left
+            closing.insert(0, outbox.aclose)  # before the engine is disposed
+        return starting, closing
+
+
+def telemetry(events: EventRegistry) -> tuple[Telemetry, PrometheusMetrics | None]:
+    """The :class:`~homing.telemetry.Telemetry` hook: summary lines and trace continuation
+    always, Prometheus metrics when ``homing[metrics]`` is installed, OpenTelemetry spans and
+    metrics when the process configured an SDK."""
+    from homing.telemetry import Telemetry
+
+    metrics = None
+    if importlib.util.find_spec("prometheus_client") is not None:
+        from homing.telemetry.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+    otel = None
+    if importlib.util.find_spec("opentelemetry") is not None:
+        from homing.telemetry.otel import OpenTelemetry, sdk_configured
+
+        otel = OpenTelemetry() if sdk_configured() else None
+    return Telemetry(events, metrics=metrics, opentelemetry=otel), metrics
+
+
+def from_env(environ: Mapping[str, str] | None = None, settings: Settings | None = None) -> Wiring:
+    """:func:`from_settings` with ``HOMING_*`` (unless ``settings`` are given), ``DATABASE_URL``
+    and ``PORT`` of ``environ`` (default ``os.environ``)."""
     env = os.environ if environ is None else environ
-    settings = Settings.from_env(env)
-    starting: list[Step] = []
-    closing: list[Step] = []
+    return from_settings(
+        settings if settings is not None else Settings.from_env(env),
+        database_url=env.get("DATABASE_URL") or None,
+        port=env.get("PORT"),
+    )
+
+
+def from_settings(
+    settings: Settings, *, database_url: str | None = None, port: str | None = None
+) -> Wiring:
+    """``Homing``'s parts from ``settings``.
+
+    ``database_url`` puts the dedupe and quarantine stores and an outbox on that database
+    (their tables are created at start-up if missing); without it they are in memory. On a
+    SQLite file, the loopback publisher's journal lies beside it, so an event published is
+    delivered even after a ``kill -9``. ``port`` is where this service listens, for the
+    loopback publisher (``PORT``).
+    """
+    wired = Wired(settings=settings)
+    wiring = Wiring(options={}, wired=wired)
     stores: dict[str, Any] = {}
-    database_url = env.get("DATABASE_URL")
+    journal = None
     if database_url:
         from homing.stores.sql import (
             SQLDedupeStore,
@@ -130,29 +221,40 @@ def options(
             create_tables,
         )
 
-        engine = create_engine(database_url)
+        try:
+            engine = wired.engine = create_engine(database_url)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"DATABASE_URL: {exc}") from None
         stores = {"dedupe": SQLDedupeStore(engine), "quarantine": SQLQuarantineStore(engine)}
+        journal = _beside_sqlite(engine)
 
         async def tables() -> None:
             await create_tables(engine)
 
-        starting.append(tables)
-        closing.append(engine.dispose)
-    sender = publisher(settings, env, keep=stores.get("quarantine"))
-    return (
-        {
-            "signer": signer(settings, development=sender.local),
-            "oidc": oidc(settings),
-            "publisher": sender,
-            "auth": settings.auth,
-            "unknown_events": settings.unknown_events,
-            "max_body_size": settings.max_body_size,
-            "max_delivery_attempts": (
-                settings.max_delivery_attempts if settings.dead_letter_topic else None
-            ),
-            "accept_legacy_without_oidc": settings.legacy_without_oidc,
-            **stores,
-        },
-        starting,
-        closing,
+        wiring.starting.append(tables)
+        wiring.closing.append(engine.dispose)
+    sender = publisher(
+        settings, {"PORT": port} if port else {}, keep=stores.get("quarantine"), journal=journal
     )
+    wiring.options = {
+        "signer": signer(settings, development=sender.local),
+        "oidc": oidc(settings),
+        "publisher": sender,
+        "auth": settings.auth,
+        "unknown_events": settings.unknown_events,
+        "max_body_size": settings.max_body_size,
+        "max_delivery_attempts": (
+            settings.max_delivery_attempts if settings.dead_letter_topic else None
+        ),
+        "accept_legacy_without_oidc": settings.legacy_without_oidc,
+        **stores,
+    }
+    return wiring
+
+
+def _beside_sqlite(engine: AsyncEngine) -> Path | None:
+    """``X.loopback.sqlite3`` beside a SQLite file database ``X.db``; ``None`` for others."""
+    url = engine.url
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).with_suffix(".loopback.sqlite3")

@@ -22,19 +22,28 @@ from homing.stores import (
 )
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, handled_events
 from tests.conftest import SQL_BACKENDS, open_sql_engine
+from tests.support.clock import Clock
 
 # SQLite twice: inline in the event loop (the default), and through aiosqlite's thread.
 BACKENDS = ["memory", "sqlite-thread", *SQL_BACKENDS]
 SQL_ONLY = ["sqlite-thread", *SQL_BACKENDS]
 
 
+@pytest.fixture
+def clock() -> Clock:
+    """The dedupe stores' clock: a lease ends when the test moves it there, not by sleeping."""
+    return Clock()
+
+
 @pytest.fixture(params=BACKENDS)
-async def dedupe(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DedupeStore]:
+async def dedupe(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[DedupeStore]:
     if request.param == "memory":
-        yield MemoryDedupeStore()
+        yield MemoryDedupeStore(clock=clock)
         return
     async with open_sql_engine(request.param, tmp_path) as engine:
-        yield SQLDedupeStore(engine)
+        yield SQLDedupeStore(engine, clock=clock)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -60,9 +69,11 @@ async def test_done_makes_every_later_claim_a_duplicate(dedupe: DedupeStore) -> 
     assert await dedupe.claim("e1", lease=0) is Claim.DUPLICATE
 
 
-async def test_an_expired_lease_can_be_claimed_again(dedupe: DedupeStore) -> None:
-    assert await dedupe.claim("e1", lease=0.05) is Claim.CLAIMED
-    await asyncio.sleep(0.1)  # the lease itself is the thing under test
+async def test_an_expired_lease_can_be_claimed_again(dedupe: DedupeStore, clock: Clock) -> None:
+    assert await dedupe.claim("e1", lease=5) is Claim.CLAIMED
+    clock.advance(4.5)
+    assert await dedupe.claim("e1", lease=60) is Claim.IN_PROGRESS
+    clock.advance(0.5)  # the lease's end
     assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
     assert await dedupe.claim("e1", lease=60) is Claim.IN_PROGRESS
 
@@ -80,11 +91,13 @@ async def test_release_does_not_undo_done(dedupe: DedupeStore) -> None:
     assert await dedupe.claim("e1", lease=60) is Claim.DUPLICATE
 
 
-async def test_renew_keeps_a_claim_past_its_first_lease(dedupe: DedupeStore) -> None:
-    assert await dedupe.claim("e1", lease=0.05) is Claim.CLAIMED
+async def test_renew_keeps_a_claim_past_its_first_lease(dedupe: DedupeStore, clock: Clock) -> None:
+    assert await dedupe.claim("e1", lease=5) is Claim.CLAIMED
     assert await dedupe.renew("e1", lease=60) is True
-    await asyncio.sleep(0.1)  # past the first lease
+    clock.advance(59)  # past the first lease, inside the renewed one
     assert await dedupe.claim("e1", lease=60) is Claim.IN_PROGRESS
+    clock.advance(1)
+    assert await dedupe.claim("e1", lease=60) is Claim.CLAIMED
 
 
 async def test_renew_finds_nothing_to_renew_once_done_or_never_claimed(
@@ -221,10 +234,10 @@ async def test_postgres_connections_are_kept_under_concurrent_load(tmp_path: Pat
 
 @pytest.fixture(params=SQL_ONLY)
 async def sql_dedupe(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
 ) -> AsyncIterator[SQLDedupeStore]:
     async with open_sql_engine(request.param, tmp_path) as engine:
-        yield SQLDedupeStore(engine)
+        yield SQLDedupeStore(engine, clock=clock)
 
 
 async def test_a_committed_transaction_marks_the_event_done(sql_dedupe: SQLDedupeStore) -> None:
@@ -250,14 +263,14 @@ async def test_an_exception_in_the_transaction_leaves_the_event_unmarked(
 
 
 async def test_a_live_claim_keeps_the_transaction_out_and_an_expired_one_does_not(
-    sql_dedupe: SQLDedupeStore,
+    sql_dedupe: SQLDedupeStore, clock: Clock
 ) -> None:
-    assert await sql_dedupe.claim("live", lease=60) is Claim.CLAIMED
-    async with sql_dedupe.transaction("live") as transaction:
+    assert await sql_dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    clock.advance(59.5)
+    async with sql_dedupe.transaction("e1") as transaction:
         assert transaction.claim is Claim.IN_PROGRESS
-    assert await sql_dedupe.claim("old", lease=0.05) is Claim.CLAIMED
-    await asyncio.sleep(0.1)
-    async with sql_dedupe.transaction("old") as taken:
+    clock.advance(0.5)  # the lease's end
+    async with sql_dedupe.transaction("e1") as taken:
         assert taken.claim is Claim.CLAIMED
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from homing.stores import Claim
-from homing.stores.sql import SQLDedupeStore, create_engine, create_tables
+from homing.stores.sql import SQLDedupeStore, _sqlite_inline, create_engine, create_tables
 from tests.support.waiting import eventually_async
 
 
@@ -80,11 +80,14 @@ async def test_checkpoints_run_on_a_thread_while_the_database_is_open(tmp_path: 
     for n in range(300):
         await store.done(f"e{n}")
     assert len(_checkpointers()) == before + 1
-    await asyncio.sleep(1.2)  # a couple of the thread's rounds
-    with closing(sqlite3.connect(tmp_path / "wal.db")) as probe:
-        busy, frames, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    [checkpointer] = [c for c in _sqlite_inline._checkpointers.values() if "wal.db" in c.path]
+    after_the_writes = checkpointer.rounds + 1  # the round under way may have begun before
+    await eventually_async(lambda: checkpointer.rounds > after_the_writes)
+    assert checkpointer.last is not None
+    busy, frames, copied = checkpointer.last  # the thread's own checkpoint, not a probe's
     assert busy == 0
-    assert frames == copied  # nothing was left for this checkpoint to copy
+    assert frames > 0  # the writes went to the log ...
+    assert frames == copied  # ... and the thread copied all of it into the database file
     await engine.dispose()
     await eventually_async(lambda: len(_checkpointers()) == before)
 

@@ -58,7 +58,7 @@ async def test_telemetry_off_leaves_out_the_summary_the_trace_and_the_metrics(
             "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/off.db",
             "HOMING_PUBLISHER": "memory",
             "HOMING_SIGNING_KEYS": "k1:a-test-secret-long-enough-to-sign",
-            "TELEMETRY": "off",
+            "HOMING_TELEMETRY": "off",
         }
     )
     app = create_app(config)
@@ -81,7 +81,14 @@ async def test_telemetry_off_leaves_out_the_summary_the_trace_and_the_metrics(
     assert json_lines.summaries() == []
 
 
-@pytest.mark.parametrize("value", ["yes", "0", ""])
-def test_telemetry_takes_on_or_off(value: str) -> None:
-    with pytest.raises(ConfigurationError, match="TELEMETRY"):
-        ServiceConfig.from_env({"TELEMETRY": value})
+@pytest.mark.parametrize("value", ["maybe", "2", "of"])
+def test_telemetry_takes_true_or_false(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="HOMING_TELEMETRY: must be true or false"):
+        ServiceConfig.from_env({"HOMING_TELEMETRY": value})
+
+
+def test_a_misspelt_setting_gets_a_guess() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"HOMING_TELEMTRY \(did you mean HOMING_TELEMETRY\?\)"
+    ):
+        ServiceConfig.from_env({"HOMING_TELEMTRY": "off"})

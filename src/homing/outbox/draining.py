@@ -58,8 +58,10 @@ class DrainingOutbox:
         sweep_delay: float = 1.0,
         keep_published: float = 12.0,
         hooks: Hooks | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.engine = engine
+        self.clock = clock
         self.publisher = publisher
         self.backlog_limit = backlog_limit
         self.drain_age = drain_age
@@ -93,9 +95,13 @@ class DrainingOutbox:
         if staged_at is not None:  # a drained row: its commit is long settled
             if staged_at.tzinfo is None:  # SQLite keeps no zone; homing writes UTC
                 staged_at = staged_at.replace(tzinfo=UTC)
-            keep -= (datetime.now(UTC) - staged_at).total_seconds()
+            keep -= (self._now() - staged_at).total_seconds()
         self._published[event_id] = time.monotonic() + max(0.0, keep)
         self._schedule_sweep()
+
+    def _now(self) -> datetime:
+        """The time rows are stamped with when staged, and aged by: :attr:`clock`'s."""
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def _schedule_sweep(self) -> None:
         if self._sweeper is not None or not self._published:
@@ -147,7 +153,9 @@ class DrainingOutbox:
     async def _waiting(
         self, limit: int, older_than: float
     ) -> list[tuple[OutgoingMessage, datetime]]:
-        query = select_waiting(older_than=older_than, excluding=list(self._published))
+        query = select_waiting(
+            older_than=older_than, excluding=list(self._published), now=self._now()
+        )
         async with translate_errors("reading the outbox"), self.engine.connect() as connection:
             rows = (await connection.execute(query.limit(limit))).mappings().all()
         return [

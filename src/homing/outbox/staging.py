@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,6 +46,9 @@ class SQLOutbox(DrainingOutbox):
         hooks: the service's hooks (``homing.hooks``): every publish tried is timed and told
             to them, as :meth:`~homing.Homing.publish` does, so its metrics count outbox
             publishes too.
+        clock: the time in seconds since the epoch that rows are stamped with when staged and
+            aged by (``drain_age``). Wall time, not ``time.monotonic``: a row staged by one
+            instance is aged by another. Tests pass a clock they move.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class SQLOutbox(DrainingOutbox):
         sweep_delay: float = 1.0,
         keep_published: float = 12.0,
         hooks: Hooks | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         super().__init__(
             engine,
@@ -69,6 +73,7 @@ class SQLOutbox(DrainingOutbox):
             sweep_delay=sweep_delay,
             keep_published=keep_published,
             hooks=hooks,
+            clock=clock,
         )
         self._exists = select_event_id()
         self._insert_row = insert_row(engine)
@@ -90,7 +95,7 @@ class SQLOutbox(DrainingOutbox):
             data=message.data,
             attributes=orjson.dumps(dict(message.attributes)).decode(),
             ordering_key=message.ordering_key,
-            created_at=datetime.now(UTC),
+            created_at=self._now(),
             attempts=0,
             last_error=None,
         )

@@ -8,7 +8,7 @@ outbox reads and writes it only through this module.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Delete, Select, Update, bindparam, delete, func, select, update
@@ -50,11 +50,14 @@ def find_row(engine: AsyncEngine) -> CompiledStatement:
     return CompiledStatement(engine, select_event_id())
 
 
-def select_waiting(*, older_than: float, excluding: list[str]) -> Select[*tuple[Any, ...]]:
-    """Rows oldest first: staged ``older_than`` seconds ago or more, not in ``excluding``."""
+def select_waiting(
+    *, older_than: float, excluding: list[str], now: datetime
+) -> Select[*tuple[Any, ...]]:
+    """Rows oldest first: staged ``older_than`` seconds before ``now`` or earlier, not in
+    ``excluding``."""
     query = select(table).order_by(table.c.created_at)
     if older_than > 0:
-        query = query.where(table.c.created_at <= datetime.now(UTC) - timedelta(seconds=older_than))
+        query = query.where(table.c.created_at <= now - timedelta(seconds=older_than))
     if excluding:
         query = query.where(table.c.event_id.not_in(excluding))
     return query

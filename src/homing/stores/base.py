@@ -6,7 +6,7 @@ import contextlib
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -63,15 +63,23 @@ class DedupeStore(ABC):
 
     A claim expires after its lease, so a handler that crashed does not block redelivery; a
     live handler keeps its claim by renewing it (:meth:`renew`).
+
+    Args:
+        clock: the time in seconds since the epoch that leases are measured by. Wall time,
+            not ``time.monotonic``: a lease end is kept in the store and read by every instance
+            that shares it. Tests pass a clock they move.
     """
 
     #: ``True`` when :meth:`transaction` can run a handler's effect and the done mark in one
     #: database transaction (``effects="database"`` handlers).
     transactional: bool = False
 
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
     async def claim(self, event_id: str, *, lease: float) -> Claim:
         """Claim ``event_id`` for ``lease`` seconds."""
-        return await self._claim(event_id, time.time(), lease)
+        return await self._claim(event_id, self.clock(), lease)
 
     @abstractmethod
     async def _claim(self, event_id: str, now: float, lease: float) -> Claim: ...
@@ -81,7 +89,7 @@ class DedupeStore(ABC):
 
         ``False`` when there is no such claim any more (done, released, or never taken).
         """
-        return await self._renew_claim(event_id, time.time() + lease)
+        return await self._renew_claim(event_id, self.clock() + lease)
 
     @abstractmethod
     async def _renew_claim(self, event_id: str, until: float) -> bool: ...

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
 
 _DONE = -1.0
@@ -10,7 +13,10 @@ _DONE = -1.0
 class MemoryDedupeStore(DedupeStore):
     """Handled ids in a dict, the oldest forgotten beyond ``max_entries`` (memory stays flat)."""
 
-    def __init__(self, *, max_entries: int = 1_000_000) -> None:
+    def __init__(
+        self, *, max_entries: int = 1_000_000, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(clock=clock)
         self._entries: dict[str, float] = {}  # event id -> lease end, or _DONE
         self._max = max_entries
 

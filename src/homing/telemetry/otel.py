@@ -81,7 +81,7 @@ class OpenTelemetry:
     """
 
     def __init__(self, *, tracer_provider: Any = None, meter_provider: Any = None) -> None:
-        from homing import __version__
+        from homing._version import __version__
 
         self.tracer = trace.get_tracer("homing", __version__, tracer_provider=tracer_provider)
         meter = otel_metrics.get_meter("homing", __version__, meter_provider=meter_provider)

@@ -136,6 +136,10 @@ class Checkpointer:
     def __init__(self, path: str, *, interval: float = 0.5) -> None:
         self.path, self.interval = path, interval
         self.users = 0
+        #: Checkpoints run so far, and the last one's ``(busy, log frames, frames copied)``:
+        #: what a test waits for and looks at, instead of sleeping for a few intervals.
+        self.rounds = 0
+        self.last: tuple[int, int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="homing-sqlite-checkpoint")
         self._thread.daemon = True
@@ -167,9 +171,10 @@ class Checkpointer:
         try:
             while not self._stop.wait(self.interval):
                 try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self.last = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:  # busy, or the file is gone: try again later
                     logger.debug("checkpoint of %s: %s", self.path, exc)
+                self.rounds += 1
         finally:
             connection.close()
 

@@ -76,7 +76,14 @@ class SQLDedupeStore(DedupeStore):
 
     transactional = True
 
-    def __init__(self, engine: AsyncEngine, *, done_cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        done_cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
         self.engine = engine
         row = handled_events.c
         claimed = {"event_id": bindparam("event_id"), "state": _CLAIMED, "lease_until": 0.0}
@@ -201,7 +208,7 @@ class SQLDedupeStore(DedupeStore):
         try:
             connection.begin()
             with driver_cursor(connection) as cursor:
-                if mark(cursor, event_id=event_id, now=time.time()).rowcount == 1:
+                if mark(cursor, event_id=event_id, now=self.clock()).rowcount == 1:
                     return Claim.CLAIMED, connection
                 row = self._state(cursor, event_id=event_id).fetchone()
         except BaseException:
