@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -22,6 +23,8 @@ from homing.hooks import Hook
 from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, PushPipeline, UnknownEvents
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.publishers.loopback import LoopbackPublisher
+from homing.publishers.routing import Transports
+from homing.scheduling import deliver_at
 from homing.signing import EVENT_ID, Signer
 from homing.stores.base import DedupeStore, QuarantineStore
 from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
@@ -44,6 +47,9 @@ class Homing(PushPipeline):
             ``"both"``).
         oidc: verifies the OIDC token Pub/Sub attaches to a push (``auth="oidc"`` or ``"both"``).
         publisher: where :meth:`publish` sends events; required to publish.
+        transports: more publishers by name, for event types declared with
+            ``@homing.event(..., transport=name)`` (e.g. ``{"tasks": CloudTasksPublisher(...)}``
+            for delayed events); a local ``publisher`` stands in for any that is missing.
         dedupe: remembers handled event ids (in memory unless given).
         quarantine: keeps dropped envelopes (in memory unless given).
         auth: ``"hmac"`` (homing's signature), ``"oidc"`` (Google's push token), ``"both"``
@@ -84,6 +90,7 @@ class Homing(PushPipeline):
         signer: Signer | None,
         oidc: OIDCVerifier | None = None,
         publisher: Publisher | None = None,
+        transports: Mapping[str, Publisher] | None = None,
         dedupe: DedupeStore | None = None,
         quarantine: QuarantineStore | None = None,
         auth: AuthMode = "hmac",
@@ -134,7 +141,8 @@ class Homing(PushPipeline):
             )
         self.signer = signer
         self.oidc = oidc
-        self.publisher = publisher
+        #: Each event type's publisher: :attr:`publisher` and the named ``transports``.
+        self.transports = Transports(publisher, transports)
         self.dedupe = dedupe if dedupe is not None else MemoryDedupeStore()
         self.quarantine = quarantine if quarantine is not None else MemoryQuarantineStore()
         self.auth = auth
@@ -151,10 +159,25 @@ class Homing(PushPipeline):
         self._starting: list[Step] = []
         self._closing: list[Step] = []
 
+    @property
+    def publisher(self) -> Publisher | None:
+        """The default publisher (of event types declared with no ``transport``)."""
+        return self.transports.default
+
+    @publisher.setter
+    def publisher(self, publisher: Publisher | None) -> None:
+        self.transports.default = publisher
+
     # -- registration -------------------------------------------------------------------------
 
-    def event(self, type_name: str) -> Callable[[M], M]:
-        """Class decorator: bind a pydantic model to an event type name."""
+    def event(self, type_name: str, *, transport: str | None = None) -> Callable[[M], M]:
+        """Class decorator: bind a pydantic model to an event type name.
+
+        ``transport`` names the publisher that carries it (one of ``Homing(transports=...)``;
+        default: ``Homing(publisher=...)``), e.g. ``"tasks"`` for an event published with a
+        delay.
+        """
+        self.transports.route(type_name, transport)
         return self.events.event(type_name)
 
     def handler(self, model: type[BaseModel], *, effects: Effects = "external") -> Callable[[H], H]:
@@ -187,11 +210,20 @@ class Homing(PushPipeline):
         event_id: str | None = None,
         attributes: Mapping[str, str] | None = None,
         ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> OutgoingMessage:
-        """Serialise and sign ``event`` into a message ready for any publisher."""
+        """Serialise and sign ``event`` into a message ready for any publisher.
+
+        ``delay`` or ``at`` schedule its delivery (see :meth:`publish`); they are checked
+        against its transport here, so an outbox never stages what cannot be delivered.
+        """
         if self.signer is None:
             raise ConfigurationError("signing needs a signer (signing keys)")
         type_name = self.events.type_name(event)
+        when = deliver_at(delay=delay, at=at)
+        if when is not None:
+            self.transports.check_delay(when, type_name)
         data = encode_event(event)
         context = self._hook_context(type_name) if self.hooks else None
         signed = self.signer.sign(
@@ -203,6 +235,7 @@ class Homing(PushPipeline):
             event_type=type_name,
             event_id=signed[EVENT_ID],
             ordering_key=ordering_key,
+            deliver_at=when,
         )
 
     async def publish(
@@ -212,22 +245,33 @@ class Homing(PushPipeline):
         event_id: str | None = None,
         attributes: Mapping[str, str] | None = None,
         ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Sign ``event`` and publish it; returns its event id once the broker has it.
 
-        Raises :class:`~homing.errors.PublishFailed` when the broker did not take it.
+        ``delay=timedelta(...)`` or ``at=datetime`` (timezone-aware) has it delivered no
+        earlier than then, on a transport that can delay (Cloud Tasks: up to 30 days).
+
+        Raises:
+            InvalidDelay: a negative or too long delay, or one its transport cannot keep.
+            PublishFailed: the broker did not take it.
         """
-        if self.publisher is None:
-            raise ConfigurationError("publishing needs a publisher: Homing(publisher=...)")
+        publisher = self.transports.publisher_for(self.events.type_name(event))
         message = self.sign(
-            event, event_id=event_id, attributes=attributes, ordering_key=ordering_key
+            event,
+            event_id=event_id,
+            attributes=attributes,
+            ordering_key=ordering_key,
+            delay=delay,
+            at=at,
         )
         if not self.hooks:
-            await self.publisher.publish(message)
+            await publisher.publish(message)
             return message.event_id
         started = time.perf_counter()
         try:
-            await self.publisher.publish(message)
+            await publisher.publish(message)
         except BaseException as exc:
             self.published(message, time.perf_counter() - started, exc)
             raise
@@ -297,8 +341,7 @@ class Homing(PushPipeline):
 
     async def aclose(self) -> None:
         """Flush and close the publisher, then the stores."""
-        if self.publisher is not None:
-            await self.publisher.aclose()
+        await self.transports.aclose()
         if self.oidc is not None:
             await self.oidc.aclose()
         await self.dedupe.aclose()
