@@ -37,7 +37,9 @@ def _task_body(homing: Homing, order_id: int, event_id: str = "evt-1") -> bytes:
     return bytes(publisher.task(message).http_request.body)
 
 
-def _headers(retry: int = 0, executions: int = 0, **more: str) -> dict[str, str]:
+def _headers(
+    retry: int = 0, executions: int = 0, extra: dict[str, str] | None = None, **more: str
+) -> dict[str, str]:
     return {
         "content-type": "application/json",
         "X-CloudTasks-QueueName": "homing",
@@ -45,6 +47,7 @@ def _headers(retry: int = 0, executions: int = 0, **more: str) -> dict[str, str]
         "X-CloudTasks-TaskRetryCount": str(retry),
         "X-CloudTasks-TaskExecutionCount": str(executions),
         "X-CloudTasks-TaskETA": "1767225600.5",
+        **(extra or {}),
         **more,
     }
 
@@ -64,7 +67,7 @@ async def test_a_verified_task_reaches_the_handler_with_its_attempt_and_queue(
         retry=2,
         executions=1,
         authorization=f"Bearer {token}",
-        **{
+        extra={
             "X-CloudTasks-TaskPreviousResponse": "503",
             "X-CloudTasks-TaskRetryReason": "HTTP status 503",
         },
@@ -131,9 +134,9 @@ async def test_a_task_without_a_valid_token_or_signature_runs_nothing(
     [
         (_headers(retry=-1), "TaskRetryCount must be a non-negative integer"),
         ({"X-CloudTasks-TaskRetryCount": "1"}, "needs x-cloudtasks-queuename"),
-        (_headers(**{"X-CloudTasks-TaskETA": "soon"}), "TaskETA must be seconds"),
-        (_headers(**{"X-CloudTasks-TaskPreviousResponse": "oops"}), "must be an HTTP status"),
-        (_headers(**{"ce-id": "1"}), "mixes push shapes"),
+        (_headers(extra={"X-CloudTasks-TaskETA": "soon"}), "TaskETA must be seconds"),
+        (_headers(extra={"X-CloudTasks-TaskPreviousResponse": "oops"}), "must be an HTTP status"),
+        (_headers(extra={"ce-id": "1"}), "mixes push shapes"),
     ],
 )
 async def test_bad_cloud_tasks_headers_are_refused(
