@@ -74,30 +74,32 @@ def test_outside_a_checkout_without_app_it_says_how_to_name_one(
     [
         (
             "not a url with pass-word-1",
-            "the database URL cannot be read as a URL; write "
+            "DATABASE_URL: the database URL cannot be read as a URL; write "
             "postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH",
         ),
         (
             # The sync driver's URL: installing homing[sql] would not fix it; asyncpg would.
             "postgresql://u:pass-word-1@127.0.0.1:5432/test",
-            "the database URL's scheme 'postgresql' selects SQLAlchemy's default driver for "
+            "DATABASE_URL: the database URL's scheme 'postgresql' selects SQLAlchemy's default "
+            "driver for "
             f"postgresql, {DEFAULT_PG}; homing runs on the async driver asyncpg: write "
             "postgresql+asyncpg://USER@HOST:5432/DB",
         ),
         (
             "mysql+aiomysql://u:pass-word-1@127.0.0.1/db",
-            "the database URL's scheme 'mysql+aiomysql' needs the driver module 'aiomysql', "
+            "DATABASE_URL: the database URL's scheme 'mysql+aiomysql' needs the driver module "
+            "'aiomysql', "
             "which is not installed (install it, or write postgresql+asyncpg://USER@HOST:5432/DB "
             "or sqlite+aiosqlite:///PATH, whose drivers homing[sql] installs)",
         ),
         (
             "nosuchdb://u:pass-word-1@127.0.0.1/db",
-            "the database URL's scheme 'nosuchdb' names a database or driver SQLAlchemy does "
+            "DATABASE_URL: the database URL's scheme 'nosuchdb' names a database or driver SQLAlchemy does "
             "not know; write postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH",
         ),
         (
             "sqlite:///pass-word-1.db",
-            "the database URL's scheme 'sqlite' selects SQLAlchemy's default driver for sqlite, "
+            "DATABASE_URL: the database URL's scheme 'sqlite' selects SQLAlchemy's default driver for sqlite, "
             "pysqlite; homing runs on the async driver aiosqlite: write sqlite+aiosqlite:///PATH",
         ),
         (
@@ -124,7 +126,8 @@ def test_a_missing_driver_names_the_extra(
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
     assert main(["quarantine", "list", "--app", "users_api.app:create_app"]) == 2
     assert capsys.readouterr().err == (
-        "homing: error: the database URL's scheme 'postgresql+asyncpg' needs the driver "
+        "homing: error: DATABASE_URL: the database URL's scheme 'postgresql+asyncpg' needs the "
+        "driver "
         "module 'asyncpg', which is not installed (pip install 'homing[sql]')\n"
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
@@ -21,7 +22,9 @@ from homing.hooks import Hook, Hooks, PublishContext
 from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, PushPipeline, UnknownEvents
 from homing.publishers.base import OutgoingMessage, Publisher
 from homing.publishers.loopback import LoopbackPublisher
+from homing.publishers.routing import Transports
 from homing.publishing import sign_event
+from homing.scheduling import deliver_at
 from homing.signing import Signer
 from homing.stores.base import DedupeStore, QuarantineStore
 from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
@@ -46,6 +49,9 @@ class Homing(PushPipeline):
             ``"both"``).
         oidc: verifies the OIDC token Pub/Sub attaches to a push (``auth="oidc"`` or ``"both"``).
         publisher: where :meth:`publish` sends events; required to publish.
+        transports: more publishers by name, for event types declared with
+            ``@homing.event(..., transport=name)`` (e.g. ``{"tasks": CloudTasksPublisher(...)}``
+            for delayed events); a local ``publisher`` stands in for any that is missing.
         dedupe: remembers handled event ids (in memory unless given).
         quarantine: keeps dropped envelopes (in memory unless given).
         auth: ``"hmac"`` (homing's signature), ``"oidc"`` (Google's push token), ``"both"``
@@ -87,6 +93,7 @@ class Homing(PushPipeline):
         signer: Signer | None,
         oidc: OIDCVerifier | None = None,
         publisher: Publisher | None = None,
+        transports: Mapping[str, Publisher] | None = None,
         dedupe: DedupeStore | None = None,
         quarantine: QuarantineStore | None = None,
         auth: AuthMode = "hmac",
@@ -119,7 +126,8 @@ class Homing(PushPipeline):
             hooks=Hooks(hooks),
             accept_legacy_without_oidc=accept_legacy_without_oidc,
         )
-        self.publisher = publisher
+        #: Each event type's publisher: :attr:`publisher` and the named ``transports``.
+        self.transports = Transports(publisher, transports)
         self.events = EventRegistry()
         self.handlers = HandlerTable()
         #: What :meth:`from_env` built beside it (engine, outbox, telemetry), else ``None``.
@@ -127,10 +135,25 @@ class Homing(PushPipeline):
         self._starting: list[Step] = []
         self._closing: list[Step] = []
 
+    @property
+    def publisher(self) -> Publisher | None:
+        """The default publisher (of event types declared with no ``transport``)."""
+        return self.transports.default
+
+    @publisher.setter
+    def publisher(self, publisher: Publisher | None) -> None:
+        self.transports.default = publisher
+
     # -- registration -------------------------------------------------------------------------
 
-    def event(self, type_name: str) -> Callable[[M], M]:
-        """Class decorator: bind a pydantic model to an event type name."""
+    def event(self, type_name: str, *, transport: str | None = None) -> Callable[[M], M]:
+        """Class decorator: bind a pydantic model to an event type name.
+
+        ``transport`` names the publisher that carries it (one of ``Homing(transports=...)``;
+        default: ``Homing(publisher=...)``), e.g. ``"tasks"`` for an event published with a
+        delay.
+        """
+        self.transports.route(type_name, transport)
         return self.events.event(type_name)
 
     @overload
@@ -180,9 +203,17 @@ class Homing(PushPipeline):
         event_id: str | None = None,
         attributes: Mapping[str, str] | None = None,
         ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> OutgoingMessage:
-        """Serialise and sign ``event`` into a message ready for any publisher."""
-        return self._sign(event, event_id, attributes, ordering_key, None)
+        """Serialise and sign ``event`` into a message ready for any publisher.
+
+        ``delay`` or ``at`` schedule its delivery (see :meth:`publish`); they are checked
+        against its transport here, so an outbox never stages what cannot be delivered.
+        """
+        return self._sign(
+            event, event_id, attributes, ordering_key, deliver_at(delay=delay, at=at), None
+        )
 
     async def publish(
         self,
@@ -191,16 +222,23 @@ class Homing(PushPipeline):
         event_id: str | None = None,
         attributes: Mapping[str, str] | None = None,
         ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Sign ``event`` and publish it; returns its event id once the broker has it.
 
-        Raises :class:`~homing.errors.PublishFailed` when the broker did not take it.
+        ``delay=timedelta(...)`` or ``at=datetime`` (timezone-aware) has it delivered no
+        earlier than then, on a transport that can delay (Cloud Tasks: up to 30 days).
+
+        Raises:
+            InvalidDelay: a negative or too long delay, or one its transport cannot keep.
+            PublishFailed: the broker did not take it.
         """
-        if self.publisher is None:
-            raise ConfigurationError("publishing needs a publisher: Homing(publisher=...)")
+        publisher = self.transports.publisher_for(self.events.type_name(event))
         context = PublishContext(self.events.type_name(event)) if self.hooks else None
-        message = self._sign(event, event_id, attributes, ordering_key, context)
-        await self.hooks.publish(self.publisher, message, context)  # timed, for the hooks
+        when = deliver_at(delay=delay, at=at)
+        message = self._sign(event, event_id, attributes, ordering_key, when, context)
+        await self.hooks.publish(publisher, message, context)  # timed, for the hooks
         return message.event_id
 
     def _sign(
@@ -209,19 +247,24 @@ class Homing(PushPipeline):
         event_id: str | None,
         attributes: Mapping[str, str] | None,
         ordering_key: str | None,
+        when: datetime | None,
         context: PublishContext | None,
     ) -> OutgoingMessage:
         if self.signer is None:
             raise ConfigurationError("signing needs a signer (signing keys)")
+        type_name = self.events.type_name(event)
+        if when is not None:
+            self.transports.check_delay(when, type_name)
         return sign_event(
             self.signer,
-            self.events.type_name(event),
+            type_name,
             event,
             self.hooks,
             context,
             event_id=event_id,
             attributes=attributes,
             ordering_key=ordering_key,
+            deliver_at=when,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -253,7 +296,8 @@ class Homing(PushPipeline):
 
         parts = wiring.from_env(environ, settings)
         homing = cls(**(parts.options | overrides))
-        starting, closing = parts.attach(homing.events, homing.hooks, homing.publisher)
+        sender = homing.transports if homing.publisher is not None else None  # by event type
+        starting, closing = parts.attach(homing.events, homing.hooks, sender)
         homing._starting += starting
         homing._closing += closing
         homing.wired = parts.wired
@@ -276,8 +320,7 @@ class Homing(PushPipeline):
 
     async def aclose(self) -> None:
         """Flush and close the publisher, then the stores."""
-        if self.publisher is not None:
-            await self.publisher.aclose()
+        await self.transports.aclose()
         if self.oidc is not None:
             await self.oidc.aclose()
         await self.dedupe.aclose()

@@ -76,6 +76,7 @@ def dev_environment(
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     forced = {
         "PUBSUB_EMULATOR_HOST": addresses["grpc"],
+        "CLOUD_TASKS_EMULATOR_HOST": addresses["grpc"],  # the same port serves Cloud Tasks
         "HOMING_PUBLISHER": "pubsub",
         "HOMING_OIDC_CERTS_URL": f"{addresses['http']}/certs",
         "HOST": host,

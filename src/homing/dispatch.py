@@ -38,6 +38,7 @@ from pydantic import BaseModel
 
 from homing.errors import ConfigurationError, EventRegistrationError
 from homing.events import EventRegistry
+from homing.ingress.message import TaskAttempt
 from homing.stores.base import DedupeStore, Transaction
 
 Effects = Literal["external", "database"]
@@ -53,7 +54,13 @@ class Drop(Exception):
 
 @dataclass(slots=True, kw_only=True)
 class Delivery:
-    """What a handler may want to know about the push that carried its event."""
+    """What a handler may want to know about the push that carried its event.
+
+    ``task`` is a Cloud Tasks request's attempt (queue, task, retry and execution counts,
+    schedule time, previous response), and ``last_attempt`` says whether a failure now is final
+    (``Homing(max_delivery_attempts=...)``: the subscription's dead-letter limit, or the queue's
+    ``max_attempts``); both are known only where the push token verified.
+    """
 
     event_id: str
     event_type: str
@@ -68,6 +75,19 @@ class Delivery:
     key: str = field(default="", repr=False)
     marked_done: bool = field(default=False, repr=False)
     transaction: Transaction | None = field(default=None, repr=False)
+    task: TaskAttempt | None = None
+    last_attempt: bool = False
+
+    @property
+    def attempt(self) -> int | None:
+        """This delivery's attempt number, from 1 (Pub/Sub's ``deliveryAttempt``, or Cloud
+        Tasks' retry count plus one); ``None`` when the transport does not say."""
+        return self.delivery_attempt
+
+    @property
+    def queue(self) -> str | None:
+        """The Cloud Tasks queue (its id) that delivered this event, if one did."""
+        return None if self.task is None else self.task.queue
 
     @property
     def session(self) -> Any:

@@ -6,6 +6,8 @@
     ├── ConfigurationError        settings or keys that cannot work
     ├── EventRegistrationError    an event type or model registered twice, or not at all
     ├── InvalidEvent              an event that cannot be published as given
+    │   └── InvalidDelay          a delay that is negative, too long, or on a transport
+    │                             that cannot delay
     ├── PublishFailed             a publisher could not hand an event to its broker
     ├── StoreError                a store's database refused, dropped or failed an operation
     └── PushRejected              a push request that must not run a handler
@@ -34,6 +36,11 @@ class EventRegistrationError(HomingError):
 
 class InvalidEvent(HomingError):
     """Raised when an event is invalid, does not serialise, or exceeds Pub/Sub's limits."""
+
+
+class InvalidDelay(InvalidEvent):
+    """Raised when a publish's delay is negative, too long for its transport, or asked of a
+    transport that cannot delay (Pub/Sub)."""
 
 
 class PublishFailed(HomingError):

@@ -38,6 +38,7 @@ from homing.escaping import printable
 from homing.events import EventRegistry, decode_event, describe_validation_error
 from homing.hooks import Hooks, PushContext
 from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
+from homing.ingress.cloudtasks import untrusted
 from homing.ingress.wrapped import parse_push
 from homing.outcome import DONE, DUPLICATE, IN_PROGRESS, STORE_DOWN, PushResult
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
@@ -197,6 +198,8 @@ class PushPipeline:
             if self.oidc is not None and self.auth in ("oidc", "both"):
                 await self.oidc.verify(authorization)  # the sender, before the body is parsed
             shape, push = read_push(shape, body, headers, shapes, self.auth in ("oidc", "none"))
+            if push.task is not None and not self._sender_verified:
+                push = untrusted(push)  # X-CloudTasks-* count only under a verified token
             verified = self._authenticate(push)  # the message: homing's signature
         except PushRejected as exc:
             logger.warning("push refused (%s): %s", exc.code, exc.detail)
@@ -308,6 +311,8 @@ class PushPipeline:
             scheme=verified.scheme,
             dedupe=self.dedupe,
             key=event_id,
+            task=push.task,
+            last_attempt=self._is_last_attempt(push),
         )
         if context is not None:
             self.hooks.call("before_handlers", context)

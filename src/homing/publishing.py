@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from pydantic import BaseModel
 
@@ -26,6 +27,7 @@ def sign_event(
     event_id: str | None = None,
     attributes: Mapping[str, str] | None = None,
     ordering_key: str | None = None,
+    deliver_at: datetime | None = None,
 ) -> OutgoingMessage:
     """``event`` (registered as ``type_name``) as a message signed by ``signer``.
 
@@ -49,4 +51,5 @@ def sign_event(
         event_type=type_name,
         event_id=signed[EVENT_ID],
         ordering_key=ordering_key,
+        deliver_at=deliver_at,
     )

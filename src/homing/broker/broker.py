@@ -41,6 +41,7 @@ from homing.broker.model import (
 )
 from homing.broker.oidc import TokenIssuer, make_certificate, new_private_key
 from homing.broker.storage import Pending, Storage, now
+from homing.broker.tasks import CloudTasks
 from homing.broker.transport import HttpxPusher, Pusher, SocketPusher
 
 logger = logging.getLogger("homing.broker")
@@ -97,6 +98,8 @@ class Broker:
         self._own_pusher = client is None
         self._storage: Storage | None = None
         self._issuer: TokenIssuer | None = None
+        #: The Cloud Tasks queues and tasks (:mod:`homing.broker.tasks`), once started.
+        self.cloud_tasks: CloudTasks | None = None
         self._topics: dict[str, pubsub.Topic] = {}
         self._subscriptions: dict[str, pubsub.Subscription] = {}
         self._workers: dict[str, SubscriptionWorker] = {}
@@ -116,6 +119,10 @@ class Broker:
             Storage.meta("oidc-certificate", lambda: make_certificate(key))
         )
         self._issuer = TokenIssuer(key, certificate)
+        self.cloud_tasks = CloudTasks(
+            storage, self._pusher, self._issuer, request_timeout=self.push_timeout
+        )
+        await self.cloud_tasks.start()
         topics, subscriptions, pending = await storage.run(Storage.load())
         for raw in topics:
             topic = pubsub.Topic.deserialize(raw)
@@ -138,6 +145,8 @@ class Broker:
         """Stop pushing and close the storage; what was not acknowledged stays owed."""
         for worker in self._workers.values():
             await worker.stop()
+        if self.cloud_tasks is not None:
+            await self.cloud_tasks.aclose()
         if self._storage is not None:
             await asyncio.to_thread(self._storage.close)
             self._storage = None

@@ -1,4 +1,5 @@
-"""Serving a broker: the Pub/Sub gRPC API on one port, the HTTP side on another."""
+"""Serving a broker: the Pub/Sub and Cloud Tasks gRPC APIs on one port, the HTTP side on
+another."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import uvicorn
 
 from homing.broker.api import PubSubService
 from homing.broker.broker import Broker
+from homing.broker.tasks_api import CloudTasksService
 from homing.broker.web import create_app
 
 logger = logging.getLogger("homing.broker")
@@ -46,6 +48,8 @@ async def serving(
         ]
     )
     server.add_generic_rpc_handlers(PubSubService(broker).handlers())
+    assert broker.cloud_tasks is not None  # started above
+    server.add_generic_rpc_handlers(CloudTasksService(broker.cloud_tasks).handlers())
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} for the Pub/Sub API")
@@ -105,6 +109,8 @@ async def run(path: Path | str, *, host: str, port: int, http_port: int | None) 
         print(
             f"homing broker: Pub/Sub API on {addresses.grpc} "
             f"(PUBSUB_EMULATOR_HOST={addresses.grpc})\n"
+            f"homing broker: Cloud Tasks API on {addresses.grpc} "
+            f"(CLOUD_TASKS_EMULATOR_HOST={addresses.grpc})\n"
             f"homing broker: web page and REST view on {addresses.http}/\n"
             f"homing broker: push token certificates on {addresses.certs_url} "
             f"(HOMING_OIDC_CERTS_URL)\n"

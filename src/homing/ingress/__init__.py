@@ -9,6 +9,8 @@ shape           how it is recognised
 ``cloudevents`` Eventarc: ``ce-*`` headers (binary mode) or a body of type
                 ``application/cloudevents+json`` (structured mode)
                 (:mod:`homing.ingress.cloudevents`)
+``cloudtasks``  a Cloud Tasks HTTP task: ``x-cloudtasks-*`` headers, a wrapped envelope as
+                the body (:mod:`homing.ingress.cloudtasks`)
 ==============  ==========================================================================
 
 A request that shows the marks of two shapes is refused (400) with the reason. An unwrapped push
@@ -25,15 +27,17 @@ import orjson
 
 from homing.errors import MalformedPush
 from homing.ingress.cloudevents import is_structured, parse_cloudevent
+from homing.ingress.cloudtasks import PREFIX as CLOUDTASKS_PREFIX
+from homing.ingress.cloudtasks import parse_cloudtasks
 from homing.ingress.message import PushMessage
 from homing.ingress.unwrapped import check_bounds, parse_bare, parse_unwrapped
 from homing.ingress.wrapped import build_push, parse_push
 
 __all__ = ["SHAPES", "PushMessage", "Shape", "as_wrapped", "detect_shape", "read_push", "recognise"]
 
-Shape = Literal["wrapped", "unwrapped", "cloudevents"]
+Shape = Literal["wrapped", "unwrapped", "cloudevents", "cloudtasks"]
 #: Every shape, in the order they are described above.
-SHAPES: tuple[Shape, ...] = ("wrapped", "unwrapped", "cloudevents")
+SHAPES: tuple[Shape, ...] = ("wrapped", "unwrapped", "cloudevents", "cloudtasks")
 
 #: More headers than any push carries (100 attributes and the transport's own): refused unread.
 MAX_HEADERS = 200
@@ -41,12 +45,14 @@ MAX_HEADERS = 200
 
 def detect_shape(headers: Mapping[str, str]) -> Shape:
     """The shape a request's headers (lower-case names) announce; refuses mixed marks."""
-    binary = structured = unwrapped = False
+    binary = structured = unwrapped = tasks = False
     for name in headers:
         if name.startswith("ce-"):
             binary = True
         elif name.startswith("x-goog-pubsub-"):
             unwrapped = True
+        elif name.startswith(CLOUDTASKS_PREFIX):
+            tasks = True
     structured = is_structured(headers.get("content-type"))
     marks = [
         what
@@ -54,6 +60,7 @@ def detect_shape(headers: Mapping[str, str]) -> Shape:
             ("ce-* headers (a binary-mode CloudEvent)", binary),
             ("an application/cloudevents+json body (a structured CloudEvent)", structured),
             ("x-goog-pubsub-* headers (an unwrapped push)", unwrapped),
+            ("x-cloudtasks-* headers (a Cloud Tasks request)", tasks),
         )
         if present
     ]
@@ -61,6 +68,8 @@ def detect_shape(headers: Mapping[str, str]) -> Shape:
         raise MalformedPush("the request mixes push shapes: " + " and ".join(marks))
     if binary or structured:
         return "cloudevents"
+    if tasks:
+        return "cloudtasks"
     return "unwrapped" if unwrapped else "wrapped"
 
 
@@ -110,6 +119,8 @@ def read_push(
         return shape, parse_cloudevent(body, headers or {})
     if shape == "unwrapped":
         return shape, parse_unwrapped(body, headers or {})
+    if shape == "cloudtasks":
+        return shape, parse_cloudtasks(body, headers or {})
     try:
         return shape, parse_push(body)
     except MalformedPush as exc:

@@ -17,6 +17,24 @@ SHORT_NAME = MAX_NAME_BYTES // 4
 SHORT_VALUE = MAX_VALUE_BYTES // 4
 
 
+@dataclass(frozen=True, slots=True)
+class TaskAttempt:
+    """What Cloud Tasks says about one attempt of a task (its ``X-CloudTasks-*`` headers)."""
+
+    queue: str
+    task: str
+    retry_count: int
+    execution_count: int
+    eta: float | None = None
+    previous_response: int | None = None
+    retry_reason: str | None = None
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number, from 1."""
+        return self.retry_count + 1
+
+
 @dataclass(slots=True)
 class PushMessage:
     """One pushed Pub/Sub message (read-only by convention: one is made per push, on the hot
@@ -29,6 +47,8 @@ class PushMessage:
     ordering_key: str | None = None
     subscription: str | None = None
     delivery_attempt: int | None = None
+    #: A Cloud Tasks request's attempt (its ``X-CloudTasks-*`` headers).
+    task: TaskAttempt | None = None
 
 
 def check_attribute(name: str, value: str) -> None:

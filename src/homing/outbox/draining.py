@@ -39,6 +39,12 @@ class FlushReport:
     errors: list[str] = field(default_factory=list)
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:  # SQLite keeps no zone; homing writes UTC
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 class DrainingOutbox:
     """Publishes the events that wait in the outbox, and deletes the rows of published ones.
 
@@ -166,6 +172,7 @@ class DrainingOutbox:
                     event_type=row["event_type"],
                     event_id=row["event_id"],
                     ordering_key=row["ordering_key"],
+                    deliver_at=_utc(row["deliver_at"]),
                 ),
                 row["created_at"],
             )

@@ -98,6 +98,7 @@ class SQLOutbox(DrainingOutbox):
             created_at=self._now(),
             attempts=0,
             last_error=None,
+            deliver_at=message.deliver_at,
         )
         async with translate_errors(f"staging event {message.event_id!r}", self.engine):
             connection = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -18,9 +19,13 @@ class MemoryPublisher(Publisher):
         publisher = MemoryPublisher()
         ...  # code under test publishes
         responses = await publisher.deliver(client)  # POSTs each message to /events
+
+    It keeps delayed messages too (as far ahead as Cloud Tasks allows, 30 days):
+    :meth:`deliver` leaves each until its time.
     """
 
     local = True
+    max_delay = timedelta(days=30)
 
     def __init__(self, *, subscription: str = "projects/local/subscriptions/homing-memory"):
         self.messages: list[tuple[str, OutgoingMessage]] = []
@@ -42,11 +47,23 @@ class MemoryPublisher(Publisher):
             ordering_key=message.ordering_key,
         )
 
+    def due(self, now: datetime | None = None) -> list[tuple[str, OutgoingMessage]]:
+        """The kept messages whose time has come by ``now`` (default: the clock's now)."""
+        now = now or datetime.now(UTC)
+        return [
+            (message_id, message)
+            for message_id, message in self.messages
+            if message.deliver_at is None or message.deliver_at <= now
+        ]
+
     async def deliver(
-        self, client: httpx.AsyncClient, path: str = "/events"
+        self, client: httpx.AsyncClient, path: str = "/events", *, now: datetime | None = None
     ) -> list[httpx.Response]:
-        """POST every kept message to ``path`` in order, forget them, return the responses."""
-        pending, self.messages = self.messages, []
+        """POST every kept message that is due by ``now`` to ``path`` in order, forget them,
+        and return the responses; delayed messages not yet due stay."""
+        pending = self.due(now)
+        sent = {id(message) for _, message in pending}
+        self.messages = [entry for entry in self.messages if id(entry[1]) not in sent]
         return [
             await client.post(
                 path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Connection,
     DateTime,
     Double,
     Integer,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,10 +59,30 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
+    # When a delayed event is to be delivered (UTC); NULL: at once. Added in 0.2: an older
+    # table gains it in place at create_tables().
+    Column("deliver_at", DateTime(timezone=True)),
 )
 
 
 async def create_tables(engine: AsyncEngine) -> None:
-    """Create homing's tables where they are missing."""
+    """Create homing's tables where they are missing, and add the nullable columns a newer
+    homing declares to a table an older one created (``ALTER TABLE ... ADD COLUMN``)."""
     async with translate_errors("creating homing's tables"), engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
+        await connection.run_sync(_add_missing_columns)
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    inspector = inspect(connection)
+    preparer = connection.dialect.identifier_preparer
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f"ALTER TABLE {preparer.format_table(table)} "
+                f"ADD COLUMN {preparer.format_column(column)} {kind}"
+            )
