@@ -94,13 +94,14 @@ def test_outside_a_checkout_without_app_it_says_how_to_name_one(
         ),
         (
             "nosuchdb://u:pass-word-1@127.0.0.1/db",
-            "DATABASE_URL: the database URL's scheme 'nosuchdb' names a database or driver SQLAlchemy does "
+            "DATABASE_URL: the database URL's scheme 'nosuchdb' names a database or driver "
+            "SQLAlchemy does "
             "not know; write postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///PATH",
         ),
         (
             "sqlite:///pass-word-1.db",
-            "DATABASE_URL: the database URL's scheme 'sqlite' selects SQLAlchemy's default driver for sqlite, "
-            "pysqlite; homing runs on the async driver aiosqlite: write sqlite+aiosqlite:///PATH",
+            "DATABASE_URL: the database URL's scheme 'sqlite' selects SQLAlchemy's default "
+            "driver for sqlite, pysqlite; homing runs on the async driver aiosqlite: write sqlite+aiosqlite:///PATH",
         ),
         (
             "postgresql+asyncpg://u:pass-word-1@127.0.0.1:1/db",
