@@ -14,6 +14,20 @@ class HomingConfig(AppConfig):  # type: ignore[misc]
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from homing.django import checks  # registers the system checks
+        from homing.django import checks, config
 
         checks.register()
+        if _names_the_task_backend():
+            from homing.django import tasks
+
+            config.on_load.append(tasks.install)  # the task event and its handler
+
+
+def _names_the_task_backend() -> bool:
+    from django.conf import settings
+
+    backends = getattr(settings, "TASKS", None) or {}
+    return any(
+        str(options.get("BACKEND", "")).startswith("homing.django.tasks.")
+        for options in backends.values()
+    )

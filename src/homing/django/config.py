@@ -18,7 +18,7 @@ import inspect
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -31,6 +31,9 @@ from homing.settings import Settings
 
 #: The keys of ``settings.HOMING`` that are the Django adapter's own.
 OWN_KEYS = ("APP", "DATABASE")
+
+#: Called with the service once it is loaded (the task backend registers its event here).
+on_load: list[Callable[[Homing], None]] = []
 
 #: homing's loop in this process: every homing coroutine the Django adapter runs runs here.
 loop = LoopThread()
@@ -156,6 +159,8 @@ def _load() -> Homing:
         raise ConfigurationError(
             f"settings.HOMING['APP'] {spec!r} is not a Homing (nor a function returning one)"
         )
+    for hook in on_load:
+        hook(target)
     return target
 
 
