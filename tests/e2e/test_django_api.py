@@ -117,18 +117,8 @@ def serve(tmp_path: Path) -> Iterator[Any]:
 def _database(kind: str, tmp_path: Path) -> str:
     if kind == "sqlite":
         return str(tmp_path / "django_api.sqlite3")
-    if not postgres_answers(POSTGRES_URL):
+    if not postgres_answers(POSTGRES_URL, fresh_schema=SCHEMA):
         missing(f"PostgreSQL does not answer at {POSTGRES_URL}")
-    settings = postgres_settings(POSTGRES_URL)
-    with psycopg.connect(
-        dbname=str(settings["NAME"]),
-        user=str(settings["USER"]),
-        host=str(settings["HOST"]),
-        port=str(settings["PORT"]),
-        autocommit=True,
-    ) as connection:
-        connection.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        connection.execute(f"CREATE SCHEMA {SCHEMA}")
     return "postgres"
 
 

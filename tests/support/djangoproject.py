@@ -36,8 +36,8 @@ def postgres_settings(url: str) -> dict[str, object]:
     }
 
 
-def postgres_answers(url: str) -> bool:
-    """Whether PostgreSQL answers; if so, :data:`SCHEMA` is made anew, empty."""
+def postgres_answers(url: str, *, fresh_schema: str | None = None) -> bool:
+    """Whether PostgreSQL answers; if so, ``fresh_schema`` is made anew, empty."""
     import psycopg
 
     settings = postgres_settings(url)
@@ -50,8 +50,9 @@ def postgres_answers(url: str) -> bool:
             connect_timeout=3,
             autocommit=True,
         ) as connection:
-            connection.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-            connection.execute(f"CREATE SCHEMA {SCHEMA}")
+            if fresh_schema:
+                connection.execute(f"DROP SCHEMA IF EXISTS {fresh_schema} CASCADE")
+                connection.execute(f"CREATE SCHEMA {fresh_schema}")
     except psycopg.Error:
         return False
     return True
@@ -74,7 +75,7 @@ def configure(postgres_url: str) -> list[str]:
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
         }
     }
-    if postgres_answers(postgres_url):
+    if postgres_answers(postgres_url, fresh_schema=SCHEMA):
         databases["postgres"] = postgres_settings(postgres_url)
     settings.configure(
         SECRET_KEY="tests-only-not-secret",
