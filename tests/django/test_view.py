@@ -121,3 +121,21 @@ async def test_a_body_over_the_limit_gets_413_as_through_the_asgi_endpoint(
     assert (status, payload) == reference
     assert status == 413
     assert payload["outcome"] == "too_large"
+
+
+def test_the_public_surface_is_what_it_says() -> None:
+    import homing.django
+
+    assert sorted(homing.django.__all__) == [
+        "DjangoDedupeStore",
+        "DjangoQuarantineStore",
+        "DjangoTransaction",
+        "apublish",
+        "build",
+        "flush",
+        "publish",
+        "push_view",
+        "run_in",
+        "service",
+    ]
+    assert all(hasattr(homing.django, name) for name in homing.django.__all__)
