@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-pythons lint format docs bench dist lock clean
+.PHONY: run run-django test test-pythons lint format docs bench dist lock clean
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml requirements/dev.lock
 ## local push broker delivering its events (durable in users_api.broker.sqlite3, OIDC on)
 run: $(STAMP)
 	PYTHONPATH=examples $(BIN)/homing dev --app users_api.app:create_app --data users_api.broker.sqlite3
+
+## run-django: the Django reference service (examples/django_api: the same HTTP API, on
+## homing.django) on http://127.0.0.1:$${PORT:-8080}, migrated, with the local push broker
+## delivering its events and tasks (durable in django_api.broker.sqlite3, OIDC on)
+run-django: $(STAMP)
+	PYTHONPATH=examples $(BIN)/python -m django_api migrate --verbosity 0
+	PYTHONPATH=examples DJANGO_SETTINGS_MODULE=django_api.settings \
+	  $(BIN)/homing dev --app django_api.asgi:application --data django_api.broker.sqlite3
 
 ## test: lint, types, the docs site and the whole test suite, then the suite without its
 ## end-to-end tests on each other supported Python (installs Debian's chromium for the broker's

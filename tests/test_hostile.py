@@ -1,7 +1,7 @@
-"""The front door under a hostile sender, through the ASGI and the Flask adapter alike.
+"""The front door under a hostile sender, through the ASGI, Flask and Django adapters alike.
 
 Each case is a finding of the security read (issue "The front door, round 2"): it failed
-before its fix. Every case runs against both adapters and must get the same answer from each.
+before its fix. Every case runs against every adapter and must get the same answer from each.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,20 @@ Answer = tuple[int, Any]
 Post = Callable[[bytes, dict[str, str]], Awaitable[Answer]]
 
 
-@pytest.fixture(params=["asgi", "flask"])
+@pytest.fixture(params=["asgi", "flask", "django"])
 def front(request: pytest.FixtureRequest) -> Iterator[Callable[[Homing], Post]]:
     """Serve a ``Homing`` through one adapter; ``post(body, headers)`` -> (status, JSON)."""
     closers: list[Callable[[], None]] = []
+    stack = ExitStack()
+    if request.param == "django":
+        from tests.conftest import POSTGRES_URL
+        from tests.support.djangoproject import configure
+
+        configure(POSTGRES_URL)  # once per process, before any test's event loop runs
 
     def serve(homing: Homing) -> Post:
+        if request.param == "django":
+            return _django(homing, stack)
         if request.param == "asgi":
             app = Starlette(routes=[push_route(homing, "/events")])
 
@@ -88,6 +97,26 @@ def front(request: pytest.FixtureRequest) -> Iterator[Callable[[Homing], Post]]:
     yield serve
     for close in closers:
         close()
+    stack.close()
+
+
+def _django(homing: Homing, stack: ExitStack) -> Post:
+    from django.core.handlers.asgi import ASGIHandler
+
+    from homing.django import push_view
+    from tests.support.djangoproject import serving
+
+    stack.enter_context(serving(push_view(homing)))
+
+    async def post_django(body: bytes, headers: dict[str, str]) -> Answer:
+        transport = httpx.ASGITransport(app=ASGIHandler())
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            response = await c.post(
+                "/events", content=body, headers={"content-type": "application/json", **headers}
+            )
+        return response.status_code, (response.json() if response.content else None)
+
+    return post_django
 
 
 def _service(recorder: Recorder, **options: Any) -> Homing:

@@ -1,0 +1,146 @@
+"""homing's django.tasks backend: enqueue -> signed event -> push -> result (django.md's task
+backend block)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.db import transaction
+from django.test import override_settings
+from django_tasks import TaskResultStatus, default_task_backend, task_backends
+from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
+
+from homing import MemoryPublisher
+from homing.django import config, push_view
+from homing.django.models import OutboxEntry, TaskRecord
+from homing.django.tasks import TASK_EVENT, HomingTaskBackend
+from tests.django import jobs
+from tests.support.djangoproject import serving
+
+SERVICE = {"APP": "tests.django.service:create", "PUBLISHER": "memory"}
+
+
+@pytest.fixture(autouse=True)
+def _service() -> Iterator[None]:
+    config.forget()
+    with override_settings(HOMING=SERVICE):
+        yield
+    config.forget()
+    TaskRecord.objects.all().delete()
+    OutboxEntry.objects.all().delete()
+    jobs.attempts_seen.clear()
+
+
+def _published() -> MemoryPublisher:
+    publisher = config.service().publisher
+    assert isinstance(publisher, MemoryPublisher)
+    return publisher
+
+
+async def _deliver() -> list[int]:
+    """Push every published message to the push view; the statuses."""
+    publisher = _published()
+    with serving(push_view()):
+        transport = httpx.ASGITransport(app=ASGIHandler())
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return [response.status_code for response in await publisher.deliver(c)]
+
+
+def test_the_backend_is_homings_and_says_what_it_supports() -> None:
+    backend = task_backends["default"]
+    assert isinstance(backend, HomingTaskBackend)
+    assert backend.supports_async_task
+    assert backend.supports_get_result
+    assert not backend.supports_defer
+    assert not backend.supports_priority
+    assert list(backend.check()) == []
+
+
+async def test_an_enqueued_task_is_a_signed_event_run_by_push() -> None:
+    result = await sync_to_async(jobs.add.enqueue)(2, 3)
+    assert result.status == TaskResultStatus.READY
+    [(_, message)] = _published().messages
+    assert message.event_type == TASK_EVENT
+    assert message.event_id == result.id
+    assert message.attributes["homing-signature"]  # signed like any homing event
+
+    assert await _deliver() == [204]
+    await result.arefresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == 5
+    assert result.attempts == 1
+    assert result.started_at is not None
+    assert result.finished_at is not None
+
+
+async def test_an_async_task_runs_too() -> None:
+    result = await jobs.add_later.aenqueue(a=1, b=1)
+    assert await _deliver() == [204]
+    fetched = await default_task_backend.aget_result(result.id)
+    assert (fetched.status, fetched.return_value) == (TaskResultStatus.SUCCESSFUL, 2)
+
+
+async def test_a_task_that_raises_fails_with_its_error_recorded() -> None:
+    result = await sync_to_async(jobs.fails.enqueue)("no such user")
+    assert await _deliver() == [204]  # acknowledged: a failed task is finished
+    await result.arefresh()
+    assert result.status == TaskResultStatus.FAILED
+    [error] = result.errors
+    assert error.exception_class_path == "builtins.ValueError"
+    assert "no such user" in error.traceback
+
+
+async def test_a_task_that_asks_for_a_retry_is_redelivered_and_counts_its_attempts() -> None:
+    result = await sync_to_async(jobs.flaky.enqueue)(succeed_on=2)
+    publisher = _published()
+    kept = list(publisher.messages)
+    assert await _deliver() == [503]
+    await result.arefresh()
+    assert result.status == TaskResultStatus.READY
+    assert len(result.errors) == 1
+    publisher.messages = kept  # Pub/Sub redelivers the same message
+    assert await _deliver() == [204]
+    await result.arefresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == {"attempt": 2}
+    assert jobs.attempts_seen == [1, 2]
+    assert result.attempts == 2
+
+
+def test_arguments_that_are_not_json_are_refused_at_enqueue_with_djangos_error() -> None:
+    with pytest.raises(TypeError, match="Unsupported type"):
+        jobs.add.enqueue(datetime.now(UTC), 1)  # type: ignore[arg-type]
+    assert not TaskRecord.objects.exists()
+    assert not OutboxEntry.objects.exists()
+    assert _published().messages == []
+
+
+def test_run_after_and_priorities_are_refused_clearly() -> None:
+    with pytest.raises(InvalidTaskError, match="run_after needs the Cloud Tasks transport"):
+        jobs.add.using(run_after=datetime.now(UTC) + timedelta(minutes=5))
+    with pytest.raises(InvalidTaskError, match="cannot honour a priority"):
+        jobs.add.using(priority=10)
+    with pytest.raises(InvalidTaskError, match="Queue 'reports' is not valid"):
+        jobs.add.using(queue_name="reports")
+
+
+def test_a_task_enqueued_in_a_rolled_back_transaction_never_runs() -> None:
+    def enqueue_then_fail() -> None:
+        with transaction.atomic():
+            jobs.add.enqueue(1, 2)
+            raise RuntimeError("the view failed")
+
+    with pytest.raises(RuntimeError, match="the view failed"):
+        enqueue_then_fail()
+    assert _published().messages == []
+    assert not TaskRecord.objects.exists()
+
+
+def test_a_result_that_does_not_exist_is_djangos_error() -> None:
+    with pytest.raises(TaskResultDoesNotExist, match="nope"):
+        default_task_backend.get_result("nope")

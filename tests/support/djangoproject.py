@@ -1,0 +1,111 @@
+"""One Django configuration for the test process: SQLite always, PostgreSQL when it answers.
+
+Django's settings can be configured once per process, so every Django test shares this one:
+``default`` is a SQLite file of its own, ``postgres`` the test PostgreSQL database (the
+``postgres`` marker's), each migrated once. Tests serve a ``Homing`` of their own through
+:func:`serving` (a URL configuration made for them).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+_configured: list[str] = []
+
+
+#: The Django tests' own schema: the SQLAlchemy tests make and drop homing's tables in
+#: ``public`` of the same database.
+SCHEMA = "homing_django_tests"
+
+
+def postgres_settings(url: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    return {
+        "OPTIONS": {"options": f"-c search_path={SCHEMA}"},
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.lstrip("/"),
+        "USER": parts.username or "postgres",
+        "PASSWORD": parts.password or "",
+        "HOST": parts.hostname or "127.0.0.1",
+        "PORT": str(parts.port or 5432),
+    }
+
+
+def postgres_answers(url: str, *, fresh_schema: str | None = None) -> bool:
+    """Whether PostgreSQL answers; if so, ``fresh_schema`` is made anew, empty."""
+    import psycopg
+
+    settings = postgres_settings(url)
+    try:
+        with psycopg.connect(
+            dbname=str(settings["NAME"]),
+            user=str(settings["USER"]),
+            host=str(settings["HOST"]),
+            port=str(settings["PORT"]),
+            connect_timeout=3,
+            autocommit=True,
+        ) as connection:
+            if fresh_schema:
+                connection.execute(f"DROP SCHEMA IF EXISTS {fresh_schema} CASCADE")
+                connection.execute(f"CREATE SCHEMA {fresh_schema}")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def configure(postgres_url: str) -> list[str]:
+    """Configure Django once; the database aliases there are (``default``, maybe ``postgres``)."""
+    if _configured:
+        return _configured
+    from django.conf import settings
+    from django.core.management import call_command
+
+    import django
+
+    directory = Path(tempfile.mkdtemp(prefix="homing-django-"))
+    databases: dict[str, dict[str, object]] = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(directory / "db.sqlite3"),
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+    if postgres_answers(postgres_url, fresh_schema=SCHEMA):
+        databases["postgres"] = postgres_settings(postgres_url)
+    settings.configure(
+        SECRET_KEY="tests-only-not-secret",
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        USE_TZ=True,
+        INSTALLED_APPS=["homing.django", "tests.django.testapp"],
+        DATABASES=databases,
+        ROOT_URLCONF="homing.django.urls",
+        MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware"],
+        HOMING={},
+        TASKS={
+            "default": {"BACKEND": "homing.django.tasks.HomingTaskBackend"},
+        },
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+    for alias in databases:
+        call_command("migrate", database=alias, run_syncdb=True, verbosity=0)
+    _configured.extend(databases)
+    return _configured
+
+
+@contextmanager
+def serving(view: object, path: str = "events") -> Iterator[None]:
+    """``ROOT_URLCONF`` serving ``view`` at ``/path`` for the block."""
+    from django.test import override_settings
+    from django.urls import path as route
+
+    urls = types.ModuleType("homing_test_urls")
+    urls.urlpatterns = [route(path, view)]  # type: ignore[attr-defined]
+    with override_settings(ROOT_URLCONF=urls):
+        yield
