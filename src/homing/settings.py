@@ -122,6 +122,8 @@ class Settings:
         telemetry: :meth:`homing.Homing.from_env` attaches :class:`~homing.telemetry.Telemetry`
             (a summary line per push, the publisher's trace continued, Prometheus metrics
             when ``homing[metrics]`` is installed, OpenTelemetry when an SDK is configured).
+        log_duplicates: write a duplicate push's summary line at INFO (by default at DEBUG: a
+            duplicate changed nothing, the metrics count it and Cloud Run logs the request).
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -155,6 +157,7 @@ class Settings:
     app: str | None = _setting(None)
     log_format: LogFormat = _setting("auto", _choice(get_args(LogFormat)))
     telemetry: bool = _setting(True, _flag)
+    log_duplicates: bool = _setting(False, _flag)
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:

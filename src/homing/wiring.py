@@ -156,7 +156,9 @@ class Wiring:
         ``Homing`` exists; its start-up and shutdown steps."""
         wired = self.wired
         if wired.settings.telemetry:
-            wired.telemetry, wired.metrics = telemetry(events)
+            wired.telemetry, wired.metrics = telemetry(
+                events, log_duplicates=wired.settings.log_duplicates
+            )
             hooks.append(wired.telemetry)
         starting, closing = list(self.starting), list(self.closing)
         if wired.engine is not None and publisher is not None:
@@ -168,7 +170,9 @@ class Wiring:
         return starting, closing
 
 
-def telemetry(events: EventRegistry) -> tuple[Telemetry, PrometheusMetrics | None]:
+def telemetry(
+    events: EventRegistry, *, log_duplicates: bool = False
+) -> tuple[Telemetry, PrometheusMetrics | None]:
     """The :class:`~homing.telemetry.Telemetry` hook: summary lines and trace continuation
     always, Prometheus metrics when ``homing[metrics]`` is installed, OpenTelemetry spans and
     metrics when the process configured an SDK."""
@@ -184,7 +188,8 @@ def telemetry(events: EventRegistry) -> tuple[Telemetry, PrometheusMetrics | Non
         from homing.telemetry.otel import OpenTelemetry, sdk_configured
 
         otel = OpenTelemetry() if sdk_configured() else None
-    return Telemetry(events, metrics=metrics, opentelemetry=otel), metrics
+    hook = Telemetry(events, metrics=metrics, opentelemetry=otel, log_duplicates=log_duplicates)
+    return hook, metrics
 
 
 def from_env(environ: Mapping[str, str] | None = None, settings: Settings | None = None) -> Wiring:

@@ -167,10 +167,48 @@ async def test_every_push_has_exactly_one_summary_line(
         "unauthenticated",
         "malformed",
     ]
-    assert [s["severity"] for s in summaries] == ["INFO", "INFO", "WARNING", "WARNING", "WARNING"]
+    # A duplicate changed nothing: its line is written at DEBUG (this test logs DEBUG).
+    assert [s["severity"] for s in summaries] == ["INFO", "DEBUG", "WARNING", "WARNING", "WARNING"]
     assert summaries[1]["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE}"
     assert "event_type" not in summaries[3]  # nothing unauthenticated is trusted, or logged
     assert summaries[3].get("logging.googleapis.com/trace") != f"projects/proj-1/traces/{TRACE}"
+
+
+async def test_a_duplicate_is_counted_not_logged_unless_asked_and_makes_no_trace_current(
+    client: httpx.AsyncClient, service: Homing, json_lines: JsonLines
+) -> None:
+    current: list[str | None] = []
+
+    class Watch(Hook):
+        """Runs inside Telemetry (closing points run in reverse): sees what it made current."""
+
+        def on_push_handled(self, context: PushContext) -> None:
+            trace = current_trace()
+            current.append(None if trace is None else trace.trace_id)
+
+    service.hooks.append(Watch())
+    [telemetry] = [hook for hook in service.hooks if isinstance(hook, Telemetry)]
+    await client.post("/orders?id=1", headers={"traceparent": f"00-{TRACE}-{SPAN}-01"})
+    _, good = _published(service)
+    logging.getLogger("homing.push").setLevel(logging.INFO)  # the default level
+    try:
+        for _ in range(2):
+            assert (await client.post("/events", content=_push(good))).status_code == 204
+    finally:
+        logging.getLogger("homing.push").setLevel(logging.NOTSET)
+    # The handler's push continued the publisher's trace; the duplicate did not (what is
+    # current there is the push request's own, from the middleware).
+    assert current[0] == TRACE
+    assert current[1] != TRACE
+    assert [s["outcome"] for s in json_lines.summaries()] == ["done"]
+
+    telemetry.log_duplicates = True  # HOMING_LOG_DUPLICATES
+    assert (await client.post("/events", content=_push(good))).status_code == 204
+    duplicate = json_lines.summaries()[-1]
+    assert (duplicate["outcome"], duplicate["severity"]) == ("duplicate", "INFO")
+    # Its line still names the publisher's trace, without making it current.
+    assert duplicate["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE}"
+    assert current[-1] != TRACE
 
 
 async def test_a_body_refused_for_its_size_has_its_summary_line_too(

@@ -99,6 +99,10 @@ class Telemetry(Hook):
         metrics: Prometheus metrics to record into (none unless given).
         opentelemetry: OpenTelemetry spans and metrics (none unless given).
         summary: write the one summary line per push (logger ``homing.push``).
+        log_duplicates: write a duplicate push's summary line at INFO too. By default it is
+            written at DEBUG, so the default level drops it before it is made: a duplicate
+            changed nothing, Cloud Run's request log records it, and the metrics count it
+            (``HOMING_LOG_DUPLICATES``).
         log: the handler :func:`~homing.telemetry.configure_logging` installed (found on the
             root logger unless given): the summary line is then written straight to it,
             without the cost of a ``LogRecord`` (otherwise more than the rest of a duplicate
@@ -113,6 +117,7 @@ class Telemetry(Hook):
         metrics: PrometheusMetrics | None = None,
         opentelemetry: OpenTelemetry | None = None,
         summary: bool = True,
+        log_duplicates: bool = False,
         log: LogHandler | None = None,
     ) -> None:
         self.events = events
@@ -120,6 +125,7 @@ class Telemetry(Hook):
         self.metrics = metrics
         self.opentelemetry = opentelemetry
         self.summary = summary
+        self.log_duplicates = log_duplicates
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -140,7 +146,9 @@ class Telemetry(Hook):
 
     # -- pushes -------------------------------------------------------------------------------
 
-    def on_authenticated(self, context: PushContext) -> None:
+    def before_handlers(self, context: PushContext) -> None:
+        # The publisher's trace is continued (made current, a span started) only for a push
+        # whose handler runs: a duplicate is answered and counted without either.
         push, verified = context.push, context.verified
         if push is None or verified is None:
             return
@@ -199,9 +207,16 @@ class Telemetry(Hook):
         age: float | None,
         trace: TraceContext | None,
     ) -> None:
-        level = logging.INFO if result.acked else logging.WARNING
+        if not result.acked:
+            level = logging.WARNING
+        elif result.outcome == "duplicate" and not self.log_duplicates:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
         if not push_logger.isEnabledFor(level):
-            return
+            return  # (before anything is made: a duplicate's line costs nothing at INFO)
+        if trace is None and push is not None and verified is not None:
+            trace = message_trace(push, verified)  # named in the line, never made current
         # (round() with digits is several times slower than this, on every push)
         milliseconds = int(seconds * 1e6) / 1e3
         outcome = result.outcome
@@ -238,4 +253,5 @@ class Telemetry(Hook):
         # The record is made directly: Logger.log() would also look up its caller's frame.
         record = push_logger.makeRecord(push_logger.name, level, __file__, 0, message, (), None)
         record.homing = fields
+        record.homing_trace = trace  # the push's trace, current or not
         push_logger.handle(record)

@@ -101,6 +101,7 @@ class CloudLoggingFormatter(logging.Formatter):
             message,
             record.created,
             fields if isinstance(fields, Mapping) else None,
+            getattr(record, "homing_trace", ...),  # a summary names its push's trace
         )
 
     def line(self, *entry: Any, **named: Any) -> str:
@@ -152,7 +153,7 @@ class TextFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")  # replaced whole: threads may format at once
 
     def format(self, record: logging.LogRecord) -> str:
-        return self._traced(super().format(record))
+        return self._traced(super().format(record), getattr(record, "homing_trace", ...))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         # The message may carry text a sender chose (a message id, a reason): one line, always.
