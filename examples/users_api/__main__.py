@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 
 import uvicorn
 
 from homing.asgi import PushEndpoint, PushFastPath
-from homing.errors import HomingError
+from homing.errors import ConfigurationError, HomingError
 from homing.telemetry import configure_logging
 from users_api.app import ServiceConfig, create_app
 
@@ -23,32 +25,71 @@ def _pool_errors_in_one_line(record: logging.LogRecord) -> bool:
     return True
 
 
-def main() -> int:
-    try:
-        config = ServiceConfig.from_env()
-    except HomingError as exc:
-        sys.stderr.write(f"users_api: error: {exc}\n")
-        return 2
+def _workers(environ: Mapping[str, str], database_url: str) -> int:
+    """``WEB_CONCURRENCY`` worker processes (default 1): several need PostgreSQL."""
+    raw = environ.get("WEB_CONCURRENCY", "1").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 64:
+        raise ConfigurationError(
+            f"WEB_CONCURRENCY must be a number of processes (1-64), not {raw!r}"
+        )
+    workers = int(raw)
+    if workers > 1 and database_url.startswith("sqlite"):
+        raise ConfigurationError(
+            f"WEB_CONCURRENCY={workers} needs PostgreSQL (DATABASE_URL=postgresql+asyncpg://...): "
+            "SQLite takes one writer at a time, and each process would keep its own loopback "
+            "journal; run one process on SQLite"
+        )
+    return workers
+
+
+def _configure(config: ServiceConfig) -> None:
     # Cloud Logging's JSON lines on Cloud Run (or HOMING_LOG_FORMAT=json), text elsewhere.
     handler = configure_logging(config.homing.log_format, project=config.homing.project)
     handler.addFilter(_pool_errors_in_one_line)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per loopback POST is noise
+
+
+def _build(config: ServiceConfig) -> PushFastPath:
+    """The served app: ``POST /events`` skips FastAPI's routing and middleware (it needs none
+    of it); the rest is the FastAPI app."""
+    app = create_app(config)
+    return PushFastPath(app, PushEndpoint(app.state.homing), path="/events")
+
+
+def served() -> PushFastPath:
+    """What each of several worker processes serves: it configures and builds its own."""
+    config = ServiceConfig.from_env()
+    _configure(config)
+    return _build(config)
+
+
+def main() -> int:
     try:
-        app = create_app(config)
+        config = ServiceConfig.from_env()
+        workers = _workers(os.environ, config.database_url)
+    except HomingError as exc:
+        sys.stderr.write(f"users_api: error: {exc}\n")
+        return 2
+    _configure(config)
+    try:
+        app = _build(config) if workers == 1 else None  # errors here, before anything listens
     except HomingError as exc:
         sys.stderr.write(f"users_api: error: {exc}\n")
         return 2
     logging.getLogger("users_api").info(
-        "serving the reference service on http://%s:%d (POST /events is the push endpoint)",
+        "serving the reference service on http://%s:%d in %d process(es) "
+        "(POST /events is the push endpoint)",
         config.host,
         config.port,
+        workers,
     )
     # The served configuration is the fast one: uvloop and httptools when installed
-    # ("auto"), and no per-request access log.
-    # POST /events skips FastAPI's routing and middleware: it needs none of it.
-    served = PushFastPath(app, PushEndpoint(app.state.homing), path="/events")
+    # ("auto"), and no per-request access log. Several workers: each process imports and
+    # builds the app itself (a factory by name), as uvicorn requires.
     uvicorn.run(
-        served,
+        app if app is not None else "users_api.__main__:served",
+        factory=app is None,
+        workers=workers if app is None else None,
         host=config.host,
         port=config.port,
         loop="auto",
