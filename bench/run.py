@@ -34,6 +34,8 @@ from typing import Any
 import httpx
 
 from bench.apps import KEYS, RENAME_USERS
+from bench.coldstart import report as report_cold_start
+from bench.coldstart import run_cold_start
 from homing import KeyRing, Signer, build_push
 from homing.signing import legacy_signature
 from homing.telemetry import TRACEPARENT_ATTRIBUTE
@@ -918,9 +920,13 @@ def main() -> int:
             )
     ops = run_signing()
     latency = {} if args.only else run_publish_latency(args.runs)
+    cold = {} if args.only else run_cold_start(args.runs)
     results["http"], results["ops"], results["publish_latency_ms"] = http, ops, latency
+    results["time_to_ready"] = cold
     report(http, ops)
     report_latency(latency)
+    if cold:
+        report_cold_start(cold)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(results, indent=2))  # written now: the memory run is long

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.routing import Route
 
 from homing import Delivery, Homing, Publisher, Settings, wiring
-from homing.auth import OIDCVerifier
 from homing.errors import ConfigurationError, StoreError
 from homing.fastapi import push_router
 from homing.outbox import FlushEndpoint, SQLOutbox
@@ -266,6 +265,8 @@ def _flush_route(settings: Settings, outbox: SQLOutbox) -> Route | None:
     """``POST /outbox/flush`` for Cloud Scheduler, when credentials for it are configured."""
     scheduler = None
     if settings.scheduler_service_accounts:
+        from homing.auth import OIDCVerifier  # cryptography: only when it is needed
+
         audience = settings.scheduler_audience
         if not audience and settings.push_endpoint:
             audience = settings.push_endpoint.rsplit("/", 1)[0] + "/outbox/flush"

@@ -56,9 +56,9 @@ from google.auth import exceptions as google_exceptions
 from google.auth import jwt as google_jwt
 from google.auth.crypt import RSAVerifier
 
+from homing._google import GOOGLE_CERTS_URL as GOOGLE_CERTS_URL  # (re-exported)
 from homing.errors import AuthenticationFailed, ConfigurationError, Forbidden
 
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 
 logger = logging.getLogger("homing.auth")

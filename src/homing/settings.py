@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Self, get_args
 
-from homing.auth import GOOGLE_CERTS_URL
+from homing._google import GOOGLE_CERTS_URL
 from homing.errors import ConfigurationError
 from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, UnknownEvents
 from homing.signing import KeyRing
