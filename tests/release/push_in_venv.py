@@ -33,6 +33,8 @@ EXTRA_MODULES = {
     "otel": "homing.telemetry.otel",
     "fastapi": "homing.fastapi",
     "server": "uvicorn",
+    "tasks": "homing.publishers.cloudtasks",
+    "django": "homing.django",
 }
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "dev.lock"
 VERSION = homing.__version__
 #: The extras a service installs homing with (not the development ones: docs, dev).
-EXTRAS = ["pubsub", "sql", "flask", "metrics", "otel", "fastapi", "server"]
+EXTRAS = ["pubsub", "sql", "flask", "metrics", "otel", "fastapi", "server", "tasks", "django"]
 
 
 @dataclass(frozen=True)
