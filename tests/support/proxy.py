@@ -11,7 +11,11 @@ from tests.support.ports import free_port
 
 
 class CuttableProxy:
-    """Forwards ``127.0.0.1:port`` to ``target``, in threads, until :meth:`cut`."""
+    """Forwards ``127.0.0.1:port`` to ``target``, in threads, until :meth:`cut`.
+
+    ``requests`` counts what clients sent, read by read: a client that sends a batch and waits
+    for its answer (a database driver) is counted once per round trip.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -21,6 +25,7 @@ class CuttableProxy:
         self._listener: socket.socket | None = None
         self._accepting: threading.Thread | None = None
         self.cuts = 0
+        self.requests = 0
 
     def start(self) -> None:
         listener = socket.socket()
@@ -66,12 +71,16 @@ class CuttableProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._open.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, counted in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, counted), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
         try:
             while chunk := source.recv(65536):
+                if counted:
+                    self.requests += 1
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -6,20 +6,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.util.concurrency import greenlet_spawn
+from sqlalchemy.util.concurrency import await_only, greenlet_spawn
 
 from homing.errors import StoreError
 from homing.stores.base import Claim, DedupeStore, Transaction
 from homing.stores.sql.engine import (
     DRIVER_ERRORS,
     CompiledStatement,
+    InlineStatement,
     describe,
     driver_cursor,
     insert_ignoring_conflicts,
@@ -120,6 +121,14 @@ class SQLDedupeStore(DedupeStore):
             ),
         )
         self._done_first = CompiledStatement(engine, _mark_done(engine, unless_claimed=True))
+        #: On PostgreSQL through asyncpg, a handler's transaction opens with its done mark in
+        #: the same round trip as BEGIN (:meth:`_open_with_begin`): three round trips for a
+        #: new event rather than four.
+        self._inline: dict[CompiledStatement, InlineStatement] | None = None
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+            self._inline = {
+                mark: InlineStatement(engine, mark) for mark in (self._done_first, self._done)
+            }
         self._done_cache: dict[str, None] = {}
         self._done_cache_size = done_cache_size
 
@@ -203,20 +212,56 @@ class SQLDedupeStore(DedupeStore):
         # Nothing is committed unless the body finishes: effect and mark go together.
         return _EventTransaction(self, event_id, force)
 
-    def _open(self, mark: CompiledStatement, event_id: str) -> tuple[Claim, Connection | None]:
+    def _open(
+        self, mark: CompiledStatement, event_id: str
+    ) -> tuple[Claim, Connection | None, bool]:
+        """Begin the event's transaction with its done mark; the claim, the connection when
+        it was claimed, and whether homing itself commits it (``_open_with_begin``)."""
+        if self._inline is not None:
+            opened = self._open_with_begin(self._inline[mark], event_id)
+            if opened is not None:
+                return opened
         connection = self.engine.sync_engine.connect()
         try:
             connection.begin()
             with driver_cursor(connection) as cursor:
                 if mark(cursor, event_id=event_id, now=self.clock()).rowcount == 1:
-                    return Claim.CLAIMED, connection
+                    return Claim.CLAIMED, connection, False
                 row = self._state(cursor, event_id=event_id).fetchone()
         except BaseException:
             connection.close()
             raise
         connection.close()  # rolled back: the race was lost
         state = None if row is None else row[0]
-        return (Claim.DUPLICATE if state == _DONE else Claim.IN_PROGRESS), None
+        return (Claim.DUPLICATE if state == _DONE else Claim.IN_PROGRESS), None, False
+
+    def _open_with_begin(
+        self, mark: InlineStatement, event_id: str
+    ) -> tuple[Claim, Connection | None, bool] | None:
+        """PostgreSQL: ``BEGIN`` and the done mark in one round trip (the simple query
+        protocol carries both); ``None`` when the server quotes strings the old way.
+
+        SQLAlchemy is told the connection autocommits, so it begins nothing of its own; the
+        handler's statements run inside homing's transaction, and homing commits it
+        (:func:`_commit_raw`) or rolls it back. A failure invalidates the connection: one in an
+        unknown state never goes back to the pool.
+        """
+        connection = self.engine.sync_engine.connect()
+        try:
+            raw = _driver(connection)
+            if raw.get_settings().standard_conforming_strings != "on":
+                connection.close()
+                return None
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            status = await_only(raw.execute("BEGIN;" + mark(event_id=event_id, now=self.clock())))
+            if status.endswith(" 1"):  # INSERT 0 1: the mark is this transaction's
+                return Claim.CLAIMED, connection, True
+            state = await_only(raw.fetchval(self._state.sql, event_id))
+            await_only(raw.execute("ROLLBACK"))  # the race was lost
+        except BaseException as exc:
+            _fail(connection, f"opening the transaction of event {event_id!r}", exc)
+        connection.close()
+        return (Claim.DUPLICATE if state == _DONE else Claim.IN_PROGRESS), None, False
 
 
 class _EventTransaction:
@@ -224,10 +269,11 @@ class _EventTransaction:
     commit + close) rather than one per call, since most of a short transaction's cost is
     SQLAlchemy's asyncio bridge; and in a class, not a generator, for the same reason."""
 
-    __slots__ = ("_connection", "_event_id", "_force", "_store", "_transaction")
+    __slots__ = ("_connection", "_event_id", "_force", "_raw", "_store", "_transaction")
 
     def __init__(self, store: SQLDedupeStore, event_id: str, force: bool) -> None:
         self._store, self._event_id, self._force = store, event_id, force
+        self._raw = False  # homing's own BEGIN: homing's own COMMIT
         self._connection: Connection | None = None
         self._transaction: _SQLTransaction | None = None
 
@@ -235,7 +281,7 @@ class _EventTransaction:
         store, event_id = self._store, self._event_id
         mark = store._done if self._force else store._done_first
         with translate_errors(f"opening the transaction of event {event_id!r}", store.engine):
-            claim, connection = await greenlet_spawn(store._open, mark, event_id)
+            claim, connection, self._raw = await greenlet_spawn(store._open, mark, event_id)
         if connection is None:
             if claim is Claim.DUPLICATE:
                 store._remember_done(event_id)
@@ -250,18 +296,20 @@ class _EventTransaction:
             return
         self._connection = self._transaction = None
         if exc is not None:
-            await greenlet_spawn(_discard, connection, transaction._session)
+            discard = _discard_raw if self._raw else _discard
+            await greenlet_spawn(discard, connection, transaction._session)
             if isinstance(exc, DBAPIError | OSError | TimeoutError) and lost_connection(exc):
                 raise StoreError(
                     f"the database failed during the handler of event {self._event_id!r}: "
                     f"{describe(exc)}"
                 ) from exc
             return  # the handler's own mistake (a constraint, bad SQL): its failure, raised on
+        commit, discard = (_commit_raw, _discard_raw) if self._raw else (_commit, _discard)
         try:
             with translate_errors(f"committing event {self._event_id!r}", self._store.engine):
-                await greenlet_spawn(_commit, connection, transaction._session)
+                await greenlet_spawn(commit, connection, transaction._session)
         except BaseException:
-            await greenlet_spawn(_discard, connection, transaction._session)
+            await greenlet_spawn(discard, connection, transaction._session)
             raise
         self._store._remember_done(self._event_id)
 
@@ -291,3 +339,64 @@ def _discard(connection: Connection, session: AsyncSession | None) -> None:
         connection.close()  # rolls back
     except DRIVER_ERRORS as exc:  # the connection is gone already; nothing more to undo
         logger.warning("could not roll back cleanly: %s", describe(exc))
+
+
+def _commit_raw(connection: Connection, session: AsyncSession | None) -> None:
+    """Commit a transaction homing began itself (PostgreSQL): the session's writes, then
+    ``COMMIT``, which must answer so (an aborted transaction answers ``ROLLBACK``)."""
+    if session is not None:
+        session.sync_session.flush()
+    connection.commit()  # SQLAlchemy's own bookkeeping: nothing reaches the server
+    try:
+        status = await_only(_driver(connection).execute("COMMIT"))
+    except BaseException as exc:
+        _fail(connection, "committing", exc)
+    if status != "COMMIT":  # a statement failed inside it, and the handler carried on
+        raise StoreError(
+            f"the database rolled the transaction back at COMMIT ({status}): a statement in it "
+            "had failed"
+        )
+    if session is not None:
+        session.sync_session.close()
+    connection.close()
+
+
+def _discard_raw(connection: Connection, session: AsyncSession | None) -> None:
+    if connection.closed or connection.invalidated:  # dropped already
+        connection.close()
+        return
+    try:
+        if session is not None:
+            session.sync_session.close()
+        await_only(_driver(connection).execute("ROLLBACK"))
+    except BaseException as exc:
+        logger.warning("could not roll back cleanly: %s", describe(exc))
+        _invalidate(connection, exc)
+        return
+    connection.close()
+
+
+def _invalidate(connection: Connection, exc: BaseException) -> None:
+    """Drop a connection whose transaction is in an unknown state (never pooled again)."""
+    try:
+        if not (connection.closed or connection.invalidated):
+            connection.invalidate(exc if isinstance(exc, Exception) else None)
+    finally:
+        connection.close()
+
+
+def _fail(connection: Connection, doing: str, exc: BaseException) -> NoReturn:
+    """Invalidate ``connection`` and raise: a driver's error as :class:`StoreError`,
+    cancellation and the like as they are."""
+    _invalidate(connection, exc)
+    if isinstance(exc, Exception) and not isinstance(exc, StoreError):
+        raise StoreError(f"the database failed while {doing}: {describe(exc)}") from exc
+    raise exc
+
+
+def _driver(connection: Connection) -> Any:
+    """The driver's own connection (asyncpg's) under a SQLAlchemy connection."""
+    raw = connection.connection.driver_connection
+    if raw is None:  # pragma: no cover - a checked-out connection always has one
+        raise StoreError("the database connection is closed")
+    return raw

@@ -11,10 +11,13 @@ homing's own fixed statements on the driver's cursor.
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Insert, Table, event, insert
+from sqlalchemy import Insert, String, Table, event, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
@@ -235,6 +238,46 @@ class CompiledStatement:
     def __call__(self, cursor: Any, **values: Any) -> Any:
         cursor.execute(self.sql, self.parameters(**values))
         return cursor
+
+
+class InlineStatement:
+    """A :class:`CompiledStatement` written out whole, its values as SQL literals, for the
+    driver's simple query protocol: one round trip that may carry several statements.
+
+    Strings are quoted by SQLAlchemy's own literal processor for the engine's dialect (never
+    by hand); numbers must be finite. ``tests/stores/test_inline.py`` round-trips every kind
+    of text through the server against the bound-parameter form.
+    """
+
+    __slots__ = ("_literal", "_pieces", "_statement")
+
+    def __init__(self, engine: AsyncEngine, statement: CompiledStatement) -> None:
+        self._statement = statement
+        literal = String().literal_processor(engine.dialect)  # type: ignore[no-untyped-call]
+        if literal is None:  # pragma: no cover - every SQL dialect quotes strings
+            raise ConfigurationError(f"{engine.dialect.name} gives no string literal quoting")
+        self._literal: Callable[[str], str] = literal
+        # "...$1::VARCHAR..." -> ["...", 0, "::VARCHAR...", ...]: the n-th value goes at n - 1.
+        self._pieces: list[str | int] = [
+            int(part) - 1 if index % 2 else part
+            for index, part in enumerate(re.split(r"\$(\d+)", statement.sql))
+        ]
+
+    def __call__(self, **values: Any) -> str:
+        parameters = self._statement.parameters(**values)
+        return "".join(
+            piece if isinstance(piece, str) else self._render(parameters[piece])
+            for piece in self._pieces
+        )
+
+    def _render(self, value: Any) -> str:
+        if isinstance(value, str):
+            return self._literal(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"no inline literal for {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"no inline literal for {value!r}")
+        return repr(value)
 
 
 class driver_cursor:
