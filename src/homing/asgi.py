@@ -55,7 +55,10 @@ class PushEndpoint:
             result = await homing.handle_push(
                 body, headers, authorization=authorization, shapes=self.shapes
             )
-        await send_answer(send, answer(result))
+        # Sent here rather than through send_answer(): one coroutine less on every push's path.
+        status, reply_headers, content = answer(result)
+        await send({"type": "http.response.start", "status": status, "headers": reply_headers})
+        await send({"type": "http.response.body", "body": content})
 
 
 class PushFastPath:
