@@ -21,6 +21,9 @@ from homing.outcome import PushResult
 __all__ = [
     "NO_CONTENT",
     "Answer",
+    "Message",
+    "RawHeaders",
+    "Readable",
     "Receive",
     "Scope",
     "Send",
