@@ -1,5 +1,6 @@
-"""One battery of pushes through the ASGI endpoint and the Flask adapter: the same answers, the
-same ``homing.push`` summary lines and the same metric samples from each (homing.http)."""
+"""One battery of pushes through the ASGI endpoint, the Flask adapter and the Django view: the
+same answers, the same ``homing.push`` summary lines and the same metric samples from each
+(they share one HTTP edge, homing.http)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from homing.signing import SIGNATURE
 from homing.telemetry import Telemetry
 from homing.telemetry.metrics import PrometheusMetrics
 from homing.testing import push_body
-from tests.conftest import OrderPlaced, Recorder
+from tests.conftest import POSTGRES_URL, OrderPlaced, Recorder
 from tests.test_ingress import unwrapped
 
 LIMIT = 4096
@@ -125,6 +126,17 @@ def _mixed_marks(homing: Homing) -> list[Request]:
     return [Request(request.body, [*request.headers, ("ce-id", "m-1")])]
 
 
+def _cloud_task(homing: Homing) -> list[Request]:
+    body = push_body(homing, OrderPlaced(order_id=1, total_cents=5), event_id="e-1")
+    tasks = [
+        ("x-cloudtasks-queuename", "homing"),
+        ("x-cloudtasks-taskname", "t-1"),
+        ("x-cloudtasks-taskretrycount", "0"),
+        ("x-cloudtasks-taskexecutioncount", "0"),
+    ]
+    return [Request(body, JSON + tasks)]
+
+
 #: name -> (the requests, the last answer's status and outcome; None for an empty 204)
 BATTERY: dict[str, tuple[Callable[[Homing], list[Request]], int, str | None]] = {
     "good": (_order(1), 204, None),
@@ -148,6 +160,7 @@ BATTERY: dict[str, tuple[Callable[[Homing], list[Request]], int, str | None]] = 
     "unwrapped": (_unwrapped(repeat=False), 204, None),
     "unwrapped, a repeated attribute header": (_unwrapped(repeat=True), 401, "unauthenticated"),
     "the marks of two shapes": (_mixed_marks, 400, "malformed"),
+    "a cloud tasks request": (_cloud_task, 204, None),
     "a wrapped push among 250 other headers": (_many_headers, 204, None),
 }
 
@@ -174,8 +187,8 @@ def _service() -> tuple[Homing, Recorder, PrometheusMetrics]:
     return homing, recorder, metrics
 
 
-async def _asgi(homing: Homing, requests: list[Request]) -> list[httpx.Response]:
-    transport = httpx.ASGITransport(app=PushEndpoint(homing))
+async def _asgi(homing: Homing, requests: list[Request], app: Any = None) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app or PushEndpoint(homing))
     responses = []
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         for request in requests:
@@ -254,27 +267,44 @@ def _answer(status: int, content: bytes, headers: Any) -> tuple[int, Any, str | 
     )
 
 
+async def _django(homing: Homing, requests: list[Request]) -> list[httpx.Response]:
+    from django.core.handlers.asgi import ASGIHandler
+
+    from homing.django import push_view
+    from tests.support.djangoproject import serving
+
+    with serving(push_view(homing)):
+        return await _asgi(homing, requests, ASGIHandler())
+
+
 async def _through(adapter: str, requests: list[Request], caplog: pytest.LogCaptureFixture) -> Seen:
     homing, recorder, metrics = _service()
     caplog.clear()
-    if adapter == "asgi":
-        answers = [
-            _answer(r.status_code, r.content, r.headers) for r in await _asgi(homing, requests)
-        ]
-    else:
+    if adapter == "flask":
         answers = [_answer(*response) for response in _flask(homing, requests)]
+    else:
+        serve = _asgi if adapter == "asgi" else _django
+        answers = [
+            _answer(r.status_code, r.content, r.headers) for r in await serve(homing, requests)
+        ]
     return Seen(answers, _summaries(caplog), _samples(metrics), len(recorder.seen))
 
 
+@pytest.fixture(scope="module")
+def django_configured() -> None:
+    from tests.support.djangoproject import configure
+
+    configure(POSTGRES_URL)  # once per process
+
+
 @pytest.mark.parametrize("case", BATTERY)
-async def test_asgi_and_flask_answer_log_and_count_alike(
-    case: str, caplog: pytest.LogCaptureFixture
+async def test_every_adapter_answers_logs_and_counts_alike(
+    case: str, caplog: pytest.LogCaptureFixture, django_configured: None
 ) -> None:
-    caplog.set_level(logging.INFO, logger="homing.push")
+    caplog.set_level(logging.DEBUG, logger="homing.push")  # a duplicate's line is at DEBUG
     make, status, outcome = BATTERY[case]
     requests = make(_service()[0])  # the same bytes to each adapter's service (same keys)
     asgi = await _through("asgi", requests, caplog)
-    flask = await _through("flask", requests, caplog)
 
     last_status, last_payload, content_type, allow = asgi.answers[-1]
     assert last_status == status
@@ -286,10 +316,12 @@ async def test_asgi_and_flask_answer_log_and_count_alike(
     assert allow == ("POST" if status == 405 else None)
     assert len(asgi.summaries) == (0 if status == 405 else len(asgi.answers))
 
-    assert flask.answers == asgi.answers
-    assert flask.summaries == asgi.summaries
-    assert flask.samples == asgi.samples
-    assert flask.handled == asgi.handled
+    for adapter in ("flask", "django"):
+        seen = await _through(adapter, requests, caplog)
+        assert seen.answers == asgi.answers, adapter
+        assert seen.summaries == asgi.summaries, adapter
+        assert seen.samples == asgi.samples, adapter
+        assert seen.handled == asgi.handled, adapter
 
 
 def test_the_flask_adapter_loads_no_asgi_framework() -> None:

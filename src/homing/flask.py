@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from homing.app import Homing
 from homing.errors import PayloadTooLarge
-from homing.http import Answer, answer, method_not_allowed, push_head, read_stream
+from homing.http import Answer, answer, method_not_allowed, push_head, raw_headers, read_stream
 from homing.ingress import SHAPES, Shape
 
 __all__ = ["FlaskHoming", "LoopThread"]
@@ -179,13 +179,8 @@ class FlaskHoming:
     def _push_view(self) -> Response:
         if request.method != "POST":
             return _response(_NOT_ALLOWED)
-        # The ASGI endpoint's steps, through the same edge (homing.http), on the same bytes:
-        # WSGI gives headers as latin-1 text, encoded back here.
-        raw = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in request.headers.items()
-        ]
-        content_length, authorization, headers = push_head(raw)
+        # The ASGI endpoint's steps, through the same edge (homing.http), on the same bytes.
+        content_length, authorization, headers = push_head(raw_headers(request.headers.items()))
         homing = self.homing
         try:
             body = read_stream(request.stream, homing.max_body_size, content_length)

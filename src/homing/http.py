@@ -9,7 +9,7 @@ bytes (a WSGI adapter encodes its text as latin-1, as WSGI decoded it).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -32,6 +32,7 @@ __all__ = [
     "json_answer",
     "method_not_allowed",
     "push_head",
+    "raw_headers",
     "read_body",
     "read_stream",
     "send_answer",
@@ -46,6 +47,8 @@ Send = Callable[[Message], Awaitable[None]]
 #: Request headers as ASGI gives them: (lower-case name, value) byte pairs.
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
+#: Headers that mark an unwrapped push (``x-goog-pubsub-*``) or a Cloud Tasks request.
+_X_MARKS = (b"x-goog-", b"x-cloudtasks-")
 #: The content type of the wrapped push, as Google sends it, byte for byte.
 _WRAPPED_TYPE = b"application/json"
 
@@ -116,9 +119,17 @@ def push_head(
         elif initial == b"a"[0]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
-        elif initial == b"x"[0] and name.startswith(b"x-goog-"):  # an unwrapped push
+        elif initial == b"x"[0] and name.startswith(_X_MARKS):
             marked = True
     return content_length, authorization, fold_headers(raw) if marked else None
+
+
+def raw_headers(items: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """A WSGI framework's text headers as ASGI gives them: lower-case names, latin-1 bytes.
+
+    (WSGI decoded them as latin-1, so this gives back the bytes that were received.)
+    """
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in items]
 
 
 def fold_headers(raw: RawHeaders) -> dict[str, str]:
