@@ -2,9 +2,10 @@
 answer as a status, headers and body.
 
 Framework-free, so the ASGI endpoint (:mod:`homing.asgi`), the Flask blueprint
-(:mod:`homing.flask`), the outbox's flush route and the metrics route all answer through it
-and cannot diverge. Headers are handled as ASGI gives them: lower-case names and values as
-bytes (a WSGI adapter encodes its text as latin-1, as WSGI decoded it).
+(:mod:`homing.flask`), the Django view (:mod:`homing.django`), the outbox's flush route and the
+metrics route all answer through it and cannot diverge. Headers are handled as ASGI gives
+them: lower-case names and values as bytes (a WSGI adapter encodes its text back as latin-1,
+as WSGI decoded it: :func:`raw_headers`).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 
 #: Headers that mark an unwrapped push (``x-goog-pubsub-*``) or a Cloud Tasks request.
 _X_MARKS = (b"x-goog-", b"x-cloudtasks-")
-#: The content type of the wrapped push, as Google sends it, byte for byte.
-_WRAPPED_TYPE = b"application/json"
+#: JSON's content type: every answer's with a body, and the wrapped push's as Google sends it.
+_JSON = b"application/json"
 
 
 class Answer(NamedTuple):
@@ -65,7 +66,7 @@ def json_answer(status: int, payload: Mapping[str, object], *, allow: str | None
     """``payload`` as a JSON answer; ``allow`` adds the ``Allow`` header (for a 405)."""
     body = orjson.dumps(payload)
     headers: tuple[tuple[bytes, bytes], ...] = (
-        (b"content-type", _WRAPPED_TYPE),
+        (b"content-type", _JSON),
         (b"content-length", b"%d" % len(body)),
     )
     if allow is not None:
@@ -112,7 +113,7 @@ def push_head(
             if name == b"content-length":
                 content_length = value
             elif name == b"content-type":
-                if value != _WRAPPED_TYPE:
+                if value != _JSON:
                     marked = marked or is_structured(value.decode("latin-1"))
             elif name.startswith(b"ce-"):  # a binary-mode CloudEvent
                 marked = True
