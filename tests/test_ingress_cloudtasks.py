@@ -53,8 +53,8 @@ def _headers(
 
 
 async def _post(homing: Homing, body: bytes, headers: dict[str, str]) -> PushResult:
-    """The push as an adapter hands it over (Flask passes every request's headers; the ASGI
-    fast path needs x-cloudtasks-* among the headers it marks: see the xfail below)."""
+    """The push as an adapter hands it over (every adapter reads the x-cloudtasks-* headers as
+    a shape's marks, homing.http.push_head)."""
     return await homing.handle_push(body, {name.lower(): v for name, v in headers.items()})
 
 
@@ -154,11 +154,6 @@ def test_the_shape_is_recognised_from_the_headers() -> None:
     assert detect_shape({"content-type": "application/json"}) == "wrapped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="homing/asgi.py's fast path passes headers only when it sees ce-/x-goog- marks; "
-    "it needs x-cloudtasks- too (the HTTP-edge owner's file)",
-)
 async def test_the_asgi_endpoint_passes_the_cloud_tasks_headers(
     keys: KeyRing, recorder: Recorder, verifier: OIDCVerifier, google_key: rsa.RSAPrivateKey
 ) -> None:

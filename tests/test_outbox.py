@@ -134,7 +134,9 @@ async def test_the_flush_route_needs_credentials(
         response = await client.post("/", headers=right)
         assert response.status_code == 200
         assert response.json() == {"published": 1, "failed": 0, "pending": 0}
-        assert (await client.get("/", headers=right)).status_code == 405
+        refused = await client.get("/", headers=right)
+        assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+        assert refused.json() == {"outcome": "method_not_allowed"}
     assert len(broker.sent) == 1
 
 

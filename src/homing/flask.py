@@ -29,19 +29,20 @@ import weakref
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-import orjson
 from flask import Blueprint, Flask, Response, request
 from pydantic import BaseModel
 
 from homing.app import Homing
 from homing.errors import PayloadTooLarge
-from homing.outcome import PushResult
+from homing.http import Answer, answer, method_not_allowed, push_head, raw_headers, read_stream
+from homing.ingress import SHAPES, Shape
 
 __all__ = ["FlaskHoming", "LoopThread"]
 
 T = TypeVar("T")
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_NOT_ALLOWED = method_not_allowed("POST")
 
 
 class LoopThread:
@@ -136,6 +137,7 @@ class FlaskHoming:
         homing: the service's events, handlers, publisher and stores.
         app: the Flask app; or call :meth:`init_app` later.
         path: where the push endpoint is served.
+        shapes: the request shapes accepted (by default all: wrapped, unwrapped, cloudevents).
         timeout: seconds :meth:`publish` waits before raising :class:`TimeoutError`
             (default: no limit of its own; the publisher's timeouts apply).
         loop: the loop thread to run on (default: one of its own).
@@ -147,11 +149,13 @@ class FlaskHoming:
         app: Flask | None = None,
         *,
         path: str = "/events",
+        shapes: tuple[Shape, ...] = SHAPES,
         timeout: float | None = None,
         loop: LoopThread | None = None,
     ) -> None:
         self.homing = homing
         self.path = path
+        self.shapes = shapes
         self.timeout = timeout
         self.loop = loop or LoopThread()
         self._closed = False
@@ -174,26 +178,18 @@ class FlaskHoming:
 
     def _push_view(self) -> Response:
         if request.method != "POST":
-            response = _json(405, {"outcome": "method_not_allowed"})
-            response.headers["Allow"] = "POST"
-            return response
-        limit = self.homing.max_body_size
-        # Logged and seen by the hooks (counted) as through the ASGI endpoint.
-        too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
-        if request.content_length is not None and request.content_length > limit:
-            return _answer(self.homing.refused(too_large))
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := request.stream.read(min(65536, limit + 1 - size)):  # a read may be short
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return _answer(self.homing.refused(too_large))
-        body = b"".join(chunks)
-        # Every shape Google sends is told by its headers (WSGI gives them as latin-1 text).
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        result = self.run(self.homing.handle_push(body, headers))
-        return _answer(result)
+            return _response(_NOT_ALLOWED)
+        # The ASGI endpoint's steps, through the same edge (homing.http), on the same bytes.
+        content_length, authorization, headers = push_head(raw_headers(request.headers.items()))
+        homing = self.homing
+        try:
+            body = read_stream(request.stream, homing.max_body_size, content_length)
+        except PayloadTooLarge as exc:
+            return _response(answer(homing.refused(exc)))  # logged and counted
+        result = self.run(
+            homing.handle_push(body, headers, authorization=authorization, shapes=self.shapes)
+        )
+        return _response(answer(result))
 
     def publish(
         self,
@@ -229,14 +225,9 @@ class FlaskHoming:
             self.loop.close()
 
 
-def _answer(result: PushResult) -> Response:
-    if result.status == 204:
-        return Response(status=204)
-    payload = {"outcome": result.outcome}
-    if result.detail:
-        payload["detail"] = result.detail
-    return _json(result.status, payload)
-
-
-def _json(status: int, payload: Mapping[str, str]) -> Response:
-    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+def _response(reply: Answer) -> Response:
+    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in reply.headers]
+    response = Response(reply.body, status=reply.status, headers=headers)
+    if not reply.body:  # as from the ASGI endpoint: no Content-Type (Flask adds text/html)
+        del response.headers["Content-Type"]
+    return response

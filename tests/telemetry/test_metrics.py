@@ -131,11 +131,17 @@ async def test_the_metrics_route(metrics: PrometheusMetrics, service: Homing) ->
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         got = await client.get("/metrics")
+        head = await client.head("/metrics")
         refused = await client.post("/metrics")
     assert got.status_code == 200
     assert got.headers["content-type"].startswith("text/plain; version=")
     assert 'homing_pushes_total{event_type="order.placed",outcome="done"} 1.0' in got.text
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == got.headers["content-length"]
+    # Refused as every homing route refuses a method (homing.http).
     assert refused.status_code == 405
+    assert refused.json() == {"outcome": "method_not_allowed"}
+    assert refused.headers["allow"] == "GET, HEAD"
 
 
 def test_an_outcome_outside_the_fixed_list_is_counted_as_other(metrics: PrometheusMetrics) -> None:

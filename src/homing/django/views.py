@@ -1,6 +1,7 @@
 """The push endpoint as a Django view: async under ASGI, and served under WSGI too.
 
-It answers exactly as :class:`homing.asgi.PushEndpoint` does: the status of
+It answers exactly as :class:`homing.asgi.PushEndpoint` does, through the same HTTP edge
+(:mod:`homing.http`): the status of
 :meth:`homing.Homing.handle_push`'s result, a JSON body ``{"outcome", "detail"}`` (none with
 204), 413 for a body over ``homing.max_body_size`` (refused before it is read whole), 405 with
 ``Allow: POST`` for other methods. CSRF does not apply (a push is authenticated by its token and
@@ -9,22 +10,22 @@ signature), nor ``ATOMIC_REQUESTS`` (homing opens its own transactions).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
-import orjson
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from homing.app import Homing
 from homing.django import config
 from homing.errors import PayloadTooLarge
+from homing.http import Answer, answer, method_not_allowed, push_head, raw_headers, read_stream
 from homing.ingress import SHAPES, Shape
 from homing.outcome import PushResult
 from homing.publishers.loopback import LoopbackPublisher
 
 View = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
-_CHUNK = 65536
+_NOT_ALLOWED = method_not_allowed("POST")
 
 
 def push_view(homing: Homing | None = None, *, shapes: tuple[Shape, ...] = SHAPES) -> View:
@@ -37,19 +38,18 @@ def push_view(homing: Homing | None = None, *, shapes: tuple[Shape, ...] = SHAPE
 
     async def push(request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
-            response = _json(405, {"outcome": "method_not_allowed"})
-            response["Allow"] = "POST"
-            return response
+            return _response(_NOT_ALLOWED)
         target = homing if homing is not None else config.service()
         _tell_loopback(target, request)
-        limit = target.max_body_size
+        content_length, authorization, headers = push_head(raw_headers(request.headers.items()))
         try:
-            body = _read(request, limit)
+            body = read_stream(request, target.max_body_size, content_length)
         except PayloadTooLarge as exc:
-            return _answer(target.refused(exc))  # logged and seen by the hooks
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        result = await config.loop.submit(_handle(target, body, headers, shapes))
-        return _answer(result)
+            return _response(answer(target.refused(exc)))  # logged and seen by the hooks
+        result = await config.loop.submit(
+            _handle(target, body, headers, authorization=authorization, shapes=shapes)
+        )
+        return _response(answer(result))
 
     view: View = csrf_exempt(push)
     # ATOMIC_REQUESTS does not wrap it: homing opens its own transactions.
@@ -65,26 +65,15 @@ class _EveryDatabase(set[str]):
 
 
 async def _handle(
-    homing: Homing, body: bytes, headers: dict[str, str], shapes: tuple[Shape, ...]
+    homing: Homing,
+    body: bytes,
+    headers: dict[str, str] | None,
+    *,
+    authorization: str | None,
+    shapes: tuple[Shape, ...],
 ) -> PushResult:
     await config.started(homing)
-    return await homing.handle_push(body, headers, shapes=shapes)
-
-
-def _read(request: HttpRequest, limit: int) -> bytes:
-    """The body, refused as soon as it is known to exceed ``limit`` bytes."""
-    too_large = PayloadTooLarge(f"the body is larger than {limit} bytes")
-    declared = request.META.get("CONTENT_LENGTH")
-    if declared and str(declared).isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := request.read(min(_CHUNK, limit + 1 - size)):  # a read may be short
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-    return b"".join(chunks)
+    return await homing.handle_push(body, headers, authorization=authorization, shapes=shapes)
 
 
 def _tell_loopback(homing: Homing, request: HttpRequest) -> None:
@@ -96,14 +85,10 @@ def _tell_loopback(homing: Homing, request: HttpRequest) -> None:
             publisher.serving_at(request.scheme or "http", host, int(port), request.path)
 
 
-def _answer(result: PushResult) -> HttpResponse:
-    if result.status == 204:
-        return HttpResponse(status=204)
-    payload = {"outcome": result.outcome}
-    if result.detail:
-        payload["detail"] = result.detail
-    return _json(result.status, payload)
-
-
-def _json(status: int, payload: Mapping[str, str]) -> HttpResponse:
-    return HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
+def _response(reply: Answer) -> HttpResponse:
+    response = HttpResponse(reply.body, status=reply.status)
+    if not reply.body:  # as from the ASGI endpoint: no Content-Type (Django adds text/html)
+        del response["Content-Type"]
+    for name, value in reply.headers:
+        response[name.decode("latin-1")] = value.decode("latin-1")
+    return response

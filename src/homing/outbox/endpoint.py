@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-import orjson
 
 from homing.auth import OIDCVerifier
 from homing.errors import AuthenticationFailed, ConfigurationError, PushRejected, StoreError
+from homing.http import (
+    Answer,
+    Receive,
+    Scope,
+    Send,
+    answer,
+    json_answer,
+    method_not_allowed,
+    send_answer,
+)
 from homing.outbox.staging import SQLOutbox
+from homing.outcome import PushResult
 
 logger = logging.getLogger("homing.outbox")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_NOT_ALLOWED = method_not_allowed("POST")
+_STORE_DOWN = answer(PushResult(503, "store_unavailable"))
 
 
 class FlushEndpoint:
@@ -58,33 +64,24 @@ class FlushEndpoint:
         await self._oidc.verify(authorization)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_answer(send, _NOT_ALLOWED)
+            return
         authorization = next(
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
         )
-        status: int
-        payload: dict[str, object]
-        if scope["method"] != "POST":
-            status, payload = 405, {"outcome": "method_not_allowed"}
-        else:
-            try:
-                await self._authorize(authorization)
-            except PushRejected as exc:
-                status, payload = exc.status_code, {"outcome": exc.code, "detail": exc.detail}
-            else:
-                try:
-                    report = await self.outbox.flush(limit=self.limit)
-                    waiting = await self.outbox.count()
-                except StoreError as exc:
-                    logger.error("outbox flush: %s", exc)
-                    status, payload = 503, {"outcome": "store_unavailable"}
-                else:
-                    status = 503 if report.failed else 200
-                    payload = {
-                        "published": report.published,
-                        "failed": report.failed,
-                        "pending": waiting,
-                    }
-        body = orjson.dumps(payload)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_answer(send, await self._flush(authorization))
+
+    async def _flush(self, authorization: str | None) -> Answer:
+        try:
+            await self._authorize(authorization)
+        except PushRejected as exc:
+            return answer(PushResult(exc.status_code, exc.code, exc.detail))
+        try:
+            report = await self.outbox.flush(limit=self.limit)
+            waiting = await self.outbox.count()
+        except StoreError as exc:
+            logger.error("outbox flush: %s", exc)
+            return _STORE_DOWN
+        counts = {"published": report.published, "failed": report.failed, "pending": waiting}
+        return json_answer(503 if report.failed else 200, counts)

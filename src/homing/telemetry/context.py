@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
+
+from homing.http import Receive, Scope, Send
 
 #: The signed message attribute carrying the publisher's trace context (W3C ``traceparent``).
 TRACEPARENT_ATTRIBUTE = "homing-traceparent"
@@ -142,11 +144,6 @@ def set_current_trace(context: TraceContext | None) -> Any:
 
 def reset_current_trace(token: Any) -> None:
     _current.reset(token)
-
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class TraceContextMiddleware:

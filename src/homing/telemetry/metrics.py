@@ -17,8 +17,7 @@ authenticated or not, can create a new series.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from collections.abc import Iterator
 
 try:
     from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "homing's Prometheus metrics need prometheus-client: pip install 'homing[metrics]'"
     ) from exc
 
+from homing.http import Answer, Receive, Scope, Send, method_not_allowed, send_answer
 from homing.outcome import OTHER, OUTCOMES
 
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -168,9 +168,8 @@ class _Exposition(Collector):
         return self.metrics.collect()
 
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_NOT_ALLOWED = method_not_allowed("GET, HEAD")
+_EXPOSITION_TYPE = (b"content-type", CONTENT_TYPE_LATEST.encode("latin-1"))
 
 
 class MetricsEndpoint:
@@ -183,14 +182,10 @@ class MetricsEndpoint:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            status, body = 405, b"method not allowed\n"
-            headers = [(b"content-type", b"text/plain"), (b"allow", b"GET, HEAD")]
-        else:
-            status, body = 200, self.metrics.render()
-            headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await send_answer(send, _NOT_ALLOWED)
+            return
+        body = self.metrics.render()
+        headers = (_EXPOSITION_TYPE, (b"content-length", b"%d" % len(body)))
+        await send_answer(send, Answer(200, headers, body), head=method == "HEAD")
