@@ -117,6 +117,14 @@ async def test_database_url_brings_sql_stores_an_outbox_and_a_journal_beside_it(
         ({"DATABASE_URL": "postgresql://db/x"}, r"^DATABASE_URL: the database URL's scheme"),
         ({"PORT": "eighty"}, r"^PORT must be a port number, not 'eighty'$"),
         (
+            {"HOMING_TASKS_QUEUE": "delayed"},
+            r"^HOMING_TASKS_QUEUE needs HOMING_PUSH_ENDPOINT: the URL each task POSTs to$",
+        ),
+        (
+            {"HOMING_TASKS_QUEUE": "delayed", "HOMING_PUSH_ENDPOINT": "https://x.example/events"},
+            r"^HOMING_TASKS_QUEUE: queue 'delayed' is not a full path, and no project",
+        ),
+        (
             {"HOMING_SIGNIG_KEYS": KEYS},
             r"HOMING_SIGNIG_KEYS \(did you mean HOMING_SIGNING_KEYS\?\)",
         ),
@@ -136,3 +144,66 @@ def test_settings_may_be_given_instead_of_the_homing_variables() -> None:
     )
     assert isinstance(homing.publisher, MemoryPublisher)
     assert list(homing.hooks) == []
+
+
+TASKS = {
+    "HOMING_SIGNING_KEYS": KEYS,
+    "HOMING_PUBLISHER": "memory",
+    "GOOGLE_CLOUD_PROJECT": "acme-prod",
+    "HOMING_PUSH_ENDPOINT": "https://api.example.com/events",
+    "HOMING_PUSH_SERVICE_ACCOUNT": "push@acme-prod.iam.gserviceaccount.com",
+    "HOMING_TASKS_QUEUE": "delayed",
+    "HOMING_REGION": "europe-west1",
+    "HOMING_MAX_DELIVERY_ATTEMPTS": "7",
+}
+
+
+def test_the_tasks_settings_give_a_cloud_tasks_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from homing.publishers.cloudtasks import CloudTasksPublisher
+
+    monkeypatch.delenv("CLOUD_TASKS_EMULATOR_HOST", raising=False)
+    homing = Homing.from_env(
+        TASKS | {"HOMING_TASKS_SERVICE_ACCOUNT": "tasks@acme-prod.iam.gserviceaccount.com"}
+    )
+
+    tasks = homing.transports.named["tasks"]
+    assert isinstance(tasks, CloudTasksPublisher)
+    assert tasks.queue == "projects/acme-prod/locations/europe-west1/queues/delayed"
+    assert tasks.url == tasks.audience == "https://api.example.com/events"
+    assert tasks.service_account == "tasks@acme-prod.iam.gserviceaccount.com"
+    assert tasks._emulator is None  # Google's endpoint, with the default credentials
+    # The queue's max_attempts, so that a task's last attempt is known.
+    assert homing.max_delivery_attempts == 7
+
+
+def test_the_tasks_transport_honours_the_emulator_and_carries_the_push_account_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from homing.publishers.cloudtasks import CloudTasksPublisher
+
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", "127.0.0.1:8085")
+    homing = Homing.from_env(TASKS | {"HOMING_TASKS_LOCATION": "us-central1"})
+
+    tasks = homing.transports.named["tasks"]
+    assert isinstance(tasks, CloudTasksPublisher)
+    assert tasks.queue == "projects/acme-prod/locations/us-central1/queues/delayed"
+    assert tasks.service_account == "push@acme-prod.iam.gserviceaccount.com"
+    assert tasks._emulator == "127.0.0.1:8085"
+
+
+async def test_without_the_tasks_settings_the_local_default_carries_delayed_events() -> None:
+    from datetime import timedelta
+
+    homing = Homing.from_env({"HOMING_PUBLISHER": "memory", "HOMING_SIGNING_KEYS": KEYS})
+    homing.event("order.later", transport="tasks")(OrderPlaced)
+
+    assert homing.transports.named == {}
+    assert homing.max_delivery_attempts is None
+    await homing.publish(OrderPlaced(order_id=1, total_cents=2), delay=timedelta(seconds=5))
+    assert isinstance(homing.publisher, MemoryPublisher)
+    [(_, message)] = homing.publisher.messages
+    assert message.event_type == "order.later"
+    assert message.deliver_at is not None
+    assert homing.publisher.due() == []  # kept until its time

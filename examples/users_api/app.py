@@ -3,15 +3,22 @@
 ``POST /change-name`` renames a user and publishes ``user.name.changed`` before it answers;
 the event comes back through ``POST /events`` (verified, decoded, deduplicated) and its
 handler writes a notification, which ``GET /users/{id}/notifications`` shows.
+
+``POST /users`` publishes ``user.welcome.followup`` with a delay (``HOMING_FOLLOWUP_DELAY``
+seconds, 30 by default) on the ``"tasks"`` transport: Cloud Tasks (``HOMING_TASKS_QUEUE``; the
+local broker's under ``homing dev``) delivers it then, and its handler writes a notification
+naming the user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
@@ -77,6 +84,14 @@ class UserNameChanged(BaseModel):
     new_name: str
 
 
+class WelcomeFollowup(BaseModel):
+    """Published by ``POST /users``, delivered ``HOMING_FOLLOWUP_DELAY`` seconds later; type
+    name ``user.welcome.followup``, on the ``"tasks"`` transport."""
+
+    user_id: int
+    name: str
+
+
 class NewUser(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     email: EmailStr
@@ -96,6 +111,7 @@ class UserOut(BaseModel):
 class NotificationOut(BaseModel):
     event_id: str
     text: str
+    created_at: datetime
 
 
 def build_homing(config: ServiceConfig, publisher: Publisher | None = None) -> Homing:
@@ -109,6 +125,7 @@ def build_homing(config: ServiceConfig, publisher: Publisher | None = None) -> H
         overrides["signer"] = wiring.signer(config.homing, development=True)
     homing = Homing.from_env(environ, settings=config.homing, **overrides)
     homing.events.register("user.name.changed", UserNameChanged)
+    homing.event("user.welcome.followup", transport="tasks")(WelcomeFollowup)
 
     # Its only effect is a row in this database: homing commits it with the event's "handled"
     # mark, in one transaction. Exactly one notification per event, whatever crashes or
@@ -127,7 +144,35 @@ def build_homing(config: ServiceConfig, publisher: Publisher | None = None) -> H
             },
         )
 
+    @homing.handler(WelcomeFollowup, effects="database")
+    async def follow_up(event: WelcomeFollowup, delivery: Delivery) -> None:
+        await delivery.connection.execute(
+            notify,
+            {
+                "event_id": delivery.event_id,
+                "user_id": event.user_id,
+                "text": f"Welcome aboard, {event.name}! How are your first minutes going?",
+            },
+        )
+
     return homing
+
+
+def followup_delay(homing: Homing, config: ServiceConfig) -> timedelta | None:
+    """The follow-up's delay, or ``None`` (said once) when no transport of this service can
+    deliver it later: the loopback publisher cannot, and Pub/Sub needs ``HOMING_TASKS_QUEUE``."""
+    delay = timedelta(seconds=config.homing.followup_delay)
+    publisher = None
+    with contextlib.suppress(ConfigurationError):
+        publisher = homing.transports.publisher_for("user.welcome.followup")
+    if publisher is None or publisher.max_delay is None or delay > publisher.max_delay:
+        logger.warning(
+            "user.welcome.followup is off: %s cannot deliver an event later; set "
+            "HOMING_TASKS_QUEUE (Cloud Tasks), or run under `homing dev`",
+            "this service" if publisher is None else type(publisher).__name__,
+        )
+        return None
+    return delay
 
 
 def api_router(
@@ -135,6 +180,7 @@ def api_router(
     outbox: SQLOutbox,
     engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
+    followup: timedelta | None = None,
 ) -> APIRouter:
     router = APIRouter()
 
@@ -143,12 +189,23 @@ def api_router(
         return {"status": "ok"}
 
     @router.post("/users", status_code=201)
-    async def create_user(body: NewUser) -> UserOut:
+    async def create_user(body: NewUser, response: Response) -> UserOut:
+        staged = None
         async with sessions.begin() as session:
             user = User(name=body.name, email=body.email)
             session.add(user)
             await session.flush()
-            return UserOut(id=user.id, name=user.name, email=user.email)
+            out = UserOut(id=user.id, name=user.name, email=user.email)
+            if followup is not None:
+                # In the user's transaction, with its time: published late, it still arrives
+                # then (or at once, once that has passed).
+                event = WelcomeFollowup(user_id=out.id, name=out.name)
+                staged = await outbox.stage(session, homing.sign(event, delay=followup))
+        if staged is not None:
+            published = await outbox.send(staged)
+            response.headers["x-event-id"] = staged.event_id
+            response.headers["x-event-status"] = "published" if published else "pending"
+        return out
 
     @router.get("/users/{user_id}")
     async def get_user(user_id: int) -> UserOut:
@@ -197,7 +254,10 @@ def api_router(
                 .where(Notification.user_id == user_id)
                 .order_by(Notification.id)
             )
-            return [NotificationOut(event_id=n.event_id, text=n.text) for n in rows]
+            return [
+                NotificationOut(event_id=n.event_id, text=n.text, created_at=n.created_at)
+                for n in rows
+            ]
 
     return router
 
@@ -241,7 +301,8 @@ def create_app(
     app.add_exception_handler(StoreError, _database_unavailable)
     app.state.homing = homing
     app.state.outbox = outbox
-    app.include_router(api_router(homing, outbox, engine, sessions))
+    followup = followup_delay(homing, config)
+    app.include_router(api_router(homing, outbox, engine, sessions, followup))
     app.include_router(push_router(homing, "/events"))
     if homing.wired.telemetry is not None:
         app.add_middleware(TraceContextMiddleware)  # the request's trace reaches its events

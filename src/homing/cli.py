@@ -76,6 +76,15 @@ _INFRA_FLAGS = {
     "--min-backoff": ("min_backoff", "SECONDS"),
     "--max-backoff": ("max_backoff", "SECONDS"),
     "--max-delivery-attempts": ("max_delivery_attempts", "N"),
+    "--tasks-queue": ("tasks_queue", "QUEUE"),
+    "--tasks-location": ("tasks_location", "LOCATION"),
+    "--tasks-service-account": ("tasks_service_account", "EMAIL"),
+    "--tasks-enqueuer": ("tasks_enqueuer", "EMAIL"),
+    "--tasks-max-dispatches-per-second": ("tasks_max_dispatches_per_second", "N"),
+    "--tasks-max-concurrent-dispatches": ("tasks_max_concurrent_dispatches", "N"),
+    "--tasks-min-backoff": ("tasks_min_backoff", "SECONDS"),
+    "--tasks-max-backoff": ("tasks_max_backoff", "SECONDS"),
+    "--tasks-max-doublings": ("tasks_max_doublings", "N"),
 }
 
 

@@ -1,10 +1,11 @@
 """``homing dev``: serve an app with the local push broker delivering its events.
 
 ``homing dev --app MODULE:ATTR`` starts the broker as a child process it owns (durable in
-``--data``), creates the topic, dead-letter topic and push subscription with ``homing
-provision``'s code, points the app at it through the environment (``PUBSUB_EMULATOR_HOST``,
-``HOMING_PUBLISHER=pubsub``, ``HOMING_OIDC_CERTS_URL``, ``HOMING_AUTH=both``) and serves the
-app with uvicorn. The production path runs: google-cloud-pubsub publishes, the broker pushes
+``--data``), creates the topic, dead-letter topic, push subscription and the Cloud Tasks queue
+of delayed events with ``homing provision``'s code, points the app at it through the
+environment (``PUBSUB_EMULATOR_HOST``, ``CLOUD_TASKS_EMULATOR_HOST``, ``HOMING_PUBLISHER=pubsub``,
+``HOMING_TASKS_QUEUE``, ``HOMING_OIDC_CERTS_URL``, ``HOMING_AUTH=both``) and serves the app with
+uvicorn. The production path runs: google-cloud-pubsub publishes, the broker pushes
 with an OIDC token, the app verifies the token and the signature.
 """
 
@@ -30,6 +31,9 @@ DEV_TOPIC = "homing-events"
 DEV_SUBSCRIPTION = "homing-events-push"
 DEV_DEAD_LETTER_TOPIC = "homing-events-dead"
 DEV_PUSH_ACCOUNT = "homing-push@homing-local.iam.gserviceaccount.com"
+DEV_TASKS_QUEUE = "homing-tasks"
+DEV_TASKS_LOCATION = "us-central1"
+DEV_TASKS_ENQUEUER = "homing-service@homing-local.iam.gserviceaccount.com"
 
 
 def add_command(commands: Any) -> None:
@@ -90,6 +94,10 @@ def dev_environment(
         "HOMING_PUSH_ENDPOINT": f"http://{url_host}:{port}{push_path}",
         "HOMING_PUSH_SERVICE_ACCOUNT": DEV_PUSH_ACCOUNT,
         "HOMING_AUTH": "both",
+        # Delayed events: the broker's Cloud Tasks queue, made at start-up if missing.
+        "HOMING_TASKS_QUEUE": DEV_TASKS_QUEUE,
+        "HOMING_TASKS_LOCATION": DEV_TASKS_LOCATION,
+        "HOMING_TASKS_ENQUEUER": DEV_TASKS_ENQUEUER,
     }
     chosen = forced | {k: v for k, v in defaults.items() if k not in os.environ}
     endpoint = chosen.get("HOMING_PUSH_ENDPOINT") or os.environ["HOMING_PUSH_ENDPOINT"]

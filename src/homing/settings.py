@@ -54,6 +54,16 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _rate(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 500:
+        raise ValueError(f"must be a number above 0 and at most 500 per second, not {raw!r}")
+    return value
+
+
 def _secret(raw: str) -> str:
     if len(raw.encode()) < 16:
         # The value is not echoed: it is a secret, however short.
@@ -124,6 +134,22 @@ class Settings:
             when ``homing[metrics]`` is installed, OpenTelemetry when an SDK is configured).
         log_duplicates: write a duplicate push's summary line at INFO (by default at DEBUG: a
             duplicate changed nothing, the metrics count it and Cloud Run logs the request).
+        tasks_queue: the Cloud Tasks queue of delayed events (id or
+            ``projects/P/locations/L/queues/Q``): :meth:`homing.Homing.from_env` publishes the
+            event types declared with ``transport="tasks"`` there, and ``homing plan`` plans it.
+        tasks_location: the queue's location (default: ``region``).
+        tasks_service_account: the account whose OIDC token each task carries (default:
+            ``push_service_account``); the push endpoint accepts it as it accepts Pub/Sub's.
+        tasks_enqueuer: the account that creates the tasks (the service's own identity on
+            Cloud Run): it gets ``roles/cloudtasks.enqueuer`` on the queue and
+            ``roles/iam.serviceAccountUser`` on ``tasks_service_account``.
+        tasks_max_dispatches_per_second, tasks_max_concurrent_dispatches: the queue's rate
+            limits. The queue's ``max_attempts`` is ``max_delivery_attempts``.
+        tasks_min_backoff, tasks_max_backoff, tasks_max_doublings: the queue's retry config
+            (seconds; doublings of the backoff before it grows linearly).
+        followup_delay: seconds the reference service (``examples/users_api``) waits before
+            its ``user.welcome.followup`` event; read here so that ``homing dev`` and
+            ``homing plan`` accept it in the environment.
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -158,12 +184,27 @@ class Settings:
     log_format: LogFormat = _setting("auto", _choice(get_args(LogFormat)))
     telemetry: bool = _setting(True, _flag)
     log_duplicates: bool = _setting(False, _flag)
+    tasks_queue: str | None = _setting(None)
+    tasks_location: str | None = _setting(None)
+    tasks_service_account: str | None = _setting(None)
+    tasks_enqueuer: str | None = _setting(None)
+    tasks_max_dispatches_per_second: float = _setting(500.0, _rate)
+    tasks_max_concurrent_dispatches: int = _setting(1000, _whole(1, 5000))
+    tasks_min_backoff: float = _setting(10.0, _seconds)
+    tasks_max_backoff: float = _setting(600.0, _seconds)
+    tasks_max_doublings: int = _setting(16, _whole(1, 16))
+    followup_delay: float = _setting(30.0, _seconds)
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:
             raise ConfigurationError(
                 f"HOMING_MIN_BACKOFF ({self.min_backoff}) exceeds HOMING_MAX_BACKOFF "
                 f"({self.max_backoff})"
+            )
+        if self.tasks_min_backoff > self.tasks_max_backoff:
+            raise ConfigurationError(
+                f"HOMING_TASKS_MIN_BACKOFF ({self.tasks_min_backoff:g}) exceeds "
+                f"HOMING_TASKS_MAX_BACKOFF ({self.tasks_max_backoff:g})"
             )
 
     def __repr__(self) -> str:
@@ -180,9 +221,18 @@ class Settings:
 
     @property
     def allowed_push_accounts(self) -> tuple[str, ...]:
+        """The accounts whose OIDC token the push endpoint accepts: ``oidc_service_accounts``,
+        else the push account and the tasks' account."""
         if self.oidc_service_accounts:
             return self.oidc_service_accounts
-        return (self.push_service_account,) if self.push_service_account else ()
+        accounts = (self.push_service_account, self.tasks_account)
+        return tuple(dict.fromkeys(a for a in accounts if a))
+
+    @property
+    def tasks_account(self) -> str | None:
+        """The account in each task's OIDC token: ``tasks_service_account``, else the push
+        account."""
+        return self.tasks_service_account or self.push_service_account
 
     @classmethod
     def variable(cls, name: str, prefix: str = "HOMING_") -> str:

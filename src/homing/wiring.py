@@ -1,5 +1,5 @@
-"""From the environment to the parts of a service: keys, publisher, push token, stores, outbox
-and telemetry.
+"""From the environment to the parts of a service: keys, publisher (and the Cloud Tasks
+transport), push token, stores, outbox and telemetry.
 
 The composition root: it stands above the core, the outbox and telemetry, and only
 :meth:`homing.Homing.from_env` (lazily) and services reach it. A service that owns more wiring
@@ -88,6 +88,35 @@ def publisher(
             raise ConfigurationError(f"PORT must be a port number, not {port!r}")
         url = f"http://127.0.0.1:{port}/events"
     return LoopbackPublisher(url, keep=keep, journal=journal)
+
+
+def tasks(settings: Settings) -> Publisher | None:
+    """The Cloud Tasks publisher of ``HOMING_TASKS_QUEUE`` (delayed events), or ``None``.
+
+    Each task POSTs to ``HOMING_PUSH_ENDPOINT`` with the OIDC token of
+    ``HOMING_TASKS_SERVICE_ACCOUNT`` (default: the push account) for the audience the push
+    endpoint requires; ``CLOUD_TASKS_EMULATOR_HOST`` points it at the local broker.
+    """
+    if not settings.tasks_queue:
+        return None
+    if not settings.push_endpoint:
+        raise ConfigurationError(
+            "HOMING_TASKS_QUEUE needs HOMING_PUSH_ENDPOINT: the URL each task POSTs to"
+        )
+    from homing.publishers.cloudtasks import CloudTasksPublisher  # the client is slow to import
+
+    try:
+        return CloudTasksPublisher(
+            settings.tasks_queue,
+            url=settings.push_endpoint,
+            service_account=settings.tasks_account,
+            audience=settings.audience,
+            project=settings.project,
+            location=settings.tasks_location or settings.region,
+            timeout=settings.publish_timeout,
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"HOMING_TASKS_QUEUE: {exc}") from None
 
 
 def oidc(settings: Settings) -> OIDCVerifier | None:
@@ -241,15 +270,21 @@ def from_settings(
     sender = publisher(
         settings, {"PORT": port} if port else {}, keep=stores.get("quarantine"), journal=journal
     )
+    later = tasks(settings)
     wiring.options = {
         "signer": signer(settings, development=sender.local),
         "oidc": oidc(settings),
         "publisher": sender,
+        # Without a queue, a local default publisher stands in for "tasks" (Transports).
+        "transports": {"tasks": later} if later is not None else None,
         "auth": settings.auth,
         "unknown_events": settings.unknown_events,
         "max_body_size": settings.max_body_size,
+        # The dead-letter limit, and the queue's max_attempts: the last attempt is known.
         "max_delivery_attempts": (
-            settings.max_delivery_attempts if settings.dead_letter_topic else None
+            settings.max_delivery_attempts
+            if settings.dead_letter_topic or settings.tasks_queue
+            else None
         ),
         "accept_legacy_without_oidc": settings.legacy_without_oidc,
         **stores,

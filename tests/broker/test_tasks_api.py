@@ -5,6 +5,7 @@ tokens, task-name dedupe, durability)."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -321,3 +322,87 @@ async def test_the_publisher_and_the_push_endpoint_end_to_end(
     assert event.order_id == 1
     assert delivery.event_id == event_id
     assert delivery.subscription == QUEUE
+
+
+async def test_a_503_with_retry_after_holds_the_queue_and_the_task(
+    served: Served, receiver: Receiver
+) -> None:
+    await _queue(served)  # Cloud Tasks' default backoff: 0.1 s
+    times: list[tuple[str, float]] = []
+
+    async def busy_once(request: httpx.Request) -> httpx.Response:
+        times.append((request.headers["x-cloudtasks-taskname"], time.time()))
+        if len(times) == 1:
+            return httpx.Response(503, headers={"Retry-After": "2"})
+        return httpx.Response(200)
+
+    receiver.answer = busy_once
+    await served.client.create_task(parent=QUEUE, task=_task("first"))
+    await receiver.wait_for(1)
+    cloud_tasks = served.broker.cloud_tasks
+    assert cloud_tasks is not None
+    await eventually_async(lambda: QUEUE in cloud_tasks.held_until)
+    await served.client.create_task(parent=QUEUE, task=_task("second"))  # due at once
+
+    requests = await receiver.wait_for(3)
+
+    refused_at = times[0][1]
+    assert sorted(name for name, _ in times[1:]) == ["first", "second"]
+    for _, at in times[1:]:
+        assert at >= refused_at + 2 - 0.05  # the whole queue waited, not only the task
+    retry = next(r for r in requests[1:] if r.headers["x-cloudtasks-taskname"] == "first")
+    assert retry.headers["x-cloudtasks-taskpreviousresponse"] == "503"
+    assert retry.headers["x-cloudtasks-taskretryreason"] == "HTTP status 503, Retry-After 2 s"
+    await eventually_async(lambda: _owed(served) == 0)
+
+
+async def test_a_503_without_retry_after_is_retried_by_the_backoff_alone(
+    served: Served, receiver: Receiver
+) -> None:
+    await _queue(served, min_backoff=timedelta(seconds=0.2))
+    times: list[float] = []
+
+    async def unavailable_once(_request: httpx.Request) -> httpx.Response:
+        times.append(time.time())
+        return httpx.Response(503 if len(times) == 1 else 200)
+
+    receiver.answer = unavailable_once
+    await served.client.create_task(parent=QUEUE, task=_task("t"))
+    await receiver.wait_for(2)
+    assert served.broker.cloud_tasks is not None
+    assert served.broker.cloud_tasks.held_until == {}
+    assert 0.2 - 0.05 <= times[1] - times[0] < 1.5
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    from homing.broker.tasks import retry_after
+
+    now = 1_700_000_000.0
+    assert retry_after("7", now) == 7.0
+    assert retry_after(" 0 ", now) == 0.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert retry_after(date, now) == pytest.approx(30.0)
+    assert retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+    for unreadable in (None, "", "soon", "-3", "1.5", "Tue, 99 Foo 2023 00:00:00 -0000"):
+        assert retry_after(unreadable, now) is None
+
+
+async def test_the_web_page_shows_queues_and_their_tasks_escaped(served: Served) -> None:
+    from homing.broker.web import render_page
+
+    await _queue(served, max_attempts=4)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    hostile = _task("t-1", at=later)
+    hostile.http_request.body = b"<script>alert(1)</script>"
+    await served.client.create_task(parent=QUEUE, task=hostile)
+
+    page = render_page(served.broker)
+
+    assert "<h2>Cloud Tasks queues</h2>" in page
+    assert f"<td>{QUEUE}</td>" in page
+    assert "<td>4</td>" in page  # max attempts
+    assert "<td>0.1-3600 s, 16 doublings</td>" in page
+    assert "<td>t-1</td>" in page
+    assert "<td>in 3599." in page or "<td>in 3600.0 s</td>" in page
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from homing.broker.transport import PushFailed, PushTimeout, SocketPusher
+from homing.broker.transport import Answer, PushFailed, PushTimeout, SocketPusher
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -166,3 +166,27 @@ async def test_an_endpoint_that_hangs_holds_up_no_other_endpoint() -> None:
         failed = await asyncio.gather(*stuck, return_exceptions=True)
         assert all(isinstance(exc, PushFailed) for exc in failed)
         await asyncio.sleep(0.05)
+
+
+async def test_a_retry_after_header_comes_with_the_status() -> None:
+    answers = [
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 120\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await _read_request(reader)
+            writer.write(answer)
+        writer.close()
+
+    pusher = SocketPusher()
+    async with _server(handle) as url:
+        busy = await pusher.push(url, b"{}", {}, 5)
+        fine = await pusher.push(url, b"{}", {}, 5)  # on the same connection: nothing carried
+        await pusher.aclose()
+    assert busy == 503
+    assert isinstance(busy, Answer)
+    assert busy.retry_after == "120"
+    assert fine == 200
+    assert not isinstance(fine, Answer)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -140,6 +141,41 @@ async def test_the_summary_line_names_the_publishing_requests_trace(tmp_path: Pa
         assert summary["outcome"] == "done"
         assert summary["delivery_attempt"] == 1
         assert summary["trace_id"] == trace_id  # no GOOGLE_CLOUD_PROJECT: the bare id
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+
+
+async def test_a_new_users_followup_comes_through_the_brokers_cloud_tasks_after_its_delay(
+    tmp_path: Path,
+) -> None:
+    """`make run` as is: homing dev makes the queue, the service stages the delayed event in the
+    user's transaction, the broker's Cloud Tasks API holds it and pushes it with its token."""
+    port, log = free_port(), tmp_path / "dev.log"
+    process = _start(tmp_path, port, log, HOMING_FOLLOWUP_DELAY="2")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            before = datetime.now(UTC)
+            created = await client.post("/users", json={"name": "Ann", "email": "a@example.com"})
+            assert created.status_code == 201
+            assert created.headers["x-event-status"] == "published"
+            user_id = created.json()["id"]
+
+            async def notified() -> list[dict[str, str]]:
+                return (await client.get(f"/users/{user_id}/notifications")).json()  # type: ignore[no-any-return]
+
+            [note] = await eventually_async(
+                notified, timeout=20, interval=0.1, explain=log.read_text
+            )
+        assert note["event_id"] == created.headers["x-event-id"]
+        assert "Ann" in note["text"]
+        arrived = datetime.fromisoformat(note["created_at"]).replace(tzinfo=UTC)  # SQLite: naive
+        assert arrived - before >= timedelta(seconds=2), (before, arrived)
+        assert arrived - before < timedelta(seconds=2 + 5)
+        output = log.read_text()
+        queue = "projects/homing-local/locations/us-central1/queues/homing-tasks"
+        assert f"queue {queue}: created" in output
+        assert "Traceback" not in output
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(20)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from homing import KeyRing, Settings
+from homing import ConfigurationError, KeyRing, Settings
 from homing.testing import RecordingPublisher, assert_handled, push
 from tests.conftest import POSTGRES_URL, SQL_BACKENDS, open_sql_engine
 from tests.test_outbox import Switchable
 from users_api import ServiceConfig, create_app
-from users_api.app import UserNameChanged
+from users_api.app import UserNameChanged, WelcomeFollowup
 from users_api.db import Base
 
 
@@ -61,13 +63,14 @@ async def test_change_name_publishes_and_the_handler_notifies_once(
     client: httpx.AsyncClient, service: FastAPI
 ) -> None:
     user = (await client.post("/users", json={"name": "Ann", "email": "a@example.com"})).json()
+    recorder = _recorder(service)
+    recorder.clear()  # the welcome follow-up (test_a_new_user_gets_a_followup_later)
     response = await client.post("/change-name", json={"user_id": user["id"], "name": "Bea"})
     assert response.status_code == 200
     assert response.json() == {**user, "name": "Bea"}
     assert response.headers["x-event-status"] == "published"
     assert await service.state.outbox.count() == 0
 
-    recorder = _recorder(service)
     recorder.assert_published(UserNameChanged(user_id=user["id"], old_name="Ann", new_name="Bea"))
     [message] = recorder.published
     assert message.event_type == "user.name.changed"
@@ -81,9 +84,64 @@ async def test_change_name_publishes_and_the_handler_notifies_once(
     for _ in range(2):  # redelivered twice: acknowledged, nothing runs again
         assert_handled(await push(service, body), status=204)
     notes = (await client.get(f"/users/{user['id']}/notifications")).json()
-    assert notes == [
+    assert [{k: note[k] for k in ("event_id", "text")} for note in notes] == [
         {"event_id": message.event_id, "text": "Your name was changed from 'Ann' to 'Bea'."}
     ]
+
+
+async def test_a_new_user_gets_a_followup_later(
+    client: httpx.AsyncClient, service: FastAPI
+) -> None:
+    before = datetime.now(UTC)
+    created = await client.post("/users", json={"name": "Zoë", "email": "z@example.com"})
+    user = created.json()
+
+    assert created.headers["x-event-status"] == "published"
+    recorder = _recorder(service)
+    recorder.assert_published(WelcomeFollowup(user_id=user["id"], name="Zoë"))
+    [message] = recorder.published
+    assert message.event_type == "user.welcome.followup"
+    assert message.event_id == created.headers["x-event-id"]
+    assert message.deliver_at is not None
+    # HOMING_FOLLOWUP_DELAY: 30 seconds by default.
+    assert timedelta(seconds=30) <= message.deliver_at - before <= timedelta(seconds=31)
+    assert recorder.due() == []  # kept until its time
+    assert len(recorder.due(message.deliver_at)) == 1
+
+    [delivered] = await recorder.run_handlers(service)
+    assert_handled(delivered, status=204)
+    [note] = (await client.get(f"/users/{user['id']}/notifications")).json()
+    assert note["event_id"] == message.event_id
+    assert note["text"] == "Welcome aboard, Zoë! How are your first minutes going?"
+
+
+async def test_without_a_transport_that_can_delay_the_followup_is_off_and_said_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ServiceConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        homing=Settings(signing_keys=KeyRing.generate(), loopback_url="http://127.0.0.1:9/e"),
+    )
+    with caplog.at_level(logging.WARNING, logger="users_api"):
+        app = create_app(config)
+    assert (
+        "user.welcome.followup is off: LoopbackPublisher cannot deliver an event later; set "
+        "HOMING_TASKS_QUEUE (Cloud Tasks), or run under `homing dev`"
+    ) in caplog.text
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            created = await client.post("/users", json={"name": "A", "email": "a@x.io"})
+    assert created.status_code == 201
+    assert "x-event-id" not in created.headers
+    assert await app.state.outbox.count() == 0
+
+
+def test_the_followup_delay_is_a_setting() -> None:
+    config = ServiceConfig.from_env({"HOMING_FOLLOWUP_DELAY": "2"})
+    assert config.homing.followup_delay == 2.0
+    with pytest.raises(ConfigurationError, match="HOMING_FOLLOWUP_DELAY: must be a positive"):
+        ServiceConfig.from_env({"HOMING_FOLLOWUP_DELAY": "-2"})
 
 
 async def test_change_name_errors(client: httpx.AsyncClient, service: FastAPI) -> None:

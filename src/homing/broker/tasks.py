@@ -9,8 +9,9 @@ What it does, as Cloud Tasks documents it (tests/broker/test_tasks.py states eac
   deadline, 15 s to 30 min, default 10 min) is retried after the queue's backoff — from
   ``min_backoff``, doubling ``max_doublings`` times, then linearly, up to ``max_backoff``; a
   task is deleted after ``max_attempts`` attempts (``-1``: unlimited) or once
-  ``max_retry_duration`` has passed (a ``Retry-After`` on 429/503 is not read: the pusher
-  returns the status alone);
+  ``max_retry_duration`` has passed;
+- a 429 or 503 with ``Retry-After`` (seconds or an HTTP date) slows the queue: it starts no
+  request until then (at most ``max_backoff`` ahead), and the task is retried no earlier;
 - a task's name is taken while it exists and for an hour after it ran or was deleted:
   creating it again is ``ALREADY_EXISTS``;
 - ``max_concurrent_dispatches`` bounds the requests in flight per queue, and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import heapq
 import logging
 import secrets
@@ -62,6 +64,8 @@ MAX_TASK_BYTES = 1024 * 1024
 #: How long a task's name stays taken after it ran or was deleted.
 NAME_KEPT = 3600.0
 _ACK = range(200, 300)
+#: The statuses whose Retry-After slows the queue.
+_SLOW_DOWN = (429, 503)
 
 #: Cloud Tasks' defaults for a queue that sets none.
 DEFAULT_RETRY = tasks.RetryConfig(
@@ -94,6 +98,23 @@ def check_queue_name(name: str) -> None:
             f"queue name {name!r} must be projects/P/locations/L/queues/Q (Q: letters, digits, "
             "hyphens; at most 100)"
         )
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (a number of seconds, or an HTTP date);
+    ``None`` when there is none or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - now, 0.0)
 
 
 def backoff(retry: tasks.RetryConfig, retries: int) -> float:
@@ -148,6 +169,8 @@ class CloudTasks:
         self._heap: list[_Due] = []
         self._in_flight: dict[str, int] = {}
         self._last_start: dict[str, float] = {}
+        #: Per queue, when it may start requests again (a 429/503's Retry-After).
+        self.held_until: dict[str, float] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
@@ -397,6 +420,11 @@ class CloudTasks:
 
     def _pause(self, queue: tasks.Queue, now: float) -> float:
         """Seconds before ``queue`` may start another request (0: now)."""
+        held = self.held_until.get(queue.name)
+        if held is not None:
+            if now < held:
+                return held - now
+            del self.held_until[queue.name]
         limits = queue.rate_limits
         if self._in_flight.get(queue.name, 0) >= limits.max_concurrent_dispatches:
             return 0.05  # woken sooner when a request ends
@@ -443,12 +471,20 @@ class CloudTasks:
         headers = self._headers(queue, task)
         dispatched = self.clock()
         status: int | None = None
+        wait: float | None = None  # a 429/503's Retry-After
         try:
             if request.http_method != tasks.HttpMethod.POST:
                 raise PushFailed("the local broker sends POST tasks only")
             answer = await self.pusher.push(request.url, request.body, headers, deadline)
-            status = answer
+            status = int(answer)
             reason = f"HTTP status {status}"
+            if status in _SLOW_DOWN:
+                wait = retry_after(getattr(answer, "retry_after", None), self.clock())
+            if wait is not None:
+                wait = min(wait, queue.retry_config.max_backoff.total_seconds())
+                reason += f", Retry-After {wait:g} s"
+                held = self.clock() + wait
+                self.held_until[queue.name] = max(self.held_until.get(queue.name, 0.0), held)
         except PushTimeout:
             reason = f"no answer within the dispatch deadline ({deadline:g} s)"
         except PushFailed as exc:
@@ -488,7 +524,7 @@ class CloudTasks:
             )
             await self._forget(name, f"failed: {reason}")
             return
-        due = now + backoff(retry, task.dispatch_count)
+        due = now + max(backoff(retry, task.dispatch_count), wait or 0.0)
         task.schedule_time = datetime.fromtimestamp(due, UTC)
         raw = tasks.Task.serialize(task)
         first = self._first.get(name)
@@ -500,3 +536,30 @@ class CloudTasks:
         )
         heapq.heappush(self._heap, _Due(due, name))
         self._wake.set()
+
+    # The web page ------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each queue with its limits, retry config and tasks (for the web page)."""
+        now = self.clock()
+        described = []
+        for name, queue in sorted(self.queues.items()):
+            prefix = name + "/tasks/"
+            owed = [t for task_name, t in self.tasks.items() if task_name.startswith(prefix)]
+            held = self.held_until.get(name, 0.0)
+            retry, rate = queue.retry_config, queue.rate_limits
+            described.append(
+                {
+                    "name": name,
+                    "max_dispatches_per_second": rate.max_dispatches_per_second,
+                    "max_concurrent_dispatches": rate.max_concurrent_dispatches,
+                    "max_attempts": retry.max_attempts,
+                    "backoff": f"{retry.min_backoff.total_seconds():g}-"
+                    f"{retry.max_backoff.total_seconds():g} s, "
+                    f"{retry.max_doublings} doublings",
+                    "in_flight": self._in_flight.get(name, 0),
+                    "held_for": max(held - now, 0.0),
+                    "tasks": sorted(owed, key=lambda t: (t.schedule_time, t.name)),
+                }
+            )
+        return described

@@ -39,6 +39,18 @@ _NOT_IN_VALUE = re.compile(r"[\r\n\0]")
 _CACHED_LINES = 1024
 
 
+class Answer(int):
+    """A response status that also carries the endpoint's ``Retry-After`` header (Cloud Tasks
+    reads it on 429 and 503); the pushers return a plain ``int`` when there is none."""
+
+    retry_after: str
+
+    def __new__(cls, status: int, retry_after: str) -> Answer:
+        answer = super().__new__(cls, status)
+        answer.retry_after = retry_after
+        return answer
+
+
 class PushFailed(Exception):
     """Raised when a push got no HTTP answer (refused, reset, garbage)."""
 
@@ -79,6 +91,9 @@ class HttpxPusher:
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise PushFailed(reason) from exc
+        retry_after = response.headers.get("retry-after")
+        if retry_after is not None:
+            return Answer(response.status_code, retry_after)
         return response.status_code
 
     async def aclose(self) -> None:
@@ -123,6 +138,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.used = False  # has answered a request before: may have been closed while idle
         self.received = False
+        self.retry_after: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -133,6 +149,7 @@ class _Connection(asyncio.Protocol):
         exchange.connection = self
         self.exchange = exchange
         self.received = False
+        self.retry_after = None
         self.transport.write(exchange.request)
 
     def data_received(self, data: bytes) -> None:
@@ -145,6 +162,10 @@ class _Connection(asyncio.Protocol):
                 exchange.fail(PushFailed(f"the endpoint answered a malformed response: {exc}"))
             self.close()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 11 and name.lower() == b"retry-after":
+            self.retry_after = value
+
     def on_message_complete(self) -> None:
         exchange, self.exchange = self.exchange, None
         if exchange is None:
@@ -154,12 +175,15 @@ class _Connection(asyncio.Protocol):
         if exchange.timer is not None:
             exchange.timer.cancel()
         status = self.parser.get_status_code()
+        retry_after = self.retry_after  # before release() hands the connection on
         if self.parser.should_keep_alive():
             self.used = True
             self.pool.release(self)
         else:
             self.close()
         if not exchange.future.done():
+            if retry_after is not None:
+                status = Answer(status, retry_after.decode("latin-1"))
             exchange.future.set_result(status)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,4 +1,5 @@
-"""The broker's HTTP side: OIDC certificates, a read-mostly REST view, and the web page.
+"""The broker's HTTP side: OIDC certificates, a read-mostly REST view, and the web page (topics,
+subscriptions and messages; Cloud Tasks queues and the tasks they owe).
 
 - ``GET /certs``: the token certificates in Google's v1 format (``HOMING_OIDC_CERTS_URL``).
 - ``GET /v1/broker``: every subscription's delivery state as JSON.
@@ -280,7 +281,8 @@ def _message_rows(worker: SubscriptionWorker, state: str, items: list[Pending]) 
 
 
 def render_page(broker: Broker, limit: int = 100) -> str:
-    """The web page: topics, subscriptions, messages in flight, waiting and dead-lettered."""
+    """The web page: topics, subscriptions, messages in flight, waiting and dead-lettered;
+    Cloud Tasks queues and their tasks."""
     state = broker.describe()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -326,5 +328,52 @@ def render_page(broker: Broker, limit: int = 100) -> str:
         parts += _message_rows(worker, "in flight", list(worker.in_flight.values())[:limit])
         parts += _message_rows(worker, "dead-lettered", list(worker.dead.values())[:limit])
         parts += _message_rows(worker, "waiting", worker.waiting()[:limit])
-    parts.append("</table></body></html>")
+    parts.append("</table>")
+    if broker.cloud_tasks is not None:
+        parts += _task_sections(broker.cloud_tasks.describe(), broker.cloud_tasks.clock(), limit)
+    parts.append("</body></html>")
     return "".join(parts)
+
+
+def _task_sections(queues: list[dict[str, Any]], now: float, limit: int) -> list[str]:
+    """The Cloud Tasks queues, and the tasks each still owes (at most ``limit`` a queue)."""
+    parts = [
+        "<h2>Cloud Tasks queues</h2>",
+        "<table><tr><th>Queue</th><th>Dispatches/s</th><th>Concurrent</th><th>Max attempts</th>"
+        "<th>Backoff</th><th>In flight</th><th>Tasks</th><th>Held (Retry-After)</th></tr>",
+    ]
+    for queue in queues:
+        held = f"{queue['held_for']:.1f} s" if queue["held_for"] else ""
+        parts.append(
+            "<tr>"
+            + _cell(queue["name"])
+            + _cell(f"{queue['max_dispatches_per_second']:g}")
+            + _cell(queue["max_concurrent_dispatches"])
+            + _cell(queue["max_attempts"])
+            + _cell(queue["backoff"])
+            + _cell(queue["in_flight"])
+            + _cell(len(queue["tasks"]))
+            + _cell(held)
+            + "</tr>"
+        )
+    parts.append(
+        "</table><h2>Tasks</h2><table><tr><th>Queue</th><th>Task</th><th>Next attempt</th>"
+        "<th>Attempts</th><th>Responses</th><th>URL</th><th>Body</th><th>Last error</th></tr>"
+    )
+    for queue in queues:
+        for task in queue["tasks"][:limit]:
+            due = task.schedule_time.timestamp() - now
+            last = task.last_attempt.response_status.message if "last_attempt" in task else ""
+            parts.append(
+                "<tr>"
+                + _cell(queue["name"].rsplit("/", 1)[-1])
+                + _cell(task.name.rsplit("/", 1)[-1])
+                + _cell(f"in {due:.1f} s" if due > 0 else "due")
+                + _cell(task.dispatch_count)
+                + _cell(task.response_count)
+                + _cell(task.http_request.url)
+                + f'<td class="data">{html.escape(_preview(task.http_request.body))}</td>'
+                + f'<td class="bad">{html.escape(last)}</td></tr>'
+            )
+    parts.append("</table>")
+    return parts

@@ -1,12 +1,14 @@
-"""Pub/Sub infrastructure as an explicit step: ``plan`` describes, ``provision`` creates, ``check``
-compares. Nothing here runs when the app imports homing or starts.
+"""Pub/Sub (and Cloud Tasks) infrastructure as an explicit step: ``plan`` describes,
+``provision`` creates, ``check`` compares. Nothing here runs when the app imports homing or starts.
 
 The plan is pure data built from :class:`~homing.settings.Settings` (``model``); it renders as
 gcloud commands (``gcloud``) or Terraform (``terraform``), or, for ``HOMING_PUSH_SHAPE=eventarc``,
 as an Eventarc trigger (``eventarc``). ``provision`` (``apply``) and ``check`` (``drift``) talk to
 Pub/Sub (or to the emulator named by ``PUBSUB_EMULATOR_HOST``, which the client library honours)
-through google-cloud-pubsub (``clients``), imported only when they run, so the rest of homing
-works without it.
+through google-cloud-pubsub (``clients``), and to the Cloud Tasks queue of delayed events
+(``HOMING_TASKS_QUEUE``) through google-cloud-tasks (the local broker's, with
+``CLOUD_TASKS_EMULATOR_HOST``), imported only when they run, so the rest of homing works without
+them.
 """
 
 from homing.provisioning.apply import Outcome, apply_iam, provision
@@ -31,6 +33,7 @@ from homing.provisioning.model import (
     Plan,
     PushAuth,
     PushSubscription,
+    TaskQueue,
     Topic,
     plan,
     service_agent,
@@ -51,6 +54,7 @@ __all__ = [
     "ProvisioningFailed",
     "PushAuth",
     "PushSubscription",
+    "TaskQueue",
     "Topic",
     "apply_iam",
     "check",

@@ -1,8 +1,10 @@
-"""``provision``: bring Pub/Sub to the plan, idempotently, and grant its IAM bindings."""
+"""``provision``: bring Pub/Sub and the Cloud Tasks queue to the plan, idempotently, and grant
+their IAM bindings."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -14,17 +16,20 @@ from homing.provisioning.clients import (
     _calling,
     _clients,
     _project_number,
+    _tasks_client,
 )
 from homing.provisioning.drift import (
     _compare,
+    _get_queue,
     _get_subscription,
     _get_topic,
     _PolicyClients,
     _read_policy,
+    compare_queue,
     has_member,
 )
 from homing.provisioning.gcloud import _gcloud_binding
-from homing.provisioning.model import Plan, PushSubscription, service_agent
+from homing.provisioning.model import Plan, PushSubscription, TaskQueue, service_agent
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import types as pubsub
@@ -46,21 +51,81 @@ def provision(
 ) -> Iterator[Outcome]:
     """Bring Pub/Sub to ``plan``, idempotently, yielding one outcome per resource as it goes.
 
-    Topics and the subscription are created when missing; a subscription that differs is updated
-    in place (its topic cannot change: that is an error). IAM bindings are applied only when
+    Topics, the subscription and the Cloud Tasks queue are created when missing; a
+    subscription or queue that differs is updated in place (a subscription's topic cannot
+    change: that is an error; a paused queue is resumed). IAM bindings are applied only when
     ``apply_iam_bindings`` (the emulator has no IAM); the one on the Cloud Run service through
     ``cloud_run`` (by default a :class:`CloudRunIamClient`).
 
     Raises:
-        ProvisioningFailed: Pub/Sub refused or could not be reached; one line says why.
+        ProvisioningFailed: Pub/Sub or Cloud Tasks refused or could not be reached; one line
+            says why.
     """
-    with _clients() as (publisher, subscriber):
+    with ExitStack() as stack:
+        publisher, subscriber = stack.enter_context(_clients())
+        tasks = None if plan.queue is None else stack.enter_context(_tasks_client())
         for topic in plan.topics:
             yield _ensure_topic(publisher, topic.name)
         yield _ensure_subscription(subscriber, plan.subscription)
+        if plan.queue is not None:
+            yield _ensure_queue(tasks, plan.queue)
         if apply_iam_bindings and plan.bindings:
-            number = _project_number(plan.project)
-            yield from apply_iam(plan, publisher, subscriber, number, cloud_run=cloud_run)
+            # The Pub/Sub service agent is named by the project's number: looked up if needed.
+            needed = any(b.member is None for b in plan.bindings)
+            number = _project_number(plan.project) if needed else ""
+            yield from apply_iam(
+                plan, publisher, subscriber, number, cloud_run=cloud_run, tasks=tasks
+            )
+
+
+def _ensure_queue(client: Any, planned: TaskQueue) -> Outcome:
+    from google.api_core import exceptions as api
+
+    resource = f"queue {planned.name}"
+    existing = _get_queue(client, planned.name)
+    if existing is None:
+        parent = planned.name.rsplit("/queues/", 1)[0]
+        with _calling(f"creating {resource}", service="tasks"):
+            try:
+                client.create_queue(parent=parent, queue=_desired_queue(planned), **_call())
+                return Outcome(resource, "created")
+            except api.AlreadyExists:  # created meanwhile: compare it like any other
+                pass
+        existing = _get_queue(client, planned.name)
+        if existing is None:
+            raise ProvisioningFailed(f"{resource} exists and then does not: run provision again")
+    differences = compare_queue(existing, planned)
+    if not differences:
+        return Outcome(resource, "unchanged")
+    fields = list(dict.fromkeys(d.field.split(".")[0] for d in differences if d.field))
+    changed = [f for f in fields if f != "state"]
+    if changed:
+        with _calling(f"updating {resource} ({', '.join(changed)})", service="tasks"):
+            client.update_queue(
+                queue=_desired_queue(planned), update_mask={"paths": changed}, **_call()
+            )
+    if "state" in fields:
+        with _calling(f"resuming {resource}", service="tasks"):
+            client.resume_queue(name=planned.name, **_call())
+    return Outcome(resource, f"updated ({', '.join(fields)})")
+
+
+def _desired_queue(planned: TaskQueue) -> Any:
+    from google.cloud import tasks_v2
+
+    return tasks_v2.Queue(
+        name=planned.name,
+        rate_limits=tasks_v2.RateLimits(
+            max_dispatches_per_second=planned.max_dispatches_per_second,
+            max_concurrent_dispatches=planned.max_concurrent_dispatches,
+        ),
+        retry_config=tasks_v2.RetryConfig(
+            max_attempts=planned.max_attempts,
+            min_backoff=timedelta(seconds=planned.min_backoff),
+            max_backoff=timedelta(seconds=planned.max_backoff),
+            max_doublings=planned.max_doublings,
+        ),
+    )
 
 
 def _ensure_topic(publisher: Any, name: str) -> Outcome:
@@ -173,14 +238,16 @@ def apply_iam(
     project_number: str,
     *,
     cloud_run: Any | None = None,
+    tasks: Any | None = None,
 ) -> Iterator[Outcome]:
-    """Grant the plan's bindings on the dead-letter topic, the subscription and the Cloud Run
-    service (read, add the member if missing, write back with the policy's etag); ``cloud_run``
-    holds the service's policy (by default a :class:`CloudRunIamClient`). The binding on the push
-    service account needs the IAM API, which google-cloud-pubsub does not include: its gcloud
-    command is reported instead.
+    """Grant the plan's bindings on the dead-letter topic, the subscription, the Cloud Tasks
+    queue and the Cloud Run service (read, add the member if missing, write back with the
+    policy's etag); ``cloud_run`` holds the service's policy (by default a
+    :class:`CloudRunIamClient`), ``tasks`` (a Cloud Tasks client) the queue's. Bindings on
+    service accounts need the IAM API, which the Google clients used here do not include: their
+    gcloud commands are reported instead.
     """
-    clients = _PolicyClients(publisher, subscriber, cloud_run or CloudRunIamClient())
+    clients = _PolicyClients(publisher, subscriber, cloud_run or CloudRunIamClient(), tasks)
     agent = f"serviceAccount:{service_agent(project_number)}"
     for binding in plan.bindings:
         member = binding.member or agent
@@ -200,7 +267,10 @@ def apply_iam(
             granted[0].members.append(member)
         else:
             policy.bindings.add(role=binding.role, members=[member])
-        with _calling(f"setting the IAM policy of {binding.kind} {binding.resource}"):
+        service = "tasks" if binding.kind == "queue" else "pubsub"
+        with _calling(
+            f"setting the IAM policy of {binding.kind} {binding.resource}", service=service
+        ):
             clients.of(binding).set_iam_policy(
                 request={"resource": binding.resource, "policy": policy}, **_call()
             )

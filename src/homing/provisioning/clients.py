@@ -152,13 +152,51 @@ def _clients() -> Iterator[tuple[Any, Any]]:
         publisher.transport.close()
 
 
-def _target() -> str:
+#: The environment variable that points the Cloud Tasks client at the local broker.
+TASKS_EMULATOR_HOST = "CLOUD_TASKS_EMULATOR_HOST"
+
+
+@contextmanager
+def _tasks_client() -> Iterator[Any]:
+    """A Cloud Tasks admin client: on an insecure channel to ``CLOUD_TASKS_EMULATOR_HOST`` (the
+    local broker) when it is set."""
+    from google.cloud import tasks_v2
+
+    host = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
+    with _calling("connecting to Cloud Tasks", service="tasks"):
+        if host:
+            import grpc
+            from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+                CloudTasksGrpcTransport,
+            )
+
+            transport = CloudTasksGrpcTransport(channel=grpc.insecure_channel(host))
+            client = tasks_v2.CloudTasksClient(transport=transport)
+        else:
+            client = tasks_v2.CloudTasksClient()
+    try:
+        yield client
+    finally:
+        client.transport.close()  # type: ignore[no-untyped-call]
+
+
+def _target(service: str = "pubsub") -> str:
+    if service == "tasks":
+        host = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
+        name = f"the local broker at {host} ({TASKS_EMULATOR_HOST})"
+        return name if host else "cloudtasks.googleapis.com"
     host = os.environ.get("PUBSUB_EMULATOR_HOST")
     return f"the emulator at {host} (PUBSUB_EMULATOR_HOST)" if host else "pubsub.googleapis.com"
 
 
+_ROLES = {
+    "pubsub": "roles/pubsub.editor in the project (roles/pubsub.admin for IAM bindings)",
+    "tasks": "roles/cloudtasks.queueAdmin in the project (roles/cloudtasks.admin for IAM bindings)",
+}
+
+
 @contextmanager
-def _calling(what: str) -> Iterator[None]:
+def _calling(what: str, *, service: str = "pubsub") -> Iterator[None]:
     """Translate client errors into one-line ProvisioningFailed, keeping the cause."""
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
@@ -167,13 +205,12 @@ def _calling(what: str) -> Iterator[None]:
         yield
     except api.RetryError as exc:
         cause = f": {_line(exc.cause)}" if exc.cause else ""
-        raise ProvisioningFailed(f"{what}: cannot reach {_target()}{cause}") from exc
+        raise ProvisioningFailed(f"{what}: cannot reach {_target(service)}{cause}") from exc
     except (api.ServiceUnavailable, api.DeadlineExceeded) as exc:
-        raise ProvisioningFailed(f"{what}: cannot reach {_target()}: {_line(exc)}") from exc
+        raise ProvisioningFailed(f"{what}: cannot reach {_target(service)}: {_line(exc)}") from exc
     except api.PermissionDenied as exc:
         raise ProvisioningFailed(
-            f"{what}: permission denied ({_line(exc.message)}); the caller needs "
-            "roles/pubsub.editor in the project (roles/pubsub.admin for IAM bindings)"
+            f"{what}: permission denied ({_line(exc.message)}); the caller needs " + _ROLES[service]
         ) from exc
     except api.NotFound as exc:
         raise ProvisioningFailed(
@@ -184,7 +221,9 @@ def _calling(what: str) -> Iterator[None]:
     except auth.GoogleAuthError as exc:
         raise ProvisioningFailed(
             f"{what}: no usable Google credentials ({_line(exc)}); run `gcloud auth "
-            "application-default login`, or set PUBSUB_EMULATOR_HOST to use the emulator"
+            "application-default login`, or set "
+            + ("CLOUD_TASKS_EMULATOR_HOST" if service == "tasks" else "PUBSUB_EMULATOR_HOST")
+            + " to use the emulator"
         ) from exc
 
 

@@ -1,9 +1,10 @@
-"""``check``: every way in which Pub/Sub (and the Cloud Run service's IAM) differs from the plan,
-and the reads ``provision`` shares with it."""
+"""``check``: every way in which Pub/Sub, the Cloud Tasks queue (and the IAM they need) differ
+from the plan, and the reads ``provision`` shares with it."""
 
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +14,9 @@ from homing.provisioning.clients import (
     _calling,
     _clients,
     _project_number,
+    _tasks_client,
 )
-from homing.provisioning.model import IamBinding, Plan, PushSubscription, service_agent
+from homing.provisioning.model import IamBinding, Plan, PushSubscription, TaskQueue, service_agent
 
 if TYPE_CHECKING:
     from google.pubsub_v1 import types as pubsub
@@ -48,9 +50,11 @@ def check(
     """Every difference between Pub/Sub and ``plan``: resources, subscription settings (the push
     shape included) and, when ``compare_iam_bindings`` (by default: unless
     ``PUBSUB_EMULATOR_HOST`` names an emulator or local broker, which have no IAM), the IAM
-    bindings on the dead-letter topic, the subscription and the Cloud Run service (read through
-    ``cloud_run``, by default a :class:`CloudRunIamClient`). The binding on the push service
-    account needs the IAM API, which google-cloud-pubsub does not include: it is not compared.
+    bindings on the dead-letter topic, the subscription, the Cloud Tasks queue and the Cloud
+    Run service (read through ``cloud_run``, by default a :class:`CloudRunIamClient`). The
+    bindings on service accounts need the IAM API, which the Google clients used here do not
+    include: they are not compared. The queue (with ``plan.queue``) is read through
+    google-cloud-tasks, from the local broker when ``CLOUD_TASKS_EMULATOR_HOST`` is set.
 
     Raises:
         ProvisioningFailed: Pub/Sub refused or could not be reached; one line says why.
@@ -58,7 +62,9 @@ def check(
     if compare_iam_bindings is None:
         compare_iam_bindings = not os.environ.get("PUBSUB_EMULATOR_HOST")
     differences: list[Difference] = []
-    with _clients() as (publisher, subscriber):
+    with ExitStack() as stack:
+        publisher, subscriber = stack.enter_context(_clients())
+        tasks = None if plan.queue is None else stack.enter_context(_tasks_client())
         for topic in plan.topics:
             if _get_topic(publisher, topic.name) is None:
                 differences.append(Difference(f"topic {topic.name}"))
@@ -67,8 +73,14 @@ def check(
             differences.append(Difference(f"subscription {plan.subscription.name}"))
         else:
             differences += _compare(existing, plan.subscription)
+        if plan.queue is not None:
+            queue = _get_queue(tasks, plan.queue.name)
+            if queue is None:
+                differences.append(Difference(f"queue {plan.queue.name}"))
+            else:
+                differences += compare_queue(queue, plan.queue)
         if compare_iam_bindings and not differences:
-            clients = _PolicyClients(publisher, subscriber, cloud_run or CloudRunIamClient())
+            clients = _PolicyClients(publisher, subscriber, cloud_run or CloudRunIamClient(), tasks)
             differences += _missing_bindings(plan, clients)
     return differences
 
@@ -80,12 +92,14 @@ class _PolicyClients:
     publisher: Any
     subscriber: Any
     cloud_run: Any
+    tasks: Any = None
 
     def of(self, binding: IamBinding) -> Any:
         by_kind = {
             "topic": self.publisher,
             "subscription": self.subscriber,
             "run_service": self.cloud_run,
+            "queue": self.tasks,
         }
         return by_kind[binding.kind]
 
@@ -105,7 +119,8 @@ def _missing_bindings(plan: Plan, clients: _PolicyClients) -> list[Difference]:
 
 
 def _read_policy(clients: _PolicyClients, binding: IamBinding) -> Any:
-    with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}"):
+    service = "tasks" if binding.kind == "queue" else "pubsub"
+    with _calling(f"reading the IAM policy of {binding.kind} {binding.resource}", service=service):
         return clients.of(binding).get_iam_policy(request={"resource": binding.resource}, **_call())
 
 
@@ -248,3 +263,56 @@ def _get_subscription(subscriber: Any, name: str) -> pubsub.Subscription | None:
             return subscriber.get_subscription(subscription=name, **_call())  # type: ignore[no-any-return]
         except api.NotFound:
             return None
+
+
+def _get_queue(client: Any, name: str) -> Any | None:
+    from google.api_core import exceptions as api
+
+    with _calling(f"reading queue {name}", service="tasks"):
+        try:
+            return client.get_queue(name=name, **_call())
+        except api.NotFound:
+            return None
+
+
+def compare_queue(existing: Any, planned: TaskQueue) -> list[Difference]:
+    """Each way in which the Cloud Tasks ``existing`` queue differs from ``planned``: its
+    state, rate limits and retry config."""
+    rate, retry = existing.rate_limits, existing.retry_config
+    found: list[tuple[str, object, object]] = [
+        ("state", _state(existing), "RUNNING"),
+        (
+            "rate_limits.max_dispatches_per_second",
+            f"{rate.max_dispatches_per_second:g}",
+            f"{planned.max_dispatches_per_second:g}",
+        ),
+        (
+            "rate_limits.max_concurrent_dispatches",
+            rate.max_concurrent_dispatches,
+            planned.max_concurrent_dispatches,
+        ),
+        ("retry_config.max_attempts", retry.max_attempts, planned.max_attempts),
+        ("retry_config.min_backoff", _span(retry.min_backoff), f"{planned.min_backoff:g}s"),
+        ("retry_config.max_backoff", _span(retry.max_backoff), f"{planned.max_backoff:g}s"),
+        ("retry_config.max_doublings", retry.max_doublings, planned.max_doublings),
+        # Not set: retried until max_attempts, however long that takes.
+        ("retry_config.max_retry_duration", _span(retry.max_retry_duration), None),
+    ]
+    resource = f"queue {planned.name}"
+    return [
+        Difference(resource, field, _show(actual), _show(planned_value))
+        for field, actual, planned_value in found
+        if actual != planned_value
+    ]
+
+
+def _state(queue: Any) -> str:
+    state = queue.state
+    return str(getattr(state, "name", state))
+
+
+def _span(value: Any) -> str | None:
+    """A Duration field (a timedelta, through proto-plus) as ``"Ns"``; ``None`` when unset."""
+    if not value:
+        return None
+    return f"{value.total_seconds():g}s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from homing.provisioning.model import IamBinding, Plan, service_agent
+from homing.provisioning.model import IamBinding, Plan, TaskQueue, service_agent
 
 _AGENT_VARIABLE = "PUBSUB_SERVICE_AGENT"
 
@@ -45,6 +45,8 @@ def render_gcloud(plan: Plan) -> str:
     expiration = "never" if sub.expires_after is None else f"{sub.expires_after}s"
     flags.append(f"--expiration-period={expiration}")
     lines.append(_command(["gcloud", "pubsub", "subscriptions", "create", sub.name, *flags]))
+    if plan.queue is not None:
+        lines += ["", "# The Cloud Tasks queue of delayed events.", _queue_command(plan.queue)]
     agent_bindings = [b for b in plan.bindings if b.member is None]
     if agent_bindings:
         number = (
@@ -70,6 +72,27 @@ def render_gcloud(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _queue_command(queue: TaskQueue) -> str:
+    project, location, queue_id = queue.parts
+    return _command(
+        [
+            "gcloud",
+            "tasks",
+            "queues",
+            "create",
+            queue_id,
+            f"--project={project}",
+            f"--location={location}",
+            f"--max-dispatches-per-second={queue.max_dispatches_per_second:g}",
+            f"--max-concurrent-dispatches={queue.max_concurrent_dispatches}",
+            f"--max-attempts={queue.max_attempts}",
+            f"--min-backoff={queue.min_backoff:g}s",
+            f"--max-backoff={queue.max_backoff:g}s",
+            f"--max-doublings={queue.max_doublings}",
+        ]
+    )
+
+
 def _described(binding: IamBinding) -> str:
     return (
         f"{binding.role} on {binding.kind.replace('_', ' ')} {binding.resource}, {binding.reason}"
@@ -83,6 +106,10 @@ def _gcloud_binding(binding: IamBinding, member: str) -> str:
         _, project, _, region, _, service = binding.resource.split("/")
         command = ["gcloud", "run", "services", "add-iam-policy-binding", shlex.quote(service)]
         where = [f"--project={shlex.quote(project)}", f"--region={shlex.quote(region)}"]
+    elif binding.kind == "queue":
+        _, project, _, location, _, queue = binding.resource.split("/")
+        command = ["gcloud", "tasks", "queues", "add-iam-policy-binding", shlex.quote(queue)]
+        where = [f"--project={shlex.quote(project)}", f"--location={shlex.quote(location)}"]
     else:
         group = {
             "topic": ["pubsub", "topics"],

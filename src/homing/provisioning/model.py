@@ -1,5 +1,5 @@
-"""The plan: what homing needs in Pub/Sub, as frozen data built from
-:class:`~homing.settings.Settings`, with the rules a name must follow."""
+"""The plan: what homing needs in Pub/Sub (and, for delayed events, in Cloud Tasks), as frozen
+data built from :class:`~homing.settings.Settings`, with the rules a name must follow."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ _PATH = re.compile(r"projects/([^/]+)/([a-z]+)/([^/]+)")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]")
 _SERVICE = re.compile(r"[a-z](?:[a-z0-9-]{0,47}[a-z0-9])?")
+_LOCATION = re.compile(r"[a-z]+-[a-z]+[0-9]{1,2}")
+_QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+_QUEUE_PATH = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/]+)")
+
+#: The roles a task needs: the enqueuer's on the queue, and to act as the token's account.
+ENQUEUER = "roles/cloudtasks.enqueuer"
+SERVICE_ACCOUNT_USER = "roles/iam.serviceAccountUser"
+INVOKER = "roles/run.invoker"
 
 
 @dataclass(frozen=True)
@@ -77,20 +85,45 @@ class IamBinding:
     ``serviceAccount:EMAIL``.
     """
 
-    kind: Literal["topic", "subscription", "service_account", "run_service"]
+    kind: Literal["topic", "subscription", "service_account", "run_service", "queue"]
     resource: str
     role: str
     reason: str
     member: str | None = None
+    #: What needs it: Pub/Sub's push, or Cloud Tasks' delayed events.
+    purpose: Literal["pubsub", "tasks"] = "pubsub"
+
+
+@dataclass(frozen=True)
+class TaskQueue:
+    """The Cloud Tasks queue of delayed events: its rate limits and retry config.
+
+    ``name`` is ``projects/P/locations/L/queues/Q``; backoffs are in seconds.
+    """
+
+    name: str
+    max_dispatches_per_second: float
+    max_concurrent_dispatches: int
+    max_attempts: int
+    min_backoff: float
+    max_backoff: float
+    max_doublings: int
+
+    @property
+    def parts(self) -> tuple[str, str, str]:
+        """The queue's project, location and id."""
+        _, project, _, location, _, queue = self.name.split("/")
+        return project, location, queue
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything homing needs in Pub/Sub, as data.
+    """Everything homing needs in Pub/Sub (and Cloud Tasks), as data.
 
     ``project`` is the subscription's project: its Pub/Sub service agent
     (``service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com``) is the member of every
-    binding that names none.
+    binding that names none. ``queue`` is the Cloud Tasks queue, when ``HOMING_TASKS_QUEUE``
+    asks for one.
     """
 
     project: str
@@ -98,6 +131,7 @@ class Plan:
     dead_letter_topic: Topic | None
     subscription: PushSubscription
     bindings: tuple[IamBinding, ...]
+    queue: TaskQueue | None = None
 
     @property
     def topics(self) -> tuple[Topic, ...]:
@@ -219,6 +253,14 @@ def plan(settings: Settings) -> Plan:
         ]
     if invoker is not None:
         bindings.append(invoker)
+    queue = _queue(settings, project)
+    if queue is not None:
+        granted = {(b.kind, b.resource, b.role, b.member) for b in bindings}
+        bindings += [
+            b
+            for b in _task_bindings(settings, queue, project)
+            if (b.kind, b.resource, b.role, b.member) not in granted
+        ]
     return Plan(
         project=subscription_project,
         topic=Topic(topic),
@@ -235,7 +277,108 @@ def plan(settings: Settings) -> Plan:
             unwrapped=settings.push_shape == "unwrapped",
         ),
         bindings=tuple(bindings),
+        queue=queue,
     )
+
+
+def _queue(settings: Settings, project: str) -> TaskQueue | None:
+    """The Cloud Tasks queue ``HOMING_TASKS_QUEUE`` names, or ``None``."""
+    if not settings.tasks_queue:
+        return None
+    variable = Settings.variable("tasks_queue")
+    match = _QUEUE_PATH.fullmatch(settings.tasks_queue)
+    if match:
+        project, location, queue_id = match.groups()
+        if not _PROJECT.fullmatch(project):
+            raise ConfigurationError(f"{variable}: {project!r} is not a project id")
+    elif "/" in settings.tasks_queue:
+        raise ConfigurationError(
+            f"{variable}: {settings.tasks_queue!r} is neither a queue id nor "
+            "projects/PROJECT/locations/LOCATION/queues/ID"
+        )
+    else:
+        queue_id = settings.tasks_queue
+        location = settings.tasks_location or settings.region or ""
+        if not location:
+            raise ConfigurationError(
+                f"{variable} needs a location: set {Settings.variable('tasks_location')} (or "
+                f"{Settings.variable('region')}), or give projects/P/locations/L/queues/Q"
+            )
+    if not _LOCATION.fullmatch(location):
+        raise ConfigurationError(
+            f"{Settings.variable('tasks_location')}: {location!r} is not a Cloud Tasks "
+            "location (e.g. europe-west1)"
+        )
+    if not _QUEUE_ID.fullmatch(queue_id):
+        raise ConfigurationError(
+            f"{variable}: {queue_id!r} is not a queue id (letters, digits and hyphens, at most 100)"
+        )
+    if settings.tasks_min_backoff > settings.tasks_max_backoff:  # settings made by replace()
+        raise ConfigurationError(
+            f"{Settings.variable('tasks_min_backoff')} exceeds "
+            f"{Settings.variable('tasks_max_backoff')}"
+        )
+    return TaskQueue(
+        name=f"projects/{project}/locations/{location}/queues/{queue_id}",
+        max_dispatches_per_second=settings.tasks_max_dispatches_per_second,
+        max_concurrent_dispatches=settings.tasks_max_concurrent_dispatches,
+        max_attempts=settings.max_delivery_attempts,
+        min_backoff=settings.tasks_min_backoff,
+        max_backoff=settings.tasks_max_backoff,
+        max_doublings=settings.tasks_max_doublings,
+    )
+
+
+def _task_bindings(settings: Settings, queue: TaskQueue, project: str) -> list[IamBinding]:
+    """What a task needs: its token's account may invoke the service; the account that
+    creates tasks may enqueue them and act as the token's account."""
+    account = settings.tasks_account
+    enqueuer = settings.tasks_enqueuer
+    for name, value in (("tasks_service_account", account), ("tasks_enqueuer", enqueuer)):
+        if value is not None and not _EMAIL.fullmatch(value):
+            raise ConfigurationError(
+                f"{Settings.variable(name)}: {value!r} is not a service account email"
+            )
+    if enqueuer is None:
+        raise ConfigurationError(
+            f"{Settings.variable('tasks_queue')} needs {Settings.variable('tasks_enqueuer')}: "
+            "the account that creates the tasks (the service's own on Cloud Run) needs "
+            f"{ENQUEUER} on the queue"
+        )
+    bindings = [
+        IamBinding(
+            "queue",
+            queue.name,
+            ENQUEUER,
+            "to create the tasks of delayed events in the queue",
+            member=f"serviceAccount:{enqueuer}",
+            purpose="tasks",
+        )
+    ]
+    if account is not None:
+        bindings.append(
+            IamBinding(
+                "service_account",
+                account,
+                SERVICE_ACCOUNT_USER,
+                "to create tasks that carry this account's OIDC token",
+                member=f"serviceAccount:{enqueuer}",
+                purpose="tasks",
+            )
+        )
+        if settings.run_service and settings.region:
+            bindings.append(
+                IamBinding(
+                    "run_service",
+                    _run_service_name(project, settings.region, settings.run_service),
+                    INVOKER,
+                    "to call the service with the tasks' token: without it, a service that "
+                    "requires authentication answers every task 403",
+                    member=f"serviceAccount:{account}",
+                    purpose="tasks",
+                )
+            )
+    return bindings
 
 
 def _name(value: str, kind: str, project: str, setting: str) -> str:

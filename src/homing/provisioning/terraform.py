@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from homing.provisioning.model import IamBinding, Plan, service_agent
+from homing.provisioning.model import IamBinding, Plan, TaskQueue, service_agent
 
 
 def render_terraform(plan: Plan) -> str:
@@ -73,10 +73,78 @@ def render_terraform(plan: Plan) -> str:
     ttl = "" if sub.expires_after is None else f"{sub.expires_after}s"
     body.append(_block("expiration_policy", [("ttl", _hcl(ttl))]))
     blocks.append(_block('resource "google_pubsub_subscription" "homing"', body))
+    if plan.queue is not None:
+        blocks.append(_queue_block(plan.queue))
 
     for binding in plan.bindings:
         blocks.append(_terraform_binding(binding, topics))
     return "\n".join(blocks)
+
+
+def _queue_block(queue: TaskQueue) -> str:
+    project, location, queue_id = queue.parts
+    return "# The Cloud Tasks queue of delayed events.\n" + _block(
+        'resource "google_cloud_tasks_queue" "homing"',
+        [
+            ("project", _hcl(project)),
+            ("location", _hcl(location)),
+            ("name", _hcl(queue_id)),
+            _block(
+                "rate_limits",
+                [
+                    ("max_dispatches_per_second", f"{queue.max_dispatches_per_second:g}"),
+                    ("max_concurrent_dispatches", str(queue.max_concurrent_dispatches)),
+                ],
+            ),
+            _block(
+                "retry_config",
+                [
+                    ("max_attempts", str(queue.max_attempts)),
+                    ("min_backoff", _hcl(f"{queue.min_backoff:g}s")),
+                    ("max_backoff", _hcl(f"{queue.max_backoff:g}s")),
+                    ("max_doublings", str(queue.max_doublings)),
+                ],
+            ),
+        ],
+    )
+
+
+def _tasks_binding(binding: IamBinding) -> str:
+    """A binding a task needs, on the queue, the tasks' account or the Cloud Run service."""
+    assert binding.member is not None  # named by the plan
+    header = f"# {binding.member} needs {binding.role} {binding.reason}.\n"
+    role, member = ("role", _hcl(binding.role)), ("member", _hcl(binding.member))
+    if binding.kind == "queue":
+        return header + _block(
+            'resource "google_cloud_tasks_queue_iam_member" "homing_tasks_enqueuer"',
+            [
+                ("project", "google_cloud_tasks_queue.homing.project"),
+                ("location", "google_cloud_tasks_queue.homing.location"),
+                ("name", "google_cloud_tasks_queue.homing.name"),
+                role,
+                member,
+            ],
+        )
+    if binding.kind == "service_account":
+        return header + _block(
+            'resource "google_service_account_iam_member" "homing_tasks_account_user"',
+            [
+                ("service_account_id", _hcl(f"projects/-/serviceAccounts/{binding.resource}")),
+                role,
+                member,
+            ],
+        )
+    _, project, _, region, _, service = binding.resource.split("/")
+    return header + _block(
+        'resource "google_cloud_run_service_iam_member" "homing_tasks_invoker"',
+        [
+            ("project", _hcl(project)),
+            ("location", _hcl(region)),
+            ("service", _hcl(service)),
+            role,
+            member,
+        ],
+    )
 
 
 def _topic_block(label: str, name: str) -> str:
@@ -88,6 +156,8 @@ def _topic_block(label: str, name: str) -> str:
 
 
 def _terraform_binding(binding: IamBinding, topics: dict[str, str]) -> str:
+    if binding.purpose == "tasks":
+        return _tasks_binding(binding)
     member = ("member", "local.pubsub_service_agent")
     role = ("role", _hcl(binding.role))
     if binding.kind == "run_service":
