@@ -234,7 +234,7 @@ def test_check_against_a_saved_catalogue(
     saved = tmp_path / "events.asyncapi.json"
     assert main(["catalog", *APP, "--format", "asyncapi", "--output", str(saved)]) == 0
     assert main(["catalog", *APP, "--check", str(saved)]) == 0
-    assert capsys.readouterr().out == f"compatible with {saved} (1 event types)\n"
+    assert capsys.readouterr().out == f"compatible with {saved} (2 event types)\n"
 
     document = orjson.loads(saved.read_bytes())
     schema = document["components"]["schemas"]["user.name.changed"]
