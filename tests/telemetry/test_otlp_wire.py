@@ -88,7 +88,9 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     server = Collector()
-    thread = threading.Thread(target=server.serve_forever, name="otlp-collector", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="otlp-collector", daemon=True
+    )
     thread.start()
     try:
         yield server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -9,12 +11,15 @@ import pytest
 from fastapi import FastAPI
 
 from homing import ConfigurationError, Homing, MemoryPublisher
-from homing.telemetry import TRACEPARENT_ATTRIBUTE
+from homing.telemetry import TRACEPARENT_ATTRIBUTE, TraceContext
+from homing.telemetry.context import reset_current_trace, set_current_trace
 from tests.telemetry.conftest import JsonLines, json_lines
+from tests.telemetry.test_project import MetadataServer, metadata, root_logger_restored
 from tests.users_api.test_service import client, service
+from users_api import __main__ as command
 from users_api.app import ServiceConfig, create_app
 
-__all__ = ["client", "json_lines", "service"]  # fixtures
+__all__ = ["client", "json_lines", "metadata", "service"]  # fixtures
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -92,3 +97,23 @@ def test_a_misspelt_setting_gets_a_guess() -> None:
         ConfigurationError, match=r"HOMING_TELEMTRY \(did you mean HOMING_TELEMETRY\?\)"
     ):
         ServiceConfig.from_env({"HOMING_TELEMTRY": "off"})
+
+
+def test_on_cloud_run_the_service_names_its_project_from_the_metadata_server(
+    metadata: MetadataServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("K_SERVICE", "users-api")  # and no GOOGLE_CLOUD_PROJECT
+    monkeypatch.setenv("GCE_METADATA_HOST", metadata.host)
+    config = ServiceConfig.from_env({"HOMING_PUBLISHER": "memory"})
+    assert config.homing.project is None
+    with root_logger_restored():
+        assert command._configure(config) == "proj-7"
+        token = set_current_trace(TraceContext(TRACE, "00f067aa0ba902b7", True))
+        try:
+            logging.getLogger("users_api").info("renamed")
+        finally:
+            reset_current_trace(token)
+    [line] = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["message"] == "renamed"
+    assert entry["logging.googleapis.com/trace"] == f"projects/proj-7/traces/{TRACE}"

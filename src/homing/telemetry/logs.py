@@ -27,6 +27,7 @@ import orjson
 
 from homing.escaping import printable
 from homing.telemetry.context import TraceContext, _current
+from homing.telemetry.project import METADATA_TIMEOUT, cloud_project
 
 LogFormat = Literal["auto", "json", "text"]
 
@@ -68,10 +69,19 @@ class CloudLoggingFormatter(logging.Formatter):
     def __init__(self, project: str | None = None) -> None:
         super().__init__()
         self.project = project
-        self._trace_prefix = f"projects/{project}/traces/" if project else None
         # (time, its text) pairs, each replaced whole: threads may format at once.
         self._second: tuple[int, str] = (-1, "")
         self._stamp: tuple[float, str] = (-1.0, "")
+
+    @property
+    def project(self) -> str | None:
+        """The project named in ``logging.googleapis.com/trace`` (may be set after start)."""
+        return self._project
+
+    @project.setter
+    def project(self, project: str | None) -> None:
+        self._project = project
+        self._trace_prefix = f"projects/{project}/traces/" if project else None
 
     def _time(self, created: float) -> str:
         # RFC 3339 in UTC. The summary lines a loop turn gathers share one time, made once;
@@ -342,14 +352,25 @@ def configure_logging(
     project: str | None = None,
     level: int = logging.INFO,
     stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+    metadata_timeout: float = METADATA_TIMEOUT,
 ) -> LogHandler:
     """Send the root logger's records to ``stream`` (stderr) in the chosen format.
 
     Replaces the root logger's handlers (so a line is never written twice) and returns the
     one it installs. Call it once at start-up, from the service's entry point.
+
+    Cloud Logging's JSON names each line's trace as ``projects/P/traces/T``. Without
+    ``project`` on Cloud Run (``K_SERVICE`` set in ``environ``, default ``os.environ``), the
+    project is read from the metadata server (:func:`~homing.telemetry.project.cloud_project`):
+    once, waiting ``metadata_timeout`` seconds at most; a failure is one WARNING line, and the
+    lines then carry the trace id alone. Off Cloud Run nothing is asked.
     """
+    env = os.environ if environ is None else environ
     formatter: CloudLoggingFormatter | TextFormatter = (
-        CloudLoggingFormatter(project) if resolve_format(log_format) == "json" else TextFormatter()
+        CloudLoggingFormatter(project)
+        if resolve_format(log_format, env) == "json"
+        else TextFormatter()
     )
     handler = LogHandler(stream or sys.stderr, formatter)
     root = logging.getLogger()
@@ -357,4 +378,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    if isinstance(formatter, CloudLoggingFormatter) and not project:
+        # Asked with the handler installed, so a failure's line is in the service's format.
+        formatter.project = cloud_project(None, env, timeout=metadata_timeout)
     return handler
