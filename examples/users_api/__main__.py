@@ -72,6 +72,12 @@ def main() -> int:
     try:
         config = ServiceConfig.from_env()
         workers = _workers(os.environ, config.database_url)
+        if workers > 1 and config.homing.metrics_port is not None:
+            raise ConfigurationError(
+                f"HOMING_METRICS_PORT with WEB_CONCURRENCY={workers}: each process counts its "
+                "own pushes and only one can listen on the port; run one process, or export "
+                "the metrics through OpenTelemetry, which every process pushes"
+            )
     except HomingError as exc:
         sys.stderr.write(f"users_api: error: {exc}\n")
         return 2

@@ -124,6 +124,9 @@ class Settings:
             when ``homing[metrics]`` is installed, OpenTelemetry when an SDK is configured).
         log_duplicates: write a duplicate push's summary line at INFO (by default at DEBUG: a
             duplicate changed nothing, the metrics count it and Cloud Run logs the request).
+        metrics_port: serve the Prometheus metrics on ``127.0.0.1`` at this port (``GET
+            /metrics``), for a scraper in the same instance (Managed Service for Prometheus's
+            sidecar on Cloud Run); unset, :meth:`homing.Homing.from_env` serves them nowhere.
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -158,6 +161,7 @@ class Settings:
     log_format: LogFormat = _setting("auto", _choice(get_args(LogFormat)))
     telemetry: bool = _setting(True, _flag)
     log_duplicates: bool = _setting(False, _flag)
+    metrics_port: int | None = _setting(None, _whole(1, 65535))
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:
