@@ -11,7 +11,7 @@ import uvicorn
 
 from homing.asgi import PushEndpoint, PushFastPath
 from homing.errors import ConfigurationError, HomingError
-from homing.telemetry import configure_logging
+from homing.telemetry import CloudLoggingFormatter, configure_logging
 from users_api.app import ServiceConfig, create_app
 
 
@@ -42,11 +42,16 @@ def _workers(environ: Mapping[str, str], database_url: str) -> int:
     return workers
 
 
-def _configure(config: ServiceConfig) -> None:
-    # Cloud Logging's JSON lines on Cloud Run (or HOMING_LOG_FORMAT=json), text elsewhere.
+def _configure(config: ServiceConfig) -> str | None:
+    """Configure logging; the project its JSON lines name (``None`` in text, or not known)."""
+    # Cloud Logging's JSON lines on Cloud Run (or HOMING_LOG_FORMAT=json), text elsewhere. On
+    # Cloud Run without GOOGLE_CLOUD_PROJECT the project comes from the metadata server, so
+    # the lines link to their traces.
     handler = configure_logging(config.homing.log_format, project=config.homing.project)
     handler.addFilter(_pool_errors_in_one_line)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per loopback POST is noise
+    formatter = handler.formatter
+    return formatter.project if isinstance(formatter, CloudLoggingFormatter) else None
 
 
 def _build(config: ServiceConfig) -> PushFastPath:
@@ -67,10 +72,20 @@ def main() -> int:
     try:
         config = ServiceConfig.from_env()
         workers = _workers(os.environ, config.database_url)
+        if workers > 1 and config.homing.metrics_port is not None:
+            raise ConfigurationError(
+                f"HOMING_METRICS_PORT with WEB_CONCURRENCY={workers}: each process counts its "
+                "own pushes and only one can listen on the port; run one process, or export "
+                "the metrics through OpenTelemetry, which every process pushes"
+            )
     except HomingError as exc:
         sys.stderr.write(f"users_api: error: {exc}\n")
         return 2
-    _configure(config)
+    project = _configure(config)
+    if workers > 1 and project and not config.homing.project:
+        # The worker processes configure themselves: the project found is passed on, so the
+        # metadata server is asked once.
+        os.environ["GOOGLE_CLOUD_PROJECT"] = project
     try:
         app = _build(config) if workers == 1 else None  # errors here, before anything listens
     except HomingError as exc:

@@ -275,7 +275,7 @@ def create_app(
     assert homing.wired is not None
     assert homing.wired.engine is not None
     assert homing.wired.outbox is not None
-    engine, outbox, metrics = homing.wired.engine, homing.wired.outbox, homing.wired.metrics
+    engine, outbox = homing.wired.engine, homing.wired.outbox
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -306,10 +306,9 @@ def create_app(
     app.include_router(push_router(homing, "/events"))
     if homing.wired.telemetry is not None:
         app.add_middleware(TraceContextMiddleware)  # the request's trace reaches its events
-    if metrics is not None:
-        app.router.routes.append(
-            Route("/metrics", metrics.endpoint(), methods=["GET"], name="metrics")
-        )
+    # No GET /metrics here: it would tell anyone the event volumes by type. With
+    # HOMING_METRICS_PORT, Homing.from_env serves them on 127.0.0.1 at that port, started and
+    # stopped with the lifespan, for the Prometheus sidecar in the same instance.
     flush = _flush_route(config.homing, outbox)
     if flush is not None:
         app.router.routes.append(flush)

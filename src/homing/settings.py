@@ -150,6 +150,9 @@ class Settings:
         followup_delay: seconds the reference service (``examples/users_api``) waits before
             its ``user.welcome.followup`` event; read here so that ``homing dev`` and
             ``homing plan`` accept it in the environment.
+        metrics_port: serve the Prometheus metrics on ``127.0.0.1`` at this port (``GET
+            /metrics``), for a scraper in the same instance (Managed Service for Prometheus's
+            sidecar on Cloud Run); unset, :meth:`homing.Homing.from_env` serves them nowhere.
     """
 
     signing_keys: KeyRing | None = _setting(None, KeyRing.from_string)
@@ -194,6 +197,7 @@ class Settings:
     tasks_max_backoff: float = _setting(600.0, _seconds)
     tasks_max_doublings: int = _setting(16, _whole(1, 16))
     followup_delay: float = _setting(30.0, _seconds)
+    metrics_port: int | None = _setting(None, _whole(1, 65535))
 
     def __post_init__(self) -> None:
         if self.min_backoff > self.max_backoff:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from homing.outbox import SQLOutbox
     from homing.telemetry import Telemetry
     from homing.telemetry.metrics import PrometheusMetrics
+    from homing.telemetry.metrics_server import MetricsServer
 
 logger = logging.getLogger("homing")
 
@@ -158,8 +159,9 @@ class Wired:
             service's publisher and telling its hooks (else ``None``); it drains what an
             earlier process left at start-up.
         telemetry: the :class:`~homing.telemetry.Telemetry` hook (``HOMING_TELEMETRY``).
-        metrics: its Prometheus metrics when ``homing[metrics]`` is installed: serve
-            ``metrics.endpoint()`` as ``GET /metrics``.
+        metrics: its Prometheus metrics when ``homing[metrics]`` is installed.
+        metrics_server: with ``HOMING_METRICS_PORT``, the server of those metrics on
+            ``127.0.0.1`` at that port, started and closed with the ``Homing``.
     """
 
     settings: Settings
@@ -167,6 +169,7 @@ class Wired:
     outbox: SQLOutbox | None = None
     telemetry: Telemetry | None = None
     metrics: PrometheusMetrics | None = None
+    metrics_server: MetricsServer | None = None
 
 
 @dataclass(kw_only=True)
@@ -190,6 +193,10 @@ class Wiring:
             )
             hooks.append(wired.telemetry)
         starting, closing = list(self.starting), list(self.closing)
+        if wired.settings.metrics_port is not None:
+            serve, stop = self._metrics_server()
+            starting.append(serve)
+            closing.insert(0, stop)
         if wired.engine is not None and publisher is not None:
             from homing.outbox import SQLOutbox
 
@@ -197,6 +204,30 @@ class Wiring:
             starting.append(outbox.start)  # publishes what a killed predecessor left
             closing.insert(0, outbox.aclose)  # before the engine is disposed
         return starting, closing
+
+    def _metrics_server(self) -> tuple[Step, Step]:
+        wired = self.wired
+        variable = Settings.variable("metrics_port")
+        if wired.metrics is None:
+            raise ConfigurationError(
+                f"{variable} serves the Prometheus metrics: it needs "
+                f"{Settings.variable('telemetry')} on and prometheus-client installed "
+                "(pip install 'homing[metrics]')"
+            )
+        from homing.telemetry.metrics_server import MetricsServer
+
+        port = wired.settings.metrics_port
+        assert port is not None
+        server = wired.metrics_server = MetricsServer(wired.metrics, port=port)
+
+        async def serve() -> None:
+            try:
+                await server.start()
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{variable}: {exc}") from None
+            logger.info("serving the metrics on %s (loopback only)", server.url)
+
+        return serve, server.aclose
 
 
 def telemetry(
@@ -243,6 +274,11 @@ def from_settings(
     delivered even after a ``kill -9``. ``port`` is where this service listens, for the
     loopback publisher (``PORT``).
     """
+    if settings.metrics_port is not None and port == str(settings.metrics_port):
+        raise ConfigurationError(
+            f"{Settings.variable('metrics_port')} must differ from PORT ({port}): the metrics "
+            "are served on a loopback port of their own, never on the service's port"
+        )
     wired = Wired(settings=settings)
     wiring = Wiring(options={}, wired=wired)
     stores: dict[str, Any] = {}

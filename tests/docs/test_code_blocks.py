@@ -28,9 +28,11 @@ from homing import Delivery, Homing, KeyRing, MemoryPublisher, OutgoingMessage, 
 from homing.fastapi import push_router
 from homing.outbox import SQLOutbox
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, create_tables
+from homing.telemetry.metrics_server import MetricsServer
 from homing.testing import assert_handled, push
 from tests.docs.blocks import MARKER, PAGES, Block, all_blocks, python_blocks
 from tests.support import ROOT
+from tests.support.ports import free_port
 from users_api.app import UserNameChanged
 from users_api.db import Base, Notification, User
 
@@ -158,7 +160,7 @@ async def run_outbox(block: Block, engine: AsyncEngine) -> None:
 
 
 async def run_telemetry(block: Block, engine: AsyncEngine) -> None:
-    """Telemetry: a push through the app is counted on ``GET /metrics``."""
+    """Telemetry: a push through the app is counted on ``GET /metrics``, on the loopback port."""
     homing = service(engine)
 
     @homing.handler(UserNameChanged)
@@ -167,16 +169,19 @@ async def run_telemetry(block: Block, engine: AsyncEngine) -> None:
 
     app = FastAPI(lifespan=homing.lifespan)
     app.include_router(push_router(homing))
-    namespace = {"homing": homing, "app": app, "settings": Settings(log_format="text")}
+    settings = Settings(log_format="text", metrics_port=free_port())
+    namespace = {"homing": homing, "app": app, "settings": settings}
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
         await execute(block, namespace)  # configure_logging replaces the root's handlers
         renamed = UserNameChanged(user_id=7, old_name="Ann", new_name="Bea")
         assert_handled(await push(app, renamed, homing=homing))
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://docs") as client:
-            metrics = (await client.get("/metrics")).text
+        server = namespace["metrics_server"]
+        assert isinstance(server, MetricsServer)
+        async with server, httpx.AsyncClient() as client:
+            scraped = await client.get(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+            metrics = scraped.text
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
 
 import httpx
@@ -9,12 +12,17 @@ import pytest
 from fastapi import FastAPI
 
 from homing import ConfigurationError, Homing, MemoryPublisher
-from homing.telemetry import TRACEPARENT_ATTRIBUTE
+from homing.telemetry import TRACEPARENT_ATTRIBUTE, TraceContext
+from homing.telemetry.context import reset_current_trace, set_current_trace
+from tests.support.ports import free_port
 from tests.telemetry.conftest import JsonLines, json_lines
+from tests.telemetry.test_metrics_server import refused
+from tests.telemetry.test_project import MetadataServer, metadata, root_logger_restored
 from tests.users_api.test_service import client, service
+from users_api import __main__ as command
 from users_api.app import ServiceConfig, create_app
 
-__all__ = ["client", "json_lines", "service"]  # fixtures
+__all__ = ["client", "json_lines", "metadata", "service"]  # fixtures
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -43,9 +51,10 @@ async def test_a_rename_and_its_notification_are_one_trace(
     assert summary["event_id"] == renamed.headers["x-event-id"]
     assert summary["logging.googleapis.com/trace"] == f"projects/proj-1/traces/{TRACE}"
 
-    metrics = await client.get("/metrics")
-    assert metrics.status_code == 200
-    text = metrics.text
+    assert (await client.get("/metrics")).status_code == 404  # not on the public port
+    assert homing.wired is not None
+    assert homing.wired.metrics is not None
+    text = homing.wired.metrics.render().decode()
     assert 'homing_pushes_total{event_type="user.name.changed",outcome="done"} 1.0' in text
     assert 'homing_events_published_total{event_type="user.name.changed"} 1.0' in text
     assert "homing_message_age_seconds_bucket" in text
@@ -93,3 +102,80 @@ def test_a_misspelt_setting_gets_a_guess() -> None:
         ConfigurationError, match=r"HOMING_TELEMTRY \(did you mean HOMING_TELEMETRY\?\)"
     ):
         ServiceConfig.from_env({"HOMING_TELEMTRY": "off"})
+
+
+def test_on_cloud_run_the_service_names_its_project_from_the_metadata_server(
+    metadata: MetadataServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("K_SERVICE", "users-api")  # and no GOOGLE_CLOUD_PROJECT
+    monkeypatch.setenv("GCE_METADATA_HOST", metadata.host)
+    config = ServiceConfig.from_env({"HOMING_PUBLISHER": "memory"})
+    assert config.homing.project is None
+    with root_logger_restored():
+        assert command._configure(config) == "proj-7"
+        token = set_current_trace(TraceContext(TRACE, "00f067aa0ba902b7", True))
+        try:
+            logging.getLogger("users_api").info("renamed")
+        finally:
+            reset_current_trace(token)
+    [line] = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["message"] == "renamed"
+    assert entry["logging.googleapis.com/trace"] == f"projects/proj-7/traces/{TRACE}"
+
+
+async def test_the_metrics_are_served_on_loopback_only_and_the_public_route_counts_nothing(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = ServiceConfig.from_env(
+        {
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/metrics.db",
+            "HOMING_PUBLISHER": "memory",
+            "HOMING_SIGNING_KEYS": "k1:a-test-secret-long-enough-to-sign",
+            "HOMING_METRICS_PORT": str(port),
+        }
+    )
+    app = create_app(config)
+    scrape = f"http://127.0.0.1:{port}/metrics"
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://svc") as public,
+            httpx.AsyncClient() as sidecar,
+        ):
+            user = (
+                await public.post("/users", json={"name": "A", "email": "a@example.com"})
+            ).json()
+            assert await public.post("/change-name", json={"user_id": user["id"], "name": "B"})
+            homing: Homing = app.state.homing
+            assert isinstance(homing.publisher, MemoryPublisher)
+            [(message_id, message)] = homing.publisher.due()  # not the follow-up
+            body = homing.publisher.envelope(message_id, message)
+            assert (await public.post("/events", content=body)).status_code == 204
+
+            before = await sidecar.get(scrape)
+            assert before.status_code == 200
+            assert 'homing_pushes_total{event_type="user.name.changed",outcome="done"} 1.0' in (
+                before.text
+            )
+            for method in ("GET", "HEAD", "POST"):
+                answer = await public.request(method, "/metrics")
+                assert answer.status_code in (404, 405), method
+                assert "homing_" not in answer.text
+            after = await sidecar.get(scrape)
+    assert after.text == before.text  # the public requests counted nothing, nor the scrapes
+    await refused(scrape)  # closed with the service
+
+
+def test_several_workers_cannot_share_the_metrics_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.startswith("HOMING_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/none")
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    monkeypatch.setenv("HOMING_METRICS_PORT", "9464")
+    assert command.main() == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("users_api: error: HOMING_METRICS_PORT with WEB_CONCURRENCY=2: ")

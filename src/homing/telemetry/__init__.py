@@ -6,11 +6,12 @@ Attached to the pipeline through :mod:`homing.hooks`; the pipeline never imports
 
     from homing.telemetry import Telemetry, TraceContextMiddleware
     from homing.telemetry.metrics import PrometheusMetrics   # needs homing[metrics]
+    from homing.telemetry.metrics_server import MetricsServer
 
     metrics = PrometheusMetrics()
     homing.hooks.append(Telemetry(homing.events, metrics=metrics))
     app.add_middleware(TraceContextMiddleware)         # the request's trace reaches its events
-    app.add_route("/metrics", metrics.endpoint(), methods=["GET"])
+    metrics_server = MetricsServer(metrics, port=9464)  # 127.0.0.1 only; in the lifespan
 
 ``homing.telemetry.otel.OpenTelemetry`` (needs homing[otel]) adds spans and OTel metrics:
 ``Telemetry(homing.events, opentelemetry=OpenTelemetry())``.

@@ -15,6 +15,7 @@ import codecs
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ import orjson
 
 from homing.escaping import printable
 from homing.telemetry.context import TraceContext, _current
+from homing.telemetry.project import METADATA_TIMEOUT, cloud_project
 
 LogFormat = Literal["auto", "json", "text"]
 
@@ -68,10 +70,19 @@ class CloudLoggingFormatter(logging.Formatter):
     def __init__(self, project: str | None = None) -> None:
         super().__init__()
         self.project = project
-        self._trace_prefix = f"projects/{project}/traces/" if project else None
         # (time, its text) pairs, each replaced whole: threads may format at once.
         self._second: tuple[int, str] = (-1, "")
         self._stamp: tuple[float, str] = (-1.0, "")
+
+    @property
+    def project(self) -> str | None:
+        """The project named in ``logging.googleapis.com/trace`` (may be set after start)."""
+        return self._project
+
+    @project.setter
+    def project(self, project: str | None) -> None:
+        self._project = project
+        self._trace_prefix = f"projects/{project}/traces/" if project else None
 
     def _time(self, created: float) -> str:
         # RFC 3339 in UTC. The summary lines a loop turn gathers share one time, made once;
@@ -145,8 +156,73 @@ class CloudLoggingFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str)
 
 
+#: The logger of the per-push summary lines (``homing.telemetry.hook``'s).
+_PUSH_LOGGER = "homing.push"
+#: What a summary's text names itself, in its own words; any other field follows as key=value.
+_SUMMARY_FIELDS = frozenset(
+    {
+        "outcome",
+        "status",
+        "duration_ms",
+        "event_type",
+        "event_id",
+        "message_id",
+        "delivery_attempt",
+        "message_age_s",
+        "subscription",
+    }
+)
+_BARE = re.compile(r"[^\s\"=]+")
+
+
+def _value(value: Any) -> str:
+    text = str(value)
+    return text if _BARE.fullmatch(text) else orjson.dumps(text).decode()
+
+
+def _summary_text(fields: Mapping[str, Any]) -> str:
+    """A push's summary in words, from the fields its JSON line carries (all of them)::
+
+    push done (204): user.name.changed d27d… (message 1, attempt 1) in 23.4 ms,
+    age 0.004 s, subscription projects/p/subscriptions/s
+    """
+    text = f"push {fields['outcome']} ({fields['status']})"
+    if "event_type" in fields:
+        text += f": {fields['event_type']} {fields.get('event_id')}"
+    said = []
+    if "message_id" in fields:
+        said.append(f"message {fields['message_id']}")
+    if "delivery_attempt" in fields:
+        attempt = fields["delivery_attempt"]
+        said.append(f"attempt {'?' if attempt is None else attempt}")
+    if said:
+        text += f" ({', '.join(said)})"
+    text += f" in {fields['duration_ms']} ms"
+    if fields.get("message_age_s") is not None:
+        text += f", age {fields['message_age_s']} s"
+    if fields.get("subscription"):
+        text += f", subscription {fields['subscription']}"
+    return text + "".join(
+        f" {key}={_value(value)}" for key, value in fields.items() if key not in _SUMMARY_FIELDS
+    )
+
+
+def _with_fields(logger: str, message: str, fields: Mapping[str, Any] | None) -> str:
+    """The message with the fields the JSON line would carry beside it."""
+    if not fields:
+        return message
+    if logger == _PUSH_LOGGER and {"outcome", "status", "duration_ms"} <= fields.keys():
+        return _summary_text(fields)
+    return message + "".join(f" {key}={_value(value)}" for key, value in fields.items())
+
+
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message [trace=…]``: for a terminal."""
+    """``time LEVEL logger: message key=value… [trace=…]``: for a terminal.
+
+    A record's ``homing`` fields follow its message, so a line shows what its JSON line
+    carries; a push's summary line says all of its fields in words (outcome and status, event
+    type and id, message id, attempt, duration, age, subscription) and names its trace.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -156,6 +232,10 @@ class TextFormatter(logging.Formatter):
         return self._traced(super().format(record), getattr(record, "homing_trace", ...))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "homing", None)
+        if isinstance(fields, Mapping) and fields:
+            # (record.message is made anew by each formatter's format(): this one's to change)
+            record.message = _with_fields(record.name, record.message, fields)
         # The message may carry text a sender chose (a message id, a reason): one line, always.
         # A traceback, appended after this, keeps its own lines.
         return printable(super().formatMessage(record))
@@ -169,7 +249,9 @@ class TextFormatter(logging.Formatter):
         fields: Mapping[str, Any] | None = None,
         trace: TraceContext | EllipsisType | None = ...,
     ) -> str:
-        """One line, without a ``LogRecord`` (the fields are in the message already)."""
+        """One line, without a ``LogRecord``: the message and its fields, as :meth:`format`."""
+        if fields:
+            message = _with_fields(logger, message, fields)
         second = int(created)
         second_text = self._second
         if second != second_text[0]:  # the local time up to the second, made once per second
@@ -342,14 +424,25 @@ def configure_logging(
     project: str | None = None,
     level: int = logging.INFO,
     stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+    metadata_timeout: float = METADATA_TIMEOUT,
 ) -> LogHandler:
     """Send the root logger's records to ``stream`` (stderr) in the chosen format.
 
     Replaces the root logger's handlers (so a line is never written twice) and returns the
     one it installs. Call it once at start-up, from the service's entry point.
+
+    Cloud Logging's JSON names each line's trace as ``projects/P/traces/T``. Without
+    ``project`` on Cloud Run (``K_SERVICE`` set in ``environ``, default ``os.environ``), the
+    project is read from the metadata server (:func:`~homing.telemetry.project.cloud_project`):
+    once, waiting ``metadata_timeout`` seconds at most; a failure is one WARNING line, and the
+    lines then carry the trace id alone. Off Cloud Run nothing is asked.
     """
+    env = os.environ if environ is None else environ
     formatter: CloudLoggingFormatter | TextFormatter = (
-        CloudLoggingFormatter(project) if resolve_format(log_format) == "json" else TextFormatter()
+        CloudLoggingFormatter(project)
+        if resolve_format(log_format, env) == "json"
+        else TextFormatter()
     )
     handler = LogHandler(stream or sys.stderr, formatter)
     root = logging.getLogger()
@@ -357,4 +450,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    if isinstance(formatter, CloudLoggingFormatter) and not project:
+        # Asked with the handler installed, so a failure's line is in the service's format.
+        formatter.project = cloud_project(None, env, timeout=metadata_timeout)
     return handler
