@@ -100,6 +100,7 @@ async def test_database_url_brings_sql_stores_an_outbox_and_a_journal_beside_it(
     assert engine is not None
     async with engine.connect() as connection:
         left = await connection.scalar(select(func.count()).select_from(outbox_table))
+    await engine.dispose()  # (closed by the service's shutdown, opened again just now)
     assert left == 0
 
     loopback = _service(environ)  # the default publisher: back to this service, durably

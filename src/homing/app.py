@@ -294,7 +294,7 @@ class Homing(PushPipeline):
         """
         from homing import wiring  # the settings and every backend: only when asked for
 
-        parts = wiring.from_env(environ, settings)
+        parts = wiring.from_env(environ, settings, overrides)
         homing = cls(**(parts.options | overrides))
         sender = homing.transports if homing.publisher is not None else None  # by event type
         starting, closing = parts.attach(homing.events, homing.hooks, sender)

@@ -252,7 +252,11 @@ def telemetry(
     return hook, metrics
 
 
-def from_env(environ: Mapping[str, str] | None = None, settings: Settings | None = None) -> Wiring:
+def from_env(
+    environ: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
+    given: Mapping[str, Any] | None = None,
+) -> Wiring:
     """:func:`from_settings` with ``HOMING_*`` (unless ``settings`` are given), ``DATABASE_URL``
     and ``PORT`` of ``environ`` (default ``os.environ``)."""
     env = os.environ if environ is None else environ
@@ -260,11 +264,16 @@ def from_env(environ: Mapping[str, str] | None = None, settings: Settings | None
         settings if settings is not None else Settings.from_env(env),
         database_url=env.get("DATABASE_URL") or None,
         port=env.get("PORT"),
+        given=given,
     )
 
 
 def from_settings(
-    settings: Settings, *, database_url: str | None = None, port: str | None = None
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    port: str | None = None,
+    given: Mapping[str, Any] | None = None,
 ) -> Wiring:
     """``Homing``'s parts from ``settings``.
 
@@ -272,8 +281,11 @@ def from_settings(
     (their tables are created at start-up if missing); without it they are in memory. On a
     SQLite file, the loopback publisher's journal lies beside it, so an event published is
     delivered even after a ``kill -9``. ``port`` is where this service listens, for the
-    loopback publisher (``PORT``).
+    loopback publisher (``PORT``). ``given`` holds the ``Homing`` arguments the caller chose
+    itself: those parts are not built (a publisher built and dropped would hold its journal
+    open).
     """
+    given = given or {}
     if settings.metrics_port is not None and port == str(settings.metrics_port):
         raise ConfigurationError(
             f"{Settings.variable('metrics_port')} must differ from PORT ({port}): the metrics "
@@ -303,13 +315,13 @@ def from_settings(
 
         wiring.starting.append(tables)
         wiring.closing.append(engine.dispose)
-    sender = publisher(
+    sender = given.get("publisher") or publisher(
         settings, {"PORT": port} if port else {}, keep=stores.get("quarantine"), journal=journal
     )
-    later = tasks(settings)
+    later = None if "transports" in given else tasks(settings)
     wiring.options = {
-        "signer": signer(settings, development=sender.local),
-        "oidc": oidc(settings),
+        "signer": given.get("signer") or signer(settings, development=sender.local),
+        "oidc": given["oidc"] if "oidc" in given else oidc(settings),
         "publisher": sender,
         # Without a queue, a local default publisher stands in for "tasks" (Transports).
         "transports": {"tasks": later} if later is not None else None,

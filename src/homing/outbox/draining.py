@@ -7,6 +7,7 @@ rows of what was published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -45,6 +46,10 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
+#: Seconds :meth:`DrainingOutbox.aclose` lets a drain under way finish before cancelling it.
+_CLOSE_GRACE = 5.0
+
+
 class DrainingOutbox:
     """Publishes the events that wait in the outbox, and deletes the rows of published ones.
 
@@ -81,6 +86,7 @@ class DrainingOutbox:
         self._riding: dict[str, list[str]] = {}  # staged event id -> ids its transaction deletes
         self._sweeper: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
         self._delete = delete_events()
 
     def _sweepable(self, *, everything: bool = False) -> list[str]:
@@ -223,7 +229,10 @@ class DrainingOutbox:
 
         async def drain_twice() -> None:
             await self._drain_all(older_than=self.drain_age)
-            await asyncio.sleep(self.drain_age)
+            with contextlib.suppress(TimeoutError):  # (or until aclose)
+                await asyncio.wait_for(self._closing.wait(), self.drain_age)
+            if self._closing.is_set():
+                return
             await self._drain_all(older_than=self.drain_age)
 
         self._spawn(drain_twice)
@@ -244,6 +253,11 @@ class DrainingOutbox:
         """Stop the background work and delete the rows of what was published."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        # A drain or sweep in the middle of a statement is let finish (a task cancelled there
+        # would leave its connection to the garbage collector); one still waiting stops now.
+        self._closing.set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=_CLOSE_GRACE)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
