@@ -72,6 +72,10 @@ def start_service(
             DJANGO_API_SQLITE=str(tmp_path / f"django-{port}.sqlite3"),
         )
         full_env.update(env)
+        url = full_env.get("DATABASE_URL", "")
+        if url.startswith("sqlite"):  # the file users_api would use; Django names it alone
+            full_env["DJANGO_API_SQLITE"] = url.partition(":///")[2]
+            del full_env["DATABASE_URL"]
         _migrate_django_api(full_env, tmp_path)
         command = ["uvicorn", "django_api.asgi:application", "--host", "127.0.0.1"]
         command += ["--port", str(port)]
