@@ -25,6 +25,7 @@ from homing import (
 )
 from homing.django import DjangoDedupeStore, DjangoQuarantineStore, flush, publish, run_in
 from homing.django.models import HandledEvent, OutboxEntry
+from homing.stores import Claim
 from homing.testing import push_body
 from tests.django.testapp.models import Notification
 
@@ -252,3 +253,24 @@ class _DownQueue(_Down):
 class _NoDelay(Publisher):
     async def _send(self, message: OutgoingMessage) -> str:
         return "1"
+
+
+async def test_a_push_cancelled_while_its_transaction_opens_leaves_no_lock(database: str) -> None:
+    """Django cancels a view whose client went away: the transaction opening on its thread
+    is rolled back there, so the next delivery claims the event at once."""
+    store = DjangoDedupeStore(database)
+    for attempt in range(5):  # cancelled at different points of the opening
+
+        async def hold(event_id: str) -> None:
+            async with store.transaction(event_id):
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(hold(f"cancelled-{attempt}"))
+        for _ in range(attempt):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5), store.transaction(f"cancelled-{attempt}") as again:
+            assert again.claim is Claim.CLAIMED  # nothing was committed, nothing is held
+    assert await sync_to_async(_state)(database, "cancelled-0") == "done"
