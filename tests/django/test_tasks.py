@@ -13,8 +13,6 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.db import transaction
 from django.test import override_settings
-from django_tasks import TaskResultStatus, default_task_backend, task_backends
-from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from google.cloud import tasks_v2
 
 from homing import MemoryPublisher
@@ -26,6 +24,13 @@ from homing.django.tasks import DEFERRED_TASK_EVENT, TASK_EVENT, HomingTaskBacke
 from homing.publishers.cloudtasks import EMULATOR_HOST, emulator_client
 from tests.django import jobs
 from tests.django.service import TASKS_QUEUE, PubSubOnly
+from tests.django.tasks_api import (
+    InvalidTaskError,
+    TaskResultDoesNotExist,
+    TaskResultStatus,
+    default_task_backend,
+    task_backends,
+)
 from tests.support.djangoproject import serving
 from tests.support.waiting import eventually_async
 
