@@ -67,7 +67,7 @@ else:
         from django.tasks.base import Task, TaskError
         from django.tasks.exceptions import InvalidTask as InvalidTaskError
         from django.tasks.exceptions import TaskResultDoesNotExist
-        from django.tasks.utils import normalize_json
+        from django.utils.json import normalize_json
     except ImportError:  # Django 5.2 with the django-tasks backport
         from django_tasks import TaskContext, TaskResult, TaskResultStatus
         from django_tasks.backends.base import BaseTaskBackend
