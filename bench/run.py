@@ -58,6 +58,7 @@ REFERENCE_NEW_OFF = "reference service, telemetry off, new events"
 HAND_RENAME = "hand-written rename, then publish (raw client)"
 DJANGO_NEW = "django reference service, new events"
 DJANGO_NEW_OFF = "django reference service, telemetry off, new events"
+HAND_DJANGO_PG = "hand-written django view, atomic(), postgres, new events"
 HAND_DJANGO = "hand-written django view, atomic(), new events"
 
 RENAME_TOPIC = "projects/bench/topics/rename"
@@ -365,6 +366,27 @@ def cases(workdir: Path) -> list[HttpCase]:
             },
             envelope="users_api",
             baselines=(CEILING, HAND_DJANGO, DJANGO_NEW_OFF),
+        ),
+        # The same pair on PostgreSQL (databases of their own: Django makes its own tables).
+        _django(
+            HAND_DJANGO_PG,
+            "bench.django_hand",
+            "bench.django_hand:application",
+            {"DATABASE_URL": _bench_database("homing_bench_django_hand")},
+            envelope="users_api_legacy",
+            baselines=(),
+        ),
+        _django(
+            "django reference service on postgres, new events",
+            "django_api.settings",
+            "django_api.asgi:application",
+            {
+                "DATABASE_URL": _bench_database("homing_bench_django"),
+                "HOMING_SIGNING_KEYS": KEYS,
+                "PORT": "{port}",
+            },
+            envelope="users_api",
+            baselines=(HAND_DJANGO_PG,),
         ),
         # The same with HOMING_TELEMETRY=off: what the summary line, trace and metrics cost it.
         _django(
