@@ -87,7 +87,8 @@ def configure(postgres_url: str) -> list[str]:
         DEBUG=False,
         ALLOWED_HOSTS=["*"],
         USE_TZ=True,
-        INSTALLED_APPS=["homing.django", "tests.django.testapp"],
+        # django_api: the Django reference service, for the black-box API tests in process.
+        INSTALLED_APPS=["homing.django", "tests.django.testapp", "django_api"],
         DATABASES=databases,
         ROOT_URLCONF="homing.django.urls",
         MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware"],
