@@ -58,6 +58,10 @@ REFERENCE_OFF = "reference service, telemetry off"
 REFERENCE_NEW = "reference service, new events"
 REFERENCE_NEW_OFF = "reference service, telemetry off, new events"
 HAND_RENAME = "hand-written rename, then publish (raw client)"
+DJANGO_NEW = "django reference service, new events"
+DJANGO_NEW_OFF = "django reference service, telemetry off, new events"
+HAND_DJANGO_PG = "hand-written django view, atomic(), postgres, new events"
+HAND_DJANGO = "hand-written django view, atomic(), new events"
 
 RENAME_TOPIC = "projects/bench/topics/rename"
 
@@ -204,6 +208,28 @@ def _reference(
     )
 
 
+def _django(name: str, settings: str, app: str, env: Mapping[str, str], **more: Any) -> HttpCase:
+    """A Django service under uvicorn: migrated and given user 1 first, in the same process
+    group (so pinned alike), then served; new events of the reference service's type."""
+    python = sys.executable
+    user = (
+        "from django_api.models import User; "
+        "User.objects.get_or_create(id=1, defaults={'name': 'a', 'email': 'a@example.com'})"
+    )
+    script = (
+        f"{python} -m django_api migrate --verbosity 0 && "
+        f'{python} -m django_api shell --command "{user}" && '
+        f"exec {python} -m uvicorn {app} --port {{port}} {' '.join(UVICORN)}"
+    )
+    return HttpCase(
+        name,
+        ["sh", "-c", script],
+        env={"DJANGO_SETTINGS_MODULE": settings, **env},
+        fresh=True,
+        **more,
+    )
+
+
 def cases(workdir: Path) -> list[HttpCase]:
     sqlite = f"sqlite+aiosqlite:///{workdir}/bench.db"
     postgres = _bench_database()
@@ -319,6 +345,64 @@ def cases(workdir: Path) -> list[HttpCase]:
             env={"BENCH_DATABASE_URL": postgres},
             baselines=(RAW_PG,),
             fresh=True,
+        ),
+        # Django: examples/django_api (make run-django) on new events, against a hand-written
+        # Django view doing the same effect in one atomic() block, on the same server, settings
+        # and database (SQLite, as django_api's default). Target: >= 0.7x.
+        _django(
+            HAND_DJANGO,
+            "bench.django_hand",
+            "bench.django_hand:application",
+            {"DJANGO_API_SQLITE": f"{workdir}/django-hand.sqlite3"},
+            envelope="users_api_legacy",
+            baselines=(),
+        ),
+        _django(
+            DJANGO_NEW,
+            "django_api.settings",
+            "django_api.asgi:application",
+            {
+                "DJANGO_API_SQLITE": f"{workdir}/django-new.sqlite3",
+                "HOMING_SIGNING_KEYS": KEYS,
+                "PORT": "{port}",
+            },
+            envelope="users_api",
+            baselines=(CEILING, HAND_DJANGO, DJANGO_NEW_OFF),
+        ),
+        # The same pair on PostgreSQL (databases of their own: Django makes its own tables).
+        _django(
+            HAND_DJANGO_PG,
+            "bench.django_hand",
+            "bench.django_hand:application",
+            {"DATABASE_URL": _bench_database("homing_bench_django_hand")},
+            envelope="users_api_legacy",
+            baselines=(),
+        ),
+        _django(
+            "django reference service on postgres, new events",
+            "django_api.settings",
+            "django_api.asgi:application",
+            {
+                "DATABASE_URL": _bench_database("homing_bench_django"),
+                "HOMING_SIGNING_KEYS": KEYS,
+                "PORT": "{port}",
+            },
+            envelope="users_api",
+            baselines=(HAND_DJANGO_PG,),
+        ),
+        # The same with HOMING_TELEMETRY=off: what the summary line, trace and metrics cost it.
+        _django(
+            DJANGO_NEW_OFF,
+            "django_api.settings",
+            "django_api.asgi:application",
+            {
+                "DJANGO_API_SQLITE": f"{workdir}/django-new-off.sqlite3",
+                "HOMING_SIGNING_KEYS": KEYS,
+                "HOMING_TELEMETRY": "off",
+                "PORT": "{port}",
+            },
+            envelope="users_api",
+            baselines=(HAND_DJANGO,),
         ),
     ]
 
@@ -466,7 +550,13 @@ def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Se
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_up(url, process)
+        try:
+            wait_up(url, process)
+        except SystemExit:
+            log.flush()
+            tail = (workdir / f"{port}.log").read_text(errors="replace")[-3000:]
+            print(f"bench: {case.name}: the server's log ends with:\n{tail}", file=sys.stderr)
+            raise
         if case.prepare:
             case.prepare(url)
         body = workdir / f"{port}.json"

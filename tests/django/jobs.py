@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django_tasks import TaskContext, task
-
 from homing import Retry
+from tests.django.tasks_api import TaskContext, task
 
 attempts_seen: list[int] = []
 

@@ -111,3 +111,9 @@ def test_a_failing_homing_command_raises_a_command_error() -> None:
         pytest.raises(CommandError, match="homing quarantine show nope exited 2"),
     ):
         call_command("homing", "quarantine", "show", "nope")
+
+
+def test_homings_migrations_match_its_models(capsys: pytest.CaptureFixture[str]) -> None:
+    with override_settings(HOMING=SERVICE):
+        call_command("makemigrations", "homing", check=True, dry_run=True)  # exits 1 if not
+    assert "No changes detected" in capsys.readouterr().out

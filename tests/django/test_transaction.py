@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import transaction
 from pydantic import BaseModel
 
-from homing import Delivery, Homing, KeyRing, MemoryPublisher, OutgoingMessage, Publisher, Signer
+from homing import (
+    Delivery,
+    Homing,
+    InvalidDelay,
+    KeyRing,
+    MemoryPublisher,
+    OutgoingMessage,
+    Publisher,
+    Signer,
+)
 from homing.django import DjangoDedupeStore, DjangoQuarantineStore, flush, publish, run_in
 from homing.django.models import HandledEvent, OutboxEntry
+from homing.stores import Claim
 from homing.testing import push_body
 from tests.django.testapp.models import Notification
 
@@ -205,3 +216,61 @@ def test_a_database_handler_publishes_with_its_effect(database: str) -> None:
     assert result.outcome == "done"
     assert [message.event_type for _, message in publisher.messages] == ["user.followup"]
     assert _notifications(database) == ["x"]
+
+
+def test_a_delayed_publish_keeps_its_time_in_the_outbox_and_is_refused_where_it_cannot_wait(
+    database: str,
+) -> None:
+    homing = _service(database, _DownQueue())
+    at = datetime.now(UTC) + timedelta(hours=2)
+    with transaction.atomic(using=database):
+        event_id = publish(
+            UserRenamed(user_id=1, name="Later"), at=at, homing=homing, using=database
+        )
+    assert OutboxEntry.objects.using(database).get(event_id=event_id).deliver_at == at
+
+    up = MemoryPublisher()
+    homing.publisher = up
+    assert flush(homing=homing, using=database).published == 1
+    [(_, message)] = up.messages
+    assert (message.event_id, message.deliver_at) == (event_id, at)  # published late, same time
+
+    pubsub_like = _service(database, _NoDelay())
+    with pytest.raises(InvalidDelay, match="_NoDelay cannot delay an event"):
+        publish(
+            UserRenamed(user_id=2, name="X"),
+            delay=timedelta(minutes=1),
+            homing=pubsub_like,
+            using=database,
+        )
+    assert not OutboxEntry.objects.using(database).exists()
+
+
+class _DownQueue(_Down):
+    max_delay = timedelta(days=30)  # a queue that can delay (Cloud Tasks), down
+
+
+class _NoDelay(Publisher):
+    async def _send(self, message: OutgoingMessage) -> str:
+        return "1"
+
+
+async def test_a_push_cancelled_while_its_transaction_opens_leaves_no_lock(database: str) -> None:
+    """Django cancels a view whose client went away: the transaction opening on its thread
+    is rolled back there, so the next delivery claims the event at once."""
+    store = DjangoDedupeStore(database)
+    for attempt in range(5):  # cancelled at different points of the opening
+
+        async def hold(event_id: str) -> None:
+            async with store.transaction(event_id):
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(hold(f"cancelled-{attempt}"))
+        for _ in range(attempt):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5), store.transaction(f"cancelled-{attempt}") as again:
+            assert again.claim is Claim.CLAIMED  # nothing was committed, nothing is held
+    assert await sync_to_async(_state)(database, "cancelled-0") == "done"

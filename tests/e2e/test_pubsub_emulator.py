@@ -16,7 +16,7 @@ from homing import KeyRing, Signer
 from homing.cli import main as homing_cli
 from homing.signing import EVENT_ID
 from tests.support.ports import free_port
-from tests.support.services import Service, serve_test_app
+from tests.support.services import Service, serve_test_app, users_api_only
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +58,7 @@ def test_change_name_through_pubsub_push(
     assert service.stop()
 
 
+@users_api_only  # POST /outbox/flush; Django's is `manage.py homing outbox flush`
 def test_an_event_the_broker_refused_waits_in_the_outbox_until_flushed(
     pubsub_emulator: str,
     service_factory: Start,

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import ROOT
 from tests.support.postgres import throwaway_cluster
-from tests.support.services import Service
+from tests.support.services import Service, users_api_only
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +45,7 @@ def _json(url: str) -> list[dict[str, str]]:
     return response.json()  # type: ignore[no-any-return]
 
 
+@users_api_only  # WEB_CONCURRENCY is users_api's command's
 def test_several_workers_serve_one_service_on_postgresql(
     service_factory: Callable[..., Service],
 ) -> None:

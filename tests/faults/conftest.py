@@ -128,6 +128,7 @@ class Services:
     """Starts reference services as real processes; every one is stopped at teardown."""
 
     directory: Path
+    which: str = "users_api"  # or "django_api": the same HTTP API on Django
     started: list[Service] = field(default_factory=list)
 
     def start(self, env: Mapping[str, str], *, port: int | None = None) -> Service:
@@ -138,14 +139,20 @@ class Services:
         directory = self.directory / f"start-{len(self.started)}"
         directory.mkdir()
         env = {**env, "PORT": str(port)} if port else env
-        service = start_service(directory, env, deadline=30)
+        service = start_service(directory, env, deadline=30, which=self.which)
         self.started.append(service)
         return service
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    launched = Services(tmp_path)
+def reference_service() -> str:
+    """The reference service a fault test runs (a test parametrises it to run both)."""
+    return "users_api"
+
+
+@pytest.fixture
+def services(tmp_path: Path, reference_service: str) -> Iterator[Services]:
+    launched = Services(tmp_path, reference_service)
     try:
         yield launched
     finally:
@@ -344,6 +351,11 @@ class RenameLoad:
     def count(self, status: int | None) -> int:
         with self._lock:
             return sum(1 for r in self.results if r.status == status)
+
+    def event_ids(self) -> set[str]:
+        """The event ids of the renames answered 200 so far."""
+        with self._lock:
+            return {r.event_id for r in self.results if r.status == 200 and r.event_id}
 
     def answered(self, at_least: int) -> bool:
         """``True`` once ``at_least`` renames were answered 200."""

@@ -1,4 +1,5 @@
-"""One contract, every store backend: memory, SQLite and PostgreSQL."""
+"""One contract, every store backend: memory, SQLite and PostgreSQL, through SQLAlchemy and
+through Django's database (``DjangoDedupeStore``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,12 +23,16 @@ from homing.stores import (
     QuarantineStore,
 )
 from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, handled_events
-from tests.conftest import SQL_BACKENDS, open_sql_engine
+from tests.conftest import POSTGRES_URL, SQL_BACKENDS, open_sql_engine
 from tests.support.clock import Clock
+from tests.support.djangoproject import APPLICATION as DJANGO_TESTS
+from tests.support.djangoproject import DJANGO_BACKENDS, django_database
 
 # SQLite twice: inline in the event loop (the default), and through aiosqlite's thread.
-BACKENDS = ["memory", "sqlite-thread", *SQL_BACKENDS]
+BACKENDS = ["memory", "sqlite-thread", *SQL_BACKENDS, *DJANGO_BACKENDS]
 SQL_ONLY = ["sqlite-thread", *SQL_BACKENDS]
+#: The stores whose transactions hold the effect and the done mark.
+TRANSACTIONAL = [*SQL_ONLY, *DJANGO_BACKENDS]
 
 
 @pytest.fixture
@@ -42,8 +48,18 @@ async def dedupe(
     if request.param == "memory":
         yield MemoryDedupeStore(clock=clock)
         return
+    if request.param.startswith("django"):
+        yield await _django_dedupe(request.param, clock)
+        return
     async with open_sql_engine(request.param, tmp_path) as engine:
         yield SQLDedupeStore(engine, clock=clock)
+
+
+async def _django_dedupe(kind: str, clock: Clock | None = None) -> DedupeStore:
+    from homing.django import DjangoDedupeStore
+
+    alias = await sync_to_async(django_database)(kind, POSTGRES_URL)
+    return DjangoDedupeStore(alias) if clock is None else DjangoDedupeStore(alias, clock=clock)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -52,6 +68,12 @@ async def quarantine(
 ) -> AsyncIterator[QuarantineStore]:
     if request.param == "memory":
         yield MemoryQuarantineStore()
+        return
+    if request.param.startswith("django"):
+        from homing.django import DjangoQuarantineStore
+
+        alias = await sync_to_async(django_database)(request.param, POSTGRES_URL)
+        yield DjangoQuarantineStore(alias)
         return
     async with open_sql_engine(request.param, tmp_path) as engine:
         yield SQLQuarantineStore(engine)
@@ -232,51 +254,68 @@ async def test_postgres_connections_are_kept_under_concurrent_load(tmp_path: Pat
 # -- one transaction for the effect and the done mark (SQL stores) -----------------------------
 
 
-@pytest.fixture(params=SQL_ONLY)
-async def sql_dedupe(
+@pytest.fixture(params=TRANSACTIONAL)
+async def transactional_store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
-) -> AsyncIterator[SQLDedupeStore]:
+) -> AsyncIterator[DedupeStore]:
+    if request.param.startswith("django"):
+        yield await _django_dedupe(request.param, clock)
+        return
     async with open_sql_engine(request.param, tmp_path) as engine:
         yield SQLDedupeStore(engine, clock=clock)
 
 
-async def test_a_committed_transaction_marks_the_event_done(sql_dedupe: SQLDedupeStore) -> None:
-    async with sql_dedupe.transaction("e1") as transaction:
+def _another_instance(store: DedupeStore) -> DedupeStore:
+    """A store on the same database without this one's in-process memory."""
+    from homing.django import DjangoDedupeStore
+
+    if isinstance(store, DjangoDedupeStore):
+        return DjangoDedupeStore(store.using)
+    assert isinstance(store, SQLDedupeStore)
+    return SQLDedupeStore(store.engine)
+
+
+async def test_a_committed_transaction_marks_the_event_done(
+    transactional_store: DedupeStore,
+) -> None:
+    async with transactional_store.transaction("e1") as transaction:
         assert transaction.claim is Claim.CLAIMED
-    assert sql_dedupe.known_done("e1")
-    async with sql_dedupe.transaction("e1") as again:
+    assert transactional_store.known_done("e1")
+    async with transactional_store.transaction("e1") as again:
         assert again.claim is Claim.DUPLICATE
         assert again.connection is None
-    fresh = SQLDedupeStore(sql_dedupe.engine)  # no in-process memory: asks the database
+    fresh = _another_instance(transactional_store)  # no in-process memory: asks the database
     assert await fresh.claim("e1", lease=60) is Claim.DUPLICATE
 
 
 async def test_an_exception_in_the_transaction_leaves_the_event_unmarked(
-    sql_dedupe: SQLDedupeStore,
+    transactional_store: DedupeStore,
 ) -> None:
     with pytest.raises(RuntimeError, match="the handler failed"):
-        async with sql_dedupe.transaction("e1"):
+        async with transactional_store.transaction("e1"):
             raise RuntimeError("the handler failed")
-    assert not sql_dedupe.known_done("e1")
-    async with sql_dedupe.transaction("e1") as transaction:
+    assert not transactional_store.known_done("e1")
+    async with transactional_store.transaction("e1") as transaction:
         assert transaction.claim is Claim.CLAIMED
 
 
 async def test_a_live_claim_keeps_the_transaction_out_and_an_expired_one_does_not(
-    sql_dedupe: SQLDedupeStore, clock: Clock
+    transactional_store: DedupeStore, clock: Clock
 ) -> None:
-    assert await sql_dedupe.claim("e1", lease=60) is Claim.CLAIMED
+    assert await transactional_store.claim("e1", lease=60) is Claim.CLAIMED
     clock.advance(59.5)
-    async with sql_dedupe.transaction("e1") as transaction:
+    async with transactional_store.transaction("e1") as transaction:
         assert transaction.claim is Claim.IN_PROGRESS
     clock.advance(0.5)  # the lease's end
-    async with sql_dedupe.transaction("e1") as taken:
+    async with transactional_store.transaction("e1") as taken:
         assert taken.claim is Claim.CLAIMED
 
 
-async def test_a_forced_transaction_runs_an_event_marked_done(sql_dedupe: SQLDedupeStore) -> None:
-    await sql_dedupe.done("e1")
-    async with sql_dedupe.transaction("e1", force=True) as transaction:
+async def test_a_forced_transaction_runs_an_event_marked_done(
+    transactional_store: DedupeStore,
+) -> None:
+    await transactional_store.done("e1")
+    async with transactional_store.transaction("e1", force=True) as transaction:
         assert transaction.claim is Claim.CLAIMED
 
 
@@ -341,7 +380,6 @@ async def test_connections_the_server_killed_are_replaced_not_lent_again(tmp_pat
 
     from homing.outbox import SQLOutbox
     from homing.publishers import MemoryPublisher
-    from tests.conftest import POSTGRES_URL
 
     async with open_sql_engine("postgresql", tmp_path) as engine:
         store, outbox = SQLDedupeStore(engine), SQLOutbox(engine, MemoryPublisher())
@@ -350,7 +388,9 @@ async def test_connections_the_server_killed_are_replaced_not_lent_again(tmp_pat
         try:  # as a restarted server does: every connection of this database, gone
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name <> $1",
+                DJANGO_TESTS,  # this process's Django tests keep theirs
             )
         finally:
             await admin.close()

@@ -15,18 +15,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 _configured: list[str] = []
 
 
 #: The Django tests' own schema: the SQLAlchemy tests make and drop homing's tables in
 #: ``public`` of the same database.
 SCHEMA = "homing_django_tests"
+#: The Django tests' connections name themselves: a test that kills the database's other
+#: connections (a restarted server, for the SQLAlchemy pool) leaves these be.
+APPLICATION = "homing-django-tests"
 
 
 def postgres_settings(url: str) -> dict[str, object]:
     parts = urlsplit(url)
     return {
-        "OPTIONS": {"options": f"-c search_path={SCHEMA}"},
+        "OPTIONS": {"options": f"-c search_path={SCHEMA}", "application_name": APPLICATION},
         "ENGINE": "django.db.backends.postgresql",
         "NAME": parts.path.lstrip("/"),
         "USER": parts.username or "postgres",
@@ -82,7 +87,8 @@ def configure(postgres_url: str) -> list[str]:
         DEBUG=False,
         ALLOWED_HOSTS=["*"],
         USE_TZ=True,
-        INSTALLED_APPS=["homing.django", "tests.django.testapp"],
+        # django_api: the Django reference service, for the black-box API tests in process.
+        INSTALLED_APPS=["homing.django", "tests.django.testapp", "django_api"],
         DATABASES=databases,
         ROOT_URLCONF="homing.django.urls",
         MIDDLEWARE=["django.middleware.csrf.CsrfViewMiddleware"],
@@ -109,3 +115,33 @@ def serving(view: object, path: str = "events") -> Iterator[None]:
     urls.urlpatterns = [route(path, view)]  # type: ignore[attr-defined]
     with override_settings(ROOT_URLCONF=urls):
         yield
+
+
+#: Django's databases as backends of the contract suites (tests/stores, tests/test_one_commit):
+#: ``django-sqlite`` is the ``default`` alias, ``django-postgresql`` the ``postgres`` one.
+DJANGO_BACKENDS = ["django-sqlite", pytest.param("django-postgresql", marks=pytest.mark.postgres)]
+
+
+def django_database(kind: str, postgres_url: str) -> str:
+    """The Django alias of ``kind`` (of :data:`DJANGO_BACKENDS`), Django configured, with
+    homing's tables and the test app's emptied; skipped (failed under CI) when PostgreSQL does
+    not answer. Synchronous: call it through ``sync_to_async`` from async code."""
+    from tests.support.required import missing
+
+    aliases = configure(postgres_url)
+    alias = "default" if kind == "django-sqlite" else "postgres"
+    if alias not in aliases:
+        missing(f"PostgreSQL does not answer at {postgres_url}")
+    from django.apps import apps
+    from django.db import connections
+
+    for model in [*apps.get_app_config("homing").get_models(), *_test_app_models()]:
+        model.objects.using(alias).all().delete()
+    connections.close_all()
+    return alias
+
+
+def _test_app_models() -> list[type]:
+    from django.apps import apps
+
+    return list(apps.get_app_config("testapp").get_models())

@@ -46,6 +46,7 @@ class OutboxEntry(models.Model):  # type: ignore[misc]
     created_at = models.DateTimeField(db_index=True)
     attempts = models.IntegerField(default=0)
     last_error = models.TextField(null=True)
+    deliver_at = models.DateTimeField(null=True)  # a delayed event's time (UTC); NULL: at once
 
     class Meta:
         db_table = "homing_outbox"
@@ -68,6 +69,7 @@ class TaskRecord(models.Model):  # type: ignore[misc]
     kwargs = models.JSONField(default=dict)
     status = models.CharField(max_length=16, db_index=True)
     enqueued_at = models.DateTimeField()
+    run_after = models.DateTimeField(null=True)  # a deferred task's earliest time
     started_at = models.DateTimeField(null=True)
     finished_at = models.DateTimeField(null=True)
     last_attempted_at = models.DateTimeField(null=True)

@@ -72,6 +72,8 @@ def publish(
     event_id: str | None = None,
     attributes: Mapping[str, str] | None = None,
     ordering_key: str | None = None,
+    delay: timedelta | None = None,
+    at: datetime | None = None,
     homing: Homing | None = None,
     using: str | None = None,
 ) -> str:
@@ -83,15 +85,26 @@ def publish(
     event waits in the outbox, and the reason is logged.
 
     Args:
+        delay: deliver it this much later (or ``at``, a timezone-aware time), on an event
+            type declared with a transport that can delay (``transport="tasks"``); checked
+            here, before anything is staged. A row published late keeps its time.
         homing: the service (default: ``settings.HOMING["APP"]``).
         using: the database (default: ``settings.HOMING["DATABASE"]``).
+
+    Raises:
+        InvalidDelay: the delay is invalid or its transport cannot keep it.
     """
     from homing.django.models import OutboxEntry
 
     target = homing if homing is not None else config.service()
     alias = using or config.database()
     message = target.sign(
-        event, event_id=event_id, attributes=attributes, ordering_key=ordering_key
+        event,
+        event_id=event_id,
+        attributes=attributes,
+        ordering_key=ordering_key,
+        delay=delay,
+        at=at,
     )
     OutboxEntry.objects.using(alias).create(
         event_id=message.event_id,
@@ -102,6 +115,7 @@ def publish(
         created_at=datetime.now(UTC),
         attempts=0,
         last_error=None,
+        deliver_at=message.deliver_at,
     )
     transaction.on_commit(lambda: send(message, homing=target, using=alias), using=alias)
     return message.event_id
@@ -113,6 +127,8 @@ async def apublish(
     event_id: str | None = None,
     attributes: Mapping[str, str] | None = None,
     ordering_key: str | None = None,
+    delay: timedelta | None = None,
+    at: datetime | None = None,
     homing: Homing | None = None,
     using: str | None = None,
 ) -> str:
@@ -123,6 +139,8 @@ async def apublish(
         event_id=event_id,
         attributes=attributes,
         ordering_key=ordering_key,
+        delay=delay,
+        at=at,
         homing=homing,
         using=using,
     )
@@ -211,6 +229,7 @@ def flush(
                 event_type=row.event_type,
                 event_id=row.event_id,
                 ordering_key=row.ordering_key,
+                deliver_at=row.deliver_at,
             )
             try:
                 config.loop.run(_publish(target, message))

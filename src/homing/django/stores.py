@@ -11,9 +11,12 @@ that thread, in one ``transaction.atomic()``.
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -37,6 +40,41 @@ _DONE = "done"
 _CLAIMED = "claimed"
 #: The databases whose SQL the dedupe store speaks (``INSERT ... ON CONFLICT``).
 VENDORS = ("sqlite", "postgresql")
+
+#: One writer at a time per SQLite file in this process. SQLite has one write lock, and a
+#: transaction that waits for it waits in SQLite's busy handler, which sleeps in steps of up
+#: to 100 ms: concurrent pushes would spend their time asleep while the lock is free. Here they
+#: queue instead, each woken the moment the one before commits.
+_sqlite_writers: dict[str, threading.RLock] = {}
+_sqlite_writers_lock = threading.Lock()
+
+
+def _sqlite_writer(name: str) -> threading.RLock:
+    with _sqlite_writers_lock:
+        return _sqlite_writers.setdefault(name, threading.RLock())
+
+
+class _Writer:
+    """The in-process writer lock of a SQLite database (``None`` elsewhere), given up after
+    the database's own busy timeout, as SQLite would (the transaction then waits in SQLite)."""
+
+    def __init__(self, lock: threading.RLock | None, timeout: float) -> None:
+        self.lock, self.timeout = lock, timeout
+
+    def acquire(self) -> bool:
+        return self.lock is not None and self.lock.acquire(timeout=self.timeout)
+
+    def release(self, acquired: bool) -> None:
+        if acquired and self.lock is not None:
+            self.lock.release()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        acquired = self.acquire()
+        try:
+            yield
+        finally:
+            self.release(acquired)
 
 
 def _describe(exc: BaseException) -> str:
@@ -101,6 +139,7 @@ class DjangoDedupeStore(DedupeStore):
         super().__init__(clock=clock)
         self.using = using
         self._sql: _SQL | None = None
+        self._writer = _Writer(None, 0)
         self._done_cache: dict[str, None] = {}
         self._done_cache_size = done_cache_size
 
@@ -112,6 +151,10 @@ class DjangoDedupeStore(DedupeStore):
                     f"DjangoDedupeStore supports {' and '.join(VENDORS)}, not "
                     f"{connection.vendor} (database {self.using!r})"
                 )
+            if connection.vendor == "sqlite":
+                database = connection.settings_dict
+                timeout = float((database.get("OPTIONS") or {}).get("timeout", 5))
+                self._writer = _Writer(_sqlite_writer(str(database["NAME"])), timeout)
             self._sql = _SQL(connection.ops.quote_name)
         return self._sql
 
@@ -132,8 +175,13 @@ class DjangoDedupeStore(DedupeStore):
             connection = connections[self.using]
             if not connection.in_atomic_block:
                 connection.close_if_unusable_or_obsolete()
-            with transaction.atomic(using=self.using), connection.cursor() as cursor:
-                return work(cursor, self._statements())
+            sql = self._statements()
+            with (
+                self._writer.held(),
+                transaction.atomic(using=self.using),
+                connection.cursor() as cursor,
+            ):
+                return work(cursor, sql)
 
         try:
             return await sync_to_async(run, thread_sensitive=True)()
@@ -257,19 +305,25 @@ async def run_in(delivery: Any, function: Callable[..., T], /, *args: Any, **kwa
 class _EventTransaction:
     """``DjangoDedupeStore.transaction()``: a thread of its own, ``atomic()``, the mark."""
 
-    __slots__ = ("_atomic", "_context", "_event_id", "_force", "_store")
+    __slots__ = ("_atomic", "_context", "_event_id", "_force", "_store", "_writing")
 
     def __init__(self, store: DjangoDedupeStore, event_id: str, force: bool) -> None:
         self._store, self._event_id, self._force = store, event_id, force
         self._context: ThreadSensitiveContext | None = None
         self._atomic: Any = None
+        self._writing = False  # holds the SQLite writer lock
 
     def _open(self) -> tuple[Claim, Any]:
         store, event_id = self._store, self._event_id
         sql = store._statements()
         connection = connections[store.using]
+        writing = store._writer.acquire()
         atomic = transaction.atomic(using=store.using)
-        atomic.__enter__()
+        try:
+            atomic.__enter__()
+        except BaseException:
+            store._writer.release(writing)
+            raise
         try:
             with connection.cursor() as cursor:
                 if self._force:
@@ -277,17 +331,30 @@ class _EventTransaction:
                 else:
                     cursor.execute(sql.done_first, [event_id, store.clock()])
                 if cursor.rowcount == 1:
-                    self._atomic = atomic
+                    self._atomic, self._writing = atomic, writing
+                    # Released once committed, before the other on_commit callbacks (an
+                    # outbox publish) run: they need no write lock.
+                    transaction.on_commit(self._committed, using=store.using)
                     return Claim.CLAIMED, connection
                 cursor.execute(sql.state, [event_id])
                 row = cursor.fetchone()
         except BaseException:
-            atomic.__exit__(*sys.exc_info())
-            connections.close_all()
+            try:
+                atomic.__exit__(*sys.exc_info())
+            finally:
+                store._writer.release(writing)
+                connections.close_all()
             raise
-        atomic.__exit__(None, None, None)  # nothing was written: the race was lost
-        connections.close_all()
+        try:
+            atomic.__exit__(None, None, None)  # nothing was written: the race was lost
+        finally:
+            store._writer.release(writing)
+            connections.close_all()
         return (Claim.DUPLICATE if row is not None and row[0] == _DONE else Claim.IN_PROGRESS), None
+
+    def _committed(self) -> None:
+        writing, self._writing = self._writing, False
+        self._store._writer.release(writing)
 
     def _close(self, exc: BaseException | None) -> None:
         atomic, self._atomic = self._atomic, None
@@ -297,13 +364,18 @@ class _EventTransaction:
             else:
                 atomic.__exit__(type(exc), exc, exc.__traceback__)  # rolls back
         finally:
+            self._committed()  # if no commit released it
             connections.close_all()  # the thread ends with the transaction
 
     async def __aenter__(self) -> Transaction:
         context = ThreadSensitiveContext()
         await context.__aenter__()  # type: ignore[no-untyped-call]
+        opening = asyncio.ensure_future(sync_to_async(self._open, thread_sensitive=True)())
         try:
-            claim, connection = await sync_to_async(self._open, thread_sensitive=True)()
+            claim, connection = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            await self._abandon(opening, context)
+            raise
         except BaseException as exc:
             await context.__aexit__(None, None, None)  # type: ignore[no-untyped-call]
             if isinstance(exc, DatabaseError):
@@ -318,6 +390,18 @@ class _EventTransaction:
             return Transaction(claim)
         self._context = context
         return DjangoTransaction(claim, connection)
+
+    async def _abandon(self, opening: asyncio.Future[tuple[Claim, Any]], context: Any) -> None:
+        """The push was cancelled (its client went away) while its transaction opened on its
+        thread: let it open, then roll it back there, so that it leaves no lock behind."""
+        try:
+            _, connection = await opening
+            if connection is not None:
+                await sync_to_async(self._close, thread_sensitive=True)(asyncio.CancelledError())
+        except BaseException:  # noqa: S110 - cancelled already; what is left is the rollback's
+            pass
+        finally:
+            await context.__aexit__(None, None, None)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
         context, self._context = self._context, None

@@ -19,9 +19,18 @@ attempts and the worker ids in the row, read back by ``get_result``. A task that
 :class:`homing.Retry` goes back to READY and is redelivered; any other exception fails it, as
 Django's own backends do.
 
-Not supported: ``run_after`` (Pub/Sub push cannot delay a message; it needs the Cloud Tasks
-transport), priorities (Pub/Sub has none), and queues other than those named in ``QUEUES``.
-Works on Django 6's ``django.tasks`` and, before it, on the ``django-tasks`` backport.
+A task with ``run_after`` (``supports_defer``) is a delayed homing event of its own type,
+:data:`DEFERRED_TASK_EVENT`, bound to the transport named by ``OPTIONS["DEFER_TRANSPORT"]``
+(default ``"tasks"``: ``Homing(transports={"tasks": CloudTasksPublisher(...)})``), and
+published with ``at=run_after``: Cloud Tasks pushes it to the same view no earlier than then.
+Where the service has no transport that can delay (Pub/Sub alone), such a task is refused at
+``using(run_after=...)`` and at enqueue with Django's ``InvalidTask``, naming what is missing;
+never run early. A local default publisher (memory) stands in for a missing transport, as for
+any delayed event.
+
+Not supported: priorities (neither Pub/Sub nor Cloud Tasks has them), and queues other than
+those named in ``QUEUES``. Works on Django 6's ``django.tasks`` and, before it, on the
+``django-tasks`` backport.
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ else:
         from django.tasks.base import Task, TaskError
         from django.tasks.exceptions import InvalidTask as InvalidTaskError
         from django.tasks.exceptions import TaskResultDoesNotExist
-        from django.tasks.utils import normalize_json
+        from django.utils.json import normalize_json
     except ImportError:  # Django 5.2 with the django-tasks backport
         from django_tasks import TaskContext, TaskResult, TaskResultStatus
         from django_tasks.backends.base import BaseTaskBackend
@@ -66,10 +75,21 @@ else:
         from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
         from django_tasks.utils import normalize_json
 
-__all__ = ["TASK_EVENT", "HomingTaskBackend", "TaskMessage", "install"]
+__all__ = [
+    "DEFERRED_TASK_EVENT",
+    "TASK_EVENT",
+    "DeferredTaskMessage",
+    "HomingTaskBackend",
+    "TaskMessage",
+    "install",
+]
 
 #: The event type that carries a task.
 TASK_EVENT = "django.task"
+#: The event type that carries a task with ``run_after``, on a transport that can delay.
+DEFERRED_TASK_EVENT = "django.task.deferred"
+#: The transport of deferred tasks unless ``OPTIONS["DEFER_TRANSPORT"]`` names another.
+DEFER_TRANSPORT = "tasks"
 
 
 class TaskMessage(BaseModel):
@@ -83,13 +103,42 @@ class TaskMessage(BaseModel):
     keyword_arguments: dict[str, Any] = Field(default_factory=dict)
 
 
-def install(homing: Homing) -> None:
-    """Register the task event and its handler on ``homing`` (once; done when the service is
-    loaded from ``settings.HOMING["APP"]`` and ``TASKS`` names this backend)."""
+class DeferredTaskMessage(TaskMessage):
+    """The event that carries a task enqueued with ``run_after`` (delivered no earlier)."""
+
+
+def install(homing: Homing, *, defer_transport: str | None = None) -> None:
+    """Register the task events and their handler on ``homing`` (once; done when the service
+    is loaded from ``settings.HOMING["APP"]`` and ``TASKS`` names this backend).
+
+    Args:
+        defer_transport: the transport of deferred tasks (default: the ``DEFER_TRANSPORT``
+            option of the ``TASKS`` backends that are homing's, else ``"tasks"``).
+    """
     if TASK_EVENT in homing.handlers:
         return
     homing.events.register(TASK_EVENT, TaskMessage)
     homing.handler(TaskMessage)(_run_task)
+    homing.event(DEFERRED_TASK_EVENT, transport=defer_transport or _defer_transport())(
+        DeferredTaskMessage
+    )
+    homing.handler(DeferredTaskMessage)(_run_task)
+
+
+def _defer_transport() -> str:
+    from django.conf import settings
+
+    chosen = {
+        str((options.get("OPTIONS") or {}).get("DEFER_TRANSPORT", DEFER_TRANSPORT))
+        for options in (getattr(settings, "TASKS", None) or {}).values()
+        if str(options.get("BACKEND", "")).startswith("homing.django.tasks.")
+    }
+    if len(chosen) > 1:
+        raise ConfigurationError(
+            "homing's task backends name different DEFER_TRANSPORT options "
+            f"({', '.join(sorted(chosen))}): one service routes deferred tasks one way"
+        )
+    return chosen.pop() if chosen else DEFER_TRANSPORT
 
 
 async def _run_task(message: TaskMessage, delivery: Delivery) -> None:
@@ -113,10 +162,11 @@ class HomingTaskBackend(BaseTaskBackend):
     """Tasks as signed homing events, delivered by Pub/Sub push (or homing's local broker).
 
     ``OPTIONS``: ``"DATABASE"``, the ``DATABASES`` alias of the results table (default:
-    ``settings.HOMING["DATABASE"]``).
+    ``settings.HOMING["DATABASE"]``); ``"DEFER_TRANSPORT"``, the service's transport that
+    carries tasks with ``run_after`` (default ``"tasks"``, Cloud Tasks).
     """
 
-    supports_defer = False  # Pub/Sub push cannot delay: run_after needs Cloud Tasks
+    supports_defer = True  # run_after: a delayed event on the service's Cloud Tasks transport
     supports_async_task = True
     supports_get_result = True
     supports_priority = False
@@ -130,22 +180,37 @@ class HomingTaskBackend(BaseTaskBackend):
         return self.using or config.database()
 
     def validate_task(self, task: Task[Any, Any]) -> None:
-        if task.run_after is not None:
-            raise InvalidTaskError(
-                "homing's task backend delivers through Pub/Sub push, which cannot delay a "
-                "task: run_after needs the Cloud Tasks transport, not available yet"
-            )
         if task.priority != 0:
             raise InvalidTaskError(
                 "homing's task backend cannot honour a priority (Pub/Sub delivers in no "
                 f"priority order); task {task.name!r} asks for {task.priority}"
             )
-        super().validate_task(task)
+        super().validate_task(task)  # a naive run_after is Django's error
+        if task.run_after is not None:
+            self._check_defer(task.name, task.run_after)
+
+    def _check_defer(self, name: str, run_after: datetime) -> datetime:
+        """When a deferred task is to be delivered; refused unless a transport can delay."""
+        when = max(run_after, datetime.now(UTC))  # past: delivered at once
+        transport = str(self.options.get("DEFER_TRANSPORT", DEFER_TRANSPORT))
+        try:
+            homing = config.service()
+            install(homing)
+            transport = homing.transports.transport_of(DEFERRED_TASK_EVENT)
+            homing.transports.check_delay(when, DEFERRED_TASK_EVENT)
+        except HomingError as exc:
+            raise InvalidTaskError(
+                f"task {name!r} cannot be deferred (run_after): {exc}. A deferred task is a "
+                "delayed event on the service's Cloud Tasks transport: "
+                f"Homing(transports={{{transport!r}: CloudTasksPublisher(...)}})"
+            ) from None
+        return when
 
     def enqueue(self, task: Task[Any, Any], args: Any, kwargs: Any) -> TaskResult[Any]:
         from homing.django.models import TaskRecord
 
         self.validate_task(task)
+        when = None if task.run_after is None else self._check_defer(task.name, task.run_after)
         now = datetime.now(UTC)
         result: TaskResult[Any] = TaskResult(  # Django's JSON rules: raises for other values
             task=task,
@@ -175,8 +240,10 @@ class HomingTaskBackend(BaseTaskBackend):
             kwargs=result.kwargs,
             status=TaskResultStatus.READY,
             enqueued_at=now,
+            run_after=task.run_after,
         )
-        message = TaskMessage(
+        kind = TaskMessage if when is None else DeferredTaskMessage
+        message = kind(
             task_id=result.id,
             backend=self.alias,
             task_path=task.module_path,
@@ -184,7 +251,7 @@ class HomingTaskBackend(BaseTaskBackend):
             arguments=result.args,
             keyword_arguments=result.kwargs,
         )
-        publish(message, event_id=result.id, homing=homing, using=using)
+        publish(message, event_id=result.id, at=when, homing=homing, using=using)
         return result
 
     def get_result(self, result_id: str) -> TaskResult[Any]:
@@ -197,6 +264,8 @@ class HomingTaskBackend(BaseTaskBackend):
 
     def _result(self, record: Any) -> TaskResult[Any]:
         task = _task(record.task_path).using(queue_name=record.queue_name, backend=self.alias)
+        if record.run_after is not None:  # as enqueued: not checked against today's clock
+            object.__setattr__(task, "run_after", record.run_after)
         result: TaskResult[Any] = TaskResult(
             task=task,
             id=record.id,
