@@ -979,6 +979,9 @@ def main() -> int:
         "--only", nargs="+", help="run only the cases whose name contains one of these"
     )
     parser.add_argument(
+        "--skip", nargs="+", help="leave out the cases whose name contains one of these"
+    )
+    parser.add_argument(
         "--memory-events",
         type=int,
         default=100_000,
@@ -1002,7 +1005,8 @@ def main() -> int:
         selected = [
             case
             for case in cases(workdir)
-            if not args.only or any(part in case.name for part in args.only)
+            if (not args.only or any(part in case.name for part in args.only))
+            and not any(part in case.name for part in args.skip or ())
         ]
         with _emulator_for(selected, workdir):
             http = run_http(
