@@ -21,11 +21,8 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
-import threading
-import weakref
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -36,98 +33,14 @@ from homing.app import Homing
 from homing.errors import PayloadTooLarge
 from homing.http import Answer, answer, method_not_allowed, push_head, raw_headers, read_stream
 from homing.ingress import SHAPES, Shape
+from homing.loop import LoopThread
 
-__all__ = ["FlaskHoming", "LoopThread"]
+__all__ = ["FlaskHoming", "LoopThread"]  # (LoopThread: homing.loop's, for Flask apps)
 
 T = TypeVar("T")
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _NOT_ALLOWED = method_not_allowed("POST")
-
-
-class LoopThread:
-    """One asyncio event loop in a daemon thread, for the calling process.
-
-    The thread starts on the first :meth:`run`; a process forked afterwards (a gunicorn
-    worker) gets a loop of its own on its first :meth:`run`, since threads do not survive a
-    fork.
-    """
-
-    def __init__(self, *, name: str = "homing-loop") -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        _forget_after_fork.add(self)
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()  # it may have been held by a thread the fork left behind
-        self._loop = self._thread = self._pid = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """This process's loop, started when first asked for."""
-        loop = self._loop
-        if loop is not None and self._pid == os.getpid():
-            return loop
-        with self._lock:
-            if self._loop is None or self._pid != os.getpid():
-                self._start()
-            assert self._loop is not None
-            return self._loop
-
-    def _start(self) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        thread = threading.Thread(target=serve, name=self.name, daemon=True)
-        thread.start()
-        ready.wait()
-        self._loop, self._thread, self._pid = loop, thread, os.getpid()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-        """Run ``coroutine`` on the loop and wait for its result (or its exception).
-
-        Raises :class:`TimeoutError` after ``timeout`` seconds (the coroutine is cancelled).
-        """
-        if threading.current_thread() is self._thread:
-            coroutine.close()
-            raise RuntimeError("LoopThread.run() called from its own loop: await it instead")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    def close(self) -> None:
-        """Stop the loop and its thread (this process's), if started."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            if loop is None or thread is None or self._pid != os.getpid():
-                return
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            if not thread.is_alive():
-                loop.close()
-            self._loop = self._thread = self._pid = None
-
-
-_forget_after_fork: weakref.WeakSet[LoopThread] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for loop_thread in list(_forget_after_fork):
-        loop_thread._after_fork()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class FlaskHoming:

@@ -25,8 +25,8 @@ from django.conf import settings as django_settings
 
 from homing import wiring
 from homing.app import Homing
-from homing.django._loop import LoopThread
 from homing.errors import ConfigurationError, HomingError
+from homing.loop import LoopThread
 from homing.settings import Settings
 
 #: The keys of ``settings.HOMING`` that are the Django adapter's own.
@@ -36,7 +36,7 @@ OWN_KEYS = ("APP", "DATABASE")
 on_load: list[Callable[[Homing], None]] = []
 
 #: homing's loop in this process: every homing coroutine the Django adapter runs runs here.
-loop = LoopThread()
+loop = LoopThread(name="homing-django", isolated=True)
 
 _lock = threading.Lock()
 _service: Homing | None = None

@@ -1,16 +1,16 @@
-"""One event loop per process for homing's coroutines, in a daemon thread.
+"""One event loop per process for homing's coroutines, in a daemon thread, for synchronous
+frameworks (:mod:`homing.flask`, :mod:`homing.django`).
 
-Django serves a request on whatever its server gives it: a thread (WSGI), a loop of the server's
-(ASGI), a new loop per call (``async_to_sync``). homing's async clients (HTTP, Pub/Sub) belong to
-the loop that made them, so every homing coroutine runs here, on one loop, whoever asks.
-
-This is :class:`homing.flask.LoopThread`'s job too; it is repeated here so that the Django
-adapter needs no Flask (to be folded into the shared HTTP edge).
+Such a framework serves a request on whatever its server gives it: a thread (WSGI), a loop of
+the server's (ASGI under Django), a new loop per call (``async_to_sync``). homing's async
+clients (HTTP, Pub/Sub) belong to the loop that made them, so every homing coroutine runs here,
+on one loop, whoever asks; a process forked afterwards (a gunicorn worker) gets its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import os
 import threading
@@ -22,10 +22,19 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    """An asyncio loop in a daemon thread, started on first use, started anew after a fork."""
+    """An asyncio loop in a daemon thread, started on first use, started anew after a fork.
 
-    def __init__(self, *, name: str = "homing-django") -> None:
+    Args:
+        name: the thread's name.
+        isolated: run each coroutine in an empty context, so that nothing of the caller's
+            (asgiref's executors, Django's thread-sensitive context) follows it onto the loop.
+            Otherwise it runs in a copy of the caller's context (Flask: the request's trace
+            reaches what it publishes).
+    """
+
+    def __init__(self, *, name: str = "homing-loop", isolated: bool = False) -> None:
         self.name = name
+        self.isolated = isolated
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -67,25 +76,27 @@ class LoopThread:
         return threading.current_thread() is self._thread
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-        """Start ``coroutine`` on the loop; an awaitable of its result for the calling loop.
-
-        It starts in an empty context: nothing of the caller's request (asgiref's executors,
-        Django's thread-sensitive context) follows it onto homing's loop.
-        """
-        future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, coroutine, self.loop)
-        return asyncio.wrap_future(future)
+        """Start ``coroutine`` on the loop; an awaitable of its result for the calling loop."""
+        return asyncio.wrap_future(self._start(coroutine))
 
     def run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float | None = None) -> T:
-        """Run ``coroutine`` on the loop from a synchronous caller and wait for its result."""
+        """Run ``coroutine`` on the loop from a synchronous caller and wait for its result (or
+        its exception); :class:`TimeoutError` after ``timeout`` seconds (it is cancelled)."""
         if self.in_loop():
             coroutine.close()
             raise RuntimeError("LoopThread.run() called from its own loop: await it instead")
-        future = contextvars.Context().run(asyncio.run_coroutine_threadsafe, coroutine, self.loop)
+        future = self._start(coroutine)
         try:
             return future.result(timeout)
         except TimeoutError:
             future.cancel()
             raise
+
+    def _start(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.isolated:
+            run = contextvars.Context().run
+            return run(asyncio.run_coroutine_threadsafe, coroutine, self.loop)
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def close(self) -> None:
         """Stop the loop and its thread, if this process started them."""
