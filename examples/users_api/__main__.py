@@ -11,8 +11,10 @@ import uvicorn
 
 from homing.asgi import PushEndpoint, PushFastPath
 from homing.errors import ConfigurationError, HomingError
+from homing.stores.sql import create_engine, create_tables
 from homing.telemetry import CloudLoggingFormatter, configure_logging
 from users_api.app import ServiceConfig, create_app
+from users_api.db import Base
 
 
 def _pool_errors_in_one_line(record: logging.LogRecord) -> bool:
@@ -52,6 +54,16 @@ def _configure(config: ServiceConfig) -> str | None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per loopback POST is noise
     formatter = handler.formatter
     return formatter.project if isinstance(formatter, CloudLoggingFormatter) else None
+
+
+async def _create_tables(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        await create_tables(engine)
+    finally:
+        await engine.dispose()
 
 
 def _build(config: ServiceConfig) -> PushFastPath:
