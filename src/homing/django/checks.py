@@ -8,7 +8,7 @@ from typing import Any
 from django.core import checks
 from django.db import connections
 
-from homing.django import config
+import homing.django.config as config
 from homing.errors import HomingError
 from homing.settings import Settings
 

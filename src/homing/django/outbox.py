@@ -32,8 +32,8 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from pydantic import BaseModel
 
+import homing.django.config as config
 from homing.app import Homing
-from homing.django import config
 from homing.errors import PublishFailed, StoreError
 from homing.publishers.base import OutgoingMessage
 

@@ -48,9 +48,9 @@ from django.db import connections
 from django.utils.module_loading import import_string
 from pydantic import BaseModel, Field
 
+import homing.django.config as config
 from homing.app import Homing
 from homing.dispatch import Delivery, Retry
-from homing.django import config
 from homing.django.outbox import publish
 from homing.errors import ConfigurationError, HomingError
 

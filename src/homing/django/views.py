@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+import homing.django.config as config
 from homing.app import Homing
-from homing.django import config
 from homing.errors import PayloadTooLarge
 from homing.http import Answer, answer, method_not_allowed, push_head, raw_headers, read_stream
 from homing.ingress import SHAPES, Shape

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from homing.django import config
+import homing.django.config as config
 from homing.errors import HomingError
 
 #: Commands that load the service (they take ``--app``).
