@@ -11,11 +11,25 @@ import sys
 import grimp
 
 
+def _imported(graph: grimp.ImportGraph, module: str) -> set[str]:
+    """What ``module`` imports. ``from pkg import sub`` counts ``pkg`` too: it runs the
+    package's ``__init__`` first (grimp records only ``pkg.sub``)."""
+    found = set(graph.find_modules_directly_imported_by(module))
+    for target in list(found):
+        parent = target.rpartition(".")[0]
+        if not parent or parent == module:
+            continue
+        for detail in graph.get_import_details(importer=module, imported=target):
+            if detail["line_contents"].startswith(f"from {parent} import "):
+                found.add(parent)
+    return found
+
+
 def cycles(package: str = "homing") -> list[list[str]]:
     """The import circles among ``package``'s modules (strongly connected components)."""
     graph = grimp.build_graph(package)
     modules = sorted(graph.modules)
-    edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in modules}
+    edges = {m: sorted(_imported(graph, m)) for m in modules}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -292,7 +292,7 @@ class Homing(PushPipeline):
 
             homing = Homing.from_env()
         """
-        from homing import wiring  # the settings and every backend: only when asked for
+        import homing.wiring as wiring  # the settings and every backend: only when asked for
 
         parts = wiring.from_env(environ, settings, overrides)
         homing = cls(**(parts.options | overrides))

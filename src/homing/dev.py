@@ -154,7 +154,7 @@ def warn_if_bypassing(target: Any, spec: str) -> None:
 def _dev(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from homing import provisioning
+    import homing.provisioning as provisioning
     from homing.loading import _import
     from homing.settings import Settings
     from homing.telemetry import configure_logging

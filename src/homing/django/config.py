@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
-from homing import wiring
+import homing.wiring as wiring
 from homing.app import Homing
 from homing.errors import ConfigurationError, HomingError
 from homing.loop import LoopThread

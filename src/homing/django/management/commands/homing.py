@@ -43,7 +43,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("args", nargs="*")
 
     def execute_homing(self, argv: list[str]) -> int:
-        from homing import cli
+        import homing.cli as cli
 
         if argv[:2] == ["outbox", "flush"]:
             return self._flush(argv[2:])
