@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Mapping
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from homing.asgi import PushEndpoint, PushFastPath
 from homing.errors import ConfigurationError, HomingError
@@ -103,6 +105,16 @@ def main() -> int:
     except HomingError as exc:
         sys.stderr.write(f"users_api: error: {exc}\n")
         return 2
+    if app is None:
+        # Each worker creates what is missing at start-up; on a fresh database several doing
+        # so at once race (PostgreSQL's CREATE TABLE is not IF NOT EXISTS under a check), and
+        # the loser dies. The parent creates them once, before any worker starts.
+        try:
+            asyncio.run(_create_tables(config.database_url))
+        except (OSError, SQLAlchemyError) as exc:
+            first_line = str(exc).splitlines()[0]  # SQLAlchemy appends a link on its own line
+            sys.stderr.write(f"users_api: error: cannot create the tables: {first_line}\n")
+            return 2
     logging.getLogger("users_api").info(
         "serving the reference service on http://%s:%d in %d process(es) "
         "(POST /events is the push endpoint)",
@@ -125,6 +137,11 @@ def main() -> int:
         log_level="info",
         log_config=None,  # uvicorn's lines go through the root logger's format too
         timeout_graceful_shutdown=8,
+        # uvicorn kills a worker that does not answer its health ping within this many
+        # seconds. A worker is spawned and imports the service before it can answer, which
+        # on a starting instance with little CPU can take longer than uvicorn's default 5 s:
+        # the worker is then killed with requests in flight, and replaced, over and over.
+        timeout_worker_healthcheck=30,
     )
     return 0
 

@@ -4,6 +4,7 @@ and refuses them, saying why, on SQLite."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,6 +60,12 @@ def test_several_workers_serve_one_service_on_postgresql(
         )
         workers = eventually(lambda: len(_children(service.process.pid)) >= 2 or None)
         assert workers
+        # Both workers serving, so neither is still starting when the requests arrive.
+        assert eventually(
+            lambda: service.output().count("Application startup complete") >= 2,
+            timeout=60,
+            explain=service.output,
+        )
         users = [
             httpx.post(
                 f"{service.url}/users", json={"name": f"U{n}", "email": f"u{n}@example.com"}
@@ -72,7 +79,24 @@ def test_several_workers_serve_one_service_on_postgresql(
             notes = eventually(partial(_json, f"{service.url}/users/{user['id']}/notifications"))
             assert len(notes) == 1
         assert service.stop()
-        assert "2 process(es)" in service.output()
+        output = service.output()
+        assert "2 process(es)" in output
+        assert "died" not in output, output  # no worker was killed as hung and replaced
+
+
+def _users_api(tmp_path: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    """Run the container's command with ``environ`` until it exits (it refuses to start)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
+    env.update(PYTHONPATH=str(ROOT / "examples"), HOMING_SIGNING_KEYS=KEYS, **environ)
+    return subprocess.run(
+        [sys.executable, "-m", "users_api"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,22 +109,24 @@ def test_several_workers_serve_one_service_on_postgresql(
 def test_workers_are_refused_on_sqlite_and_nonsense_in_one_line(
     tmp_path: Path, value: str, says: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMING_")}
-    env.update(
-        PYTHONPATH=str(ROOT / "examples"),
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/one.db",
-        WEB_CONCURRENCY=value,
-        HOMING_SIGNING_KEYS=KEYS,
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "users_api"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _users_api(
+        tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/one.db", WEB_CONCURRENCY=value
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"users_api: error: {says}")
+    assert done.stderr.count("\n") == 1
+
+
+def test_workers_on_an_unreachable_database_are_refused_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = _users_api(
+        tmp_path,
+        DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/none",
+        WEB_CONCURRENCY="2",
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("users_api: error: cannot create the tables: ")
+    assert str(port) in done.stderr
     assert done.stderr.count("\n") == 1
