@@ -1,7 +1,8 @@
 """``Homing``: events, handlers, a publisher and stores, wired into one object per service.
 
-The push pipeline it serves lives in :mod:`homing.pipeline`; the adapters that serve it over
-HTTP (:mod:`homing.asgi`, :mod:`homing.fastapi`, :mod:`homing.flask`) take a ``Homing``.
+Its two halves are its bases: publishing (:mod:`homing.publishing`) and the push pipeline
+(:mod:`homing.pipeline`). The adapters that serve
+it over HTTP (:mod:`homing.asgi`, :mod:`homing.fastapi`, :mod:`homing.flask`) take a ``Homing``.
 """
 
 from __future__ import annotations
@@ -9,22 +10,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
 from homing.dispatch import Effects, Handler, HandlerTable
-from homing.errors import ConfigurationError
 from homing.events import EventRegistry
-from homing.hooks import Hook, Hooks, PublishContext
+from homing.hooks import Hook, Hooks
 from homing.pipeline import DEFAULT_MAX_BODY_SIZE, AuthMode, PushPipeline, UnknownEvents
-from homing.publishers.base import OutgoingMessage, Publisher
+from homing.publishers.base import Publisher
 from homing.publishers.loopback import LoopbackPublisher
 from homing.publishers.routing import Transports
-from homing.publishing import sign_event
-from homing.scheduling import deliver_at
+from homing.publishing import Publishing
 from homing.signing import Signer
 from homing.stores.base import DedupeStore, QuarantineStore
 from homing.stores.memory import MemoryDedupeStore, MemoryQuarantineStore
@@ -41,7 +39,19 @@ H = TypeVar("H", bound=Handler)
 Step = Callable[[], Awaitable[None]]
 
 
-class Homing(PushPipeline):
+def _memory_dedupe(auth: AuthMode, publisher: Publisher | None) -> MemoryDedupeStore:
+    """The default dedupe store, with a warning where it is not enough."""
+    if auth in ("oidc", "both") or (publisher is not None and not publisher.local):
+        logger.warning(
+            "the dedupe store is in memory (no dedupe= given) in a production-like setup "
+            "(%s): handled event ids are forgotten on restart and are not shared between "
+            "instances, so a redelivery may run a handler again; use SQLDedupeStore",
+            f"auth={auth!r}" if auth in ("oidc", "both") else type(publisher).__name__,
+        )
+    return MemoryDedupeStore()
+
+
+class Homing(Publishing, PushPipeline):
     """One service's events: register models and handlers, publish, and serve the push endpoint.
 
     Args:
@@ -104,19 +114,10 @@ class Homing(PushPipeline):
         hooks: Sequence[Hook] = (),
         accept_legacy_without_oidc: bool = False,
     ) -> None:
-        if dedupe is None and (
-            auth in ("oidc", "both") or (publisher is not None and not publisher.local)
-        ):
-            logger.warning(
-                "the dedupe store is in memory (no dedupe= given) in a production-like setup "
-                "(%s): handled event ids are forgotten on restart and are not shared between "
-                "instances, so a redelivery may run a handler again; use SQLDedupeStore",
-                f"auth={auth!r}" if auth in ("oidc", "both") else type(publisher).__name__,
-            )
         super().__init__(
             signer=signer,
             oidc=oidc,
-            dedupe=dedupe if dedupe is not None else MemoryDedupeStore(),
+            dedupe=dedupe if dedupe is not None else _memory_dedupe(auth, publisher),
             quarantine=quarantine if quarantine is not None else MemoryQuarantineStore(),
             auth=auth,
             unknown_events=unknown_events,
@@ -126,7 +127,6 @@ class Homing(PushPipeline):
             hooks=Hooks(hooks),
             accept_legacy_without_oidc=accept_legacy_without_oidc,
         )
-        #: Each event type's publisher: :attr:`publisher` and the named ``transports``.
         self.transports = Transports(publisher, transports)
         self.events = EventRegistry()
         self.handlers = HandlerTable()
@@ -134,15 +134,6 @@ class Homing(PushPipeline):
         self.wired: Wired | None = None
         self._starting: list[Step] = []
         self._closing: list[Step] = []
-
-    @property
-    def publisher(self) -> Publisher | None:
-        """The default publisher (of event types declared with no ``transport``)."""
-        return self.transports.default
-
-    @publisher.setter
-    def publisher(self, publisher: Publisher | None) -> None:
-        self.transports.default = publisher
 
     # -- registration -------------------------------------------------------------------------
 
@@ -193,79 +184,6 @@ class Homing(PushPipeline):
 
         store = None if self.dedupe.transactional else type(self.dedupe).__name__
         return self.handlers.decorator(self.events, model, effects, name, plain_store=store)
-
-    # -- publishing ---------------------------------------------------------------------------
-
-    def sign(
-        self,
-        event: BaseModel,
-        *,
-        event_id: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-        ordering_key: str | None = None,
-        delay: timedelta | None = None,
-        at: datetime | None = None,
-    ) -> OutgoingMessage:
-        """Serialise and sign ``event`` into a message ready for any publisher.
-
-        ``delay`` or ``at`` schedule its delivery (see :meth:`publish`); they are checked
-        against its transport here, so an outbox never stages what cannot be delivered.
-        """
-        return self._sign(
-            event, event_id, attributes, ordering_key, deliver_at(delay=delay, at=at), None
-        )
-
-    async def publish(
-        self,
-        event: BaseModel,
-        *,
-        event_id: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-        ordering_key: str | None = None,
-        delay: timedelta | None = None,
-        at: datetime | None = None,
-    ) -> str:
-        """Sign ``event`` and publish it; returns its event id once the broker has it.
-
-        ``delay=timedelta(...)`` or ``at=datetime`` (timezone-aware) has it delivered no
-        earlier than then, on a transport that can delay (Cloud Tasks: up to 30 days).
-
-        Raises:
-            InvalidDelay: a negative or too long delay, or one its transport cannot keep.
-            PublishFailed: the broker did not take it.
-        """
-        publisher = self.transports.publisher_for(self.events.type_name(event))
-        context = PublishContext(self.events.type_name(event)) if self.hooks else None
-        when = deliver_at(delay=delay, at=at)
-        message = self._sign(event, event_id, attributes, ordering_key, when, context)
-        await self.hooks.publish(publisher, message, context)  # timed, for the hooks
-        return message.event_id
-
-    def _sign(
-        self,
-        event: BaseModel,
-        event_id: str | None,
-        attributes: Mapping[str, str] | None,
-        ordering_key: str | None,
-        when: datetime | None,
-        context: PublishContext | None,
-    ) -> OutgoingMessage:
-        if self.signer is None:
-            raise ConfigurationError("signing needs a signer (signing keys)")
-        type_name = self.events.type_name(event)
-        if when is not None:
-            self.transports.check_delay(when, type_name)
-        return sign_event(
-            self.signer,
-            type_name,
-            event,
-            self.hooks,
-            context,
-            event_id=event_id,
-            attributes=attributes,
-            ordering_key=ordering_key,
-            deliver_at=when,
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -1,19 +1,24 @@
-"""From an event to a signed message: serialise, let the hooks add attributes, sign.
+"""The publishing side of a service: from an event to a signed message, and to its transport.
 
-:meth:`homing.Homing.sign` and :meth:`~homing.Homing.publish` go through :func:`sign_event`;
-:meth:`homing.hooks.Hooks.publish` then times the publish for the hooks.
+:class:`Publishing` is the half of :class:`homing.Homing` that an API uses (the push side is
+:class:`homing.pipeline.PushPipeline`). :meth:`~Publishing.sign` and
+:meth:`~Publishing.publish` go through :func:`sign_event` (serialise, let the hooks add
+attributes, sign); :meth:`homing.hooks.Hooks.publish` then times the publish for the hooks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
-from homing.events import encode_event
+from homing.errors import ConfigurationError
+from homing.events import EventRegistry, encode_event
 from homing.hooks import Hooks, PublishContext
-from homing.publishers.base import OutgoingMessage
+from homing.publishers.base import OutgoingMessage, Publisher
+from homing.publishers.routing import Transports
+from homing.scheduling import deliver_at
 from homing.signing import EVENT_ID, Signer
 
 
@@ -53,3 +58,96 @@ def sign_event(
         ordering_key=ordering_key,
         deliver_at=deliver_at,
     )
+
+
+class Publishing:
+    """Sign events of a registry and publish each on its event type's transport.
+
+    A base of :class:`homing.Homing`, which sets the four attributes below.
+    """
+
+    signer: Signer | None
+    hooks: Hooks
+    events: EventRegistry
+    #: Each event type's publisher: :attr:`publisher` and the named ``transports``.
+    transports: Transports
+
+    @property
+    def publisher(self) -> Publisher | None:
+        """The default publisher (of event types declared with no ``transport``)."""
+        return self.transports.default
+
+    @publisher.setter
+    def publisher(self, publisher: Publisher | None) -> None:
+        self.transports.default = publisher
+
+    def sign(
+        self,
+        event: BaseModel,
+        *,
+        event_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
+    ) -> OutgoingMessage:
+        """Serialise and sign ``event`` into a message ready for any publisher.
+
+        ``delay`` or ``at`` schedule its delivery (see :meth:`publish`); they are checked
+        against its transport here, so an outbox never stages what cannot be delivered.
+        """
+        when = deliver_at(delay=delay, at=at)
+        return self._sign(event, event_id, attributes, ordering_key, when, None)
+
+    async def publish(
+        self,
+        event: BaseModel,
+        *,
+        event_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        ordering_key: str | None = None,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """Sign ``event`` and publish it; returns its event id once the broker has it.
+
+        ``delay=timedelta(...)`` or ``at=datetime`` (timezone-aware) has it delivered no
+        earlier than then, on a transport that can delay (Cloud Tasks: up to 30 days).
+
+        Raises:
+            InvalidDelay: a negative or too long delay, or one its transport cannot keep.
+            PublishFailed: the broker did not take it.
+        """
+        type_name = self.events.type_name(event)
+        publisher = self.transports.publisher_for(type_name)
+        context = PublishContext(type_name) if self.hooks else None
+        when = deliver_at(delay=delay, at=at)
+        message = self._sign(event, event_id, attributes, ordering_key, when, context)
+        await self.hooks.publish(publisher, message, context)  # timed, for the hooks
+        return message.event_id
+
+    def _sign(
+        self,
+        event: BaseModel,
+        event_id: str | None,
+        attributes: Mapping[str, str] | None,
+        ordering_key: str | None,
+        when: datetime | None,
+        context: PublishContext | None,
+    ) -> OutgoingMessage:
+        if self.signer is None:
+            raise ConfigurationError("signing needs a signer (signing keys)")
+        type_name = self.events.type_name(event)
+        if when is not None:
+            self.transports.check_delay(when, type_name)
+        return sign_event(
+            self.signer,
+            type_name,
+            event,
+            self.hooks,
+            context,
+            event_id=event_id,
+            attributes=attributes,
+            ordering_key=ordering_key,
+            deliver_at=when,
+        )
