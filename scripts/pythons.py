@@ -8,8 +8,16 @@ distribution (those run once, on ``.venv``'s Python). An interpreter is ``python
 else pyenv's newest 3.X. Under CI (``CI`` set) one not found fails, naming it; elsewhere it is
 skipped, saying so.
 
-    python scripts/pythons.py test [PYTEST ARGS]   # `make test`, after the whole suite
+    python scripts/pythons.py test [PYTEST ARGS]   # `make test-pythons`
+    python scripts/pythons.py test --beside CMD... # `make test`: beside .venv's e2e tests
     python scripts/pythons.py lock                 # `make lock`, after requirements/dev.lock
+
+``--beside CMD`` runs CMD (``make test``: .venv's end-to-end and distribution tests, which
+mostly wait on processes they started) in the foreground while the other versions' suites,
+which mostly compute, run one after another behind it, each printed whole once it is over;
+the two kinds share the two cores rather than take turns. Each other version's suite gets a
+PostgreSQL database of its own (``test_py3X`` beside ``test``), made when missing, so the
+suites running at once never drop each other's tables.
 
 ``lock`` resolves the development extra on each other version with requirements/dev.lock as
 constraints: where that installs exactly what the lock pins, the one lock serves; where it does
@@ -28,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Sequence
@@ -38,6 +47,27 @@ DEV_LOCK = ROOT / "requirements" / "dev.lock"
 #: What the other versions leave out: the end-to-end tests (real processes over loopback, the
 #: emulator, the broker) and the distribution's build and install, which run on .venv's Python.
 MARKERS = "not e2e and not dist"
+#: The suite's PostgreSQL database (tests/conftest.py reads the same variable, same default).
+POSTGRES_URL = os.environ.get(
+    "HOMING_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+_DATABASE = re.compile(r"/(?P<name>[^/?]+)(?P<query>\?.*)?$")
+#: Run by a venv's Python: make the database named argv[2] on the server of argv[1] (a libpq
+#: address of another database there) unless it exists.
+_CREATE_DATABASE = """
+import asyncio, sys
+import asyncpg
+
+async def main(dsn, name):
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await connection.execute('CREATE DATABASE "%s"' % name.replace('"', '""'))
+    finally:
+        await connection.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
 _CLASSIFIER = re.compile(r"Programming Language :: Python :: (3\.\d+)$")
 _RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -158,31 +188,78 @@ def venv_for(version: str, python: str) -> Path:
     return venv
 
 
-def test(versions: Sequence[str], pytest_args: Sequence[str]) -> int:
-    """Each of ``versions``' suites, without e2e; 1 if one failed or, under CI, is missing."""
+def database_for(version: str, venv: Path) -> str:
+    """The suite's PostgreSQL URL with a database of ``version``'s own, made when missing.
+
+    Where it cannot be made (no server on a laptop), the URL is still given: the tests that
+    need it skip, or fail under CI, saying so, as they do on ``test``.
+    """
+    found = _DATABASE.search(POSTGRES_URL)
+    if found is None:
+        return POSTGRES_URL
+    name = f"{found['name']}_py{version.replace('.', '')}"
+    url = f"{POSTGRES_URL[: found.start()]}/{name}{found['query'] or ''}"
+    dsn = POSTGRES_URL.replace("+asyncpg", "", 1)
+    made = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _CREATE_DATABASE, dsn, name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if made.returncode != 0:
+        error = (made.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"pythons: could not make PostgreSQL database {name}: {error}", file=sys.stderr)
+    return url
+
+
+def _suite(version: str, pytest_args: Sequence[str], *, quiet: bool) -> tuple[str | None, str]:
+    """``version``'s suite without e2e: what failed (``None``: nothing), and its time. ``quiet``
+    keeps its output until it is over, then prints it whole."""
+    python = interpreter(version)
+    if python is None:
+        return f"Python {version} (not found)" if _missing(version) else None, "not found"
+    venv = venv_for(version, python)
+    env = os.environ | {"HOMING_TEST_POSTGRES_URL": database_for(version, venv)}
+    command = [str(venv / "bin" / "python"), "-m", "pytest", "-m", MARKERS, *pytest_args]
+    started = time.monotonic()
+    print(f"pythons: Python {version}: pytest -m {MARKERS!r}", flush=True)
+    if quiet:
+        run = subprocess.run(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, check=False,
+        )  # fmt: skip
+        print(f"pythons: Python {version}'s suite:\n{run.stdout}", end="", flush=True)
+    else:
+        run = subprocess.run(command, cwd=ROOT, env=env, text=True, check=False)
+    failure = None if run.returncode == 0 else f"Python {version}"
+    return failure, f"{version} {time.monotonic() - started:.0f} s"
+
+
+def run_suites(
+    versions: Sequence[str], pytest_args: Sequence[str], beside: Sequence[str] = ()
+) -> int:
+    """Each of ``versions``' suites, without e2e, beside the command ``beside`` when given;
+    1 if one failed (``beside`` too) or, under CI, is missing."""
     failed: list[str] = []
     timings: list[str] = []
-    for version in versions:
-        python = interpreter(version)
-        if python is None:
-            if _missing(version):
-                failed.append(f"{version} (not found)")
-            continue
-        venv = venv_for(version, python)
-        print(f"pythons: Python {version}: pytest -m {MARKERS!r}", flush=True)
-        started = time.monotonic()
-        run = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pytest", "-m", MARKERS, *pytest_args],
-            cwd=ROOT,
-            check=False,
-        )
-        timings.append(f"{version} {time.monotonic() - started:.0f} s")
-        if run.returncode != 0:
-            failed.append(version)
-    if timings:
+
+    def suites() -> None:
+        for version in versions:
+            failure, timing = _suite(version, pytest_args, quiet=bool(beside))
+            timings.append(timing)
+            if failure:
+                failed.append(failure)
+
+    behind = threading.Thread(target=suites, name="pythons")
+    behind.start()
+    if beside and subprocess.run(list(beside), cwd=ROOT, check=False).returncode != 0:
+        failed.append(" ".join(beside))
+    behind.join()
+    if timings := [t for t in timings if t != "not found"]:
         print(f"pythons: suites took {', '.join(timings)}")
     if failed:
-        print(f"pythons: FAILED on Python {', '.join(failed)}", file=sys.stderr)
+        print(f"pythons: FAILED on {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -226,9 +303,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("test", help="the suite without e2e on each other supported Python")
     commands.add_parser("lock", help="check or make each other supported Python's lock")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beside: list[str] = []
+    if "--beside" in argv:  # everything after it is the command
+        at = argv.index("--beside")
+        argv, beside = argv[:at], argv[at + 1 :]
+        if not beside:
+            parser.error("--beside needs a command")
     args, rest = parser.parse_known_args(argv)
     if args.command == "test":
-        return test(others(), rest)
+        return run_suites(others(), rest, beside)
+    if beside:
+        parser.error("--beside goes with test")
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return lock(others())

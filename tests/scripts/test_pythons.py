@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from scripts import pythons
@@ -37,7 +40,7 @@ def test_a_missing_python_fails_under_ci_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CI", "true")
-    assert pythons.test(["3.99"], []) == 1
+    assert pythons.run_suites(["3.99"], []) == 1
     err = capsys.readouterr().err
     assert "Python 3.99 is supported" in err
     assert "required in CI" in err
@@ -48,7 +51,7 @@ def test_a_missing_python_is_skipped_elsewhere_saying_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("CI", raising=False)
-    assert pythons.test(["3.99"], []) == 0
+    assert pythons.run_suites(["3.99"], []) == 0
     assert "skipping Python 3.99: no interpreter found" in capsys.readouterr().err
 
 
@@ -60,3 +63,63 @@ def test_drift_is_what_the_lock_does_not_pin(tmp_path: Path) -> None:
     shorter.write_text("\n".join(line for line in pins if not line.startswith("orjson==")))
     [drifted] = pythons.unpinned(venv, shorter)
     assert drifted.startswith("orjson==")
+
+
+def test_beside_fails_when_its_command_fails_and_passes_when_it_passes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert pythons.run_suites([], [], [sys.executable, "-c", "raise SystemExit(3)"]) == 1
+    assert f"FAILED on {sys.executable} -c raise SystemExit(3)" in capsys.readouterr().err
+    assert pythons.run_suites([], [], [sys.executable, "-c", "pass"]) == 0
+
+
+def test_beside_is_given_its_command_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[list[str], list[str], list[str]]] = []
+    monkeypatch.setattr(pythons, "others", lambda: ["3.99"])
+
+    def run_suites(*args: list[str]) -> int:
+        seen.append(args)  # type: ignore[arg-type]
+        return 0
+
+    monkeypatch.setattr(pythons, "run_suites", run_suites)
+    assert pythons.main(["test", "-x", "--beside", "pytest", "-m", "e2e or dist"]) == 0
+    assert seen == [(["3.99"], ["-x"], ["pytest", "-m", "e2e or dist"])]
+
+
+def test_each_other_python_gets_a_database_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[list[str]] = []
+
+    def run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        made.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(pythons, "POSTGRES_URL", "postgresql+asyncpg://u@h:5432/test?ssl=off")
+    monkeypatch.setattr(subprocess, "run", run)
+    url = pythons.database_for("3.12", Path("/venv"))
+    assert url == "postgresql+asyncpg://u@h:5432/test_py312?ssl=off"
+    [command] = made
+    assert command[0] == "/venv/bin/python"
+    assert command[-2:] == ["postgresql://u@h:5432/test?ssl=off", "test_py312"]
+
+
+@pytest.mark.postgres
+def test_the_database_is_made_on_the_server_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import POSTGRES_URL
+
+    monkeypatch.setattr(pythons, "POSTGRES_URL", POSTGRES_URL)
+    venv = Path(sys.prefix)  # this venv: it has asyncpg
+    url = pythons.database_for("9.99", venv)
+    assert url.endswith("_py999")
+    assert pythons.database_for("9.99", venv) == url  # there already: left as it is
+
+    async def exists_then_drop() -> bool:
+        admin = await asyncpg.connect(POSTGRES_URL.replace("+asyncpg", ""))
+        try:
+            name = url.rsplit("/", 1)[1]
+            found = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            return bool(found)
+        finally:
+            await admin.close()
+
+    assert asyncio.run(exists_then_drop())
