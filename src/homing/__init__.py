@@ -30,6 +30,7 @@ from homing.errors import (
     PayloadTooLarge,
     PublishFailed,
     PushRejected,
+    StoreBusy,
     StoreError,
 )
 from homing.events import EventRegistry
@@ -83,6 +84,7 @@ __all__ = [
     "Retry",
     "Settings",
     "Signer",
+    "StoreBusy",
     "StoreError",
     "VerifiedMessage",
     "__version__",

@@ -60,6 +60,15 @@ class StoreError(HomingError):
     """
 
 
+class StoreBusy(StoreError):
+    """Raised when every connection in a store's pool is in use and none came free in time
+    (``create_engine(pool_timeout=...)``): the database is up, this process is saturated.
+
+    A push that meets it is answered 503 with ``Retry-After`` at once, rather than waiting
+    past its deadline for a connection.
+    """
+
+
 class PushRejected(HomingError):
     """Raised when a push request must be refused before any handler runs."""
 

@@ -62,8 +62,15 @@ class Answer(NamedTuple):
     body: bytes
 
 
-def json_answer(status: int, payload: Mapping[str, object], *, allow: str | None = None) -> Answer:
-    """``payload`` as a JSON answer; ``allow`` adds the ``Allow`` header (for a 405)."""
+def json_answer(
+    status: int,
+    payload: Mapping[str, object],
+    *,
+    allow: str | None = None,
+    retry_after: int | None = None,
+) -> Answer:
+    """``payload`` as a JSON answer; ``allow`` adds the ``Allow`` header (for a 405),
+    ``retry_after`` the ``Retry-After`` header (seconds)."""
     body = orjson.dumps(payload)
     headers: tuple[tuple[bytes, bytes], ...] = (
         (b"content-type", _JSON),
@@ -71,6 +78,8 @@ def json_answer(status: int, payload: Mapping[str, object], *, allow: str | None
     )
     if allow is not None:
         headers += ((b"allow", allow.encode("latin-1")),)
+    if retry_after is not None:
+        headers += ((b"retry-after", b"%d" % retry_after),)
     return Answer(status, headers, body)
 
 
@@ -85,7 +94,7 @@ def answer(result: PushResult) -> Answer:
     payload = {"outcome": result.outcome}
     if result.detail:
         payload["detail"] = result.detail
-    return json_answer(result.status, payload)
+    return json_answer(result.status, payload, retry_after=result.retry_after)
 
 
 def method_not_allowed(allow: str) -> Answer:

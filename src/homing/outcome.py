@@ -16,6 +16,9 @@ class PushResult:
     status: int
     outcome: str
     detail: str | None = None
+    #: Seconds the sender should wait before trying again (the ``Retry-After`` header):
+    #: Cloud Tasks slows the queue for it; Pub/Sub backs off on any failure anyway.
+    retry_after: int | None = None
 
     @property
     def acked(self) -> bool:
@@ -26,7 +29,10 @@ class PushResult:
 DONE = PushResult(204, "done")
 DUPLICATE = PushResult(204, "duplicate")
 IN_PROGRESS = PushResult(409, "in_progress", "another delivery of this event is running")
-STORE_DOWN = PushResult(503, "store_unavailable", "the dedupe store is unavailable")
+STORE_DOWN = PushResult(503, "store_unavailable", "the dedupe store is unavailable", retry_after=10)
+STORE_BUSY = PushResult(
+    503, "store_unavailable", "every database connection is in use", retry_after=1
+)
 
 #: Every outcome a push (or a replay) can have: the pipeline's and the refusals'. Metrics and
 #: logs label by these alone; any other reads as ``other``.

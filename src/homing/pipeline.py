@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ValidationError
 
 from homing.dispatch import BoundHandler, Delivery, Drop, HandlerTable, Retry
-from homing.errors import ConfigurationError, HomingError, PushRejected, StoreError
+from homing.errors import ConfigurationError, HomingError, PushRejected, StoreBusy, StoreError
 from homing.escaping import printable
 from homing.events import EventRegistry, decode_event, describe_validation_error
 from homing.hooks import Hooks, PushContext
 from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
 from homing.ingress.cloudtasks import untrusted
 from homing.ingress.wrapped import parse_push
-from homing.outcome import DONE, DUPLICATE, IN_PROGRESS, STORE_DOWN, PushResult
+from homing.outcome import DONE, DUPLICATE, IN_PROGRESS, STORE_BUSY, STORE_DOWN, PushResult
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
 from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
 
@@ -361,8 +361,7 @@ class PushPipeline:
         try:
             return await run(handler, event, delivery, force=force)
         except StoreError as exc:
-            logger.error("%s (%s, %s): %s", STORE_DOWN.detail, type_name, key, exc)
-            return STORE_DOWN
+            return _store_failed(exc, f"{type_name}, {key}")
         except Drop as exc:
             return f"dropped by the handler: {exc}"
         except Retry as exc:
@@ -473,8 +472,7 @@ class PushPipeline:
         try:
             claim = await self.dedupe.claim(event_id, lease=self.lease)
         except StoreError as exc:
-            logger.error("%s (%s): %s", STORE_DOWN.detail, event_id, exc)
-            return STORE_DOWN
+            return _store_failed(exc, event_id)
         if claim is Claim.DUPLICATE:
             return DUPLICATE
         if claim is Claim.IN_PROGRESS:
@@ -500,9 +498,21 @@ class PushPipeline:
             await self.quarantine.add(entry)
         except StoreError as exc:
             logger.error("could not quarantine %s: %s", verified.event_id, exc)
-            return PushResult(503, "store_unavailable", "the quarantine store is unavailable")
+            return PushResult(
+                503, "store_unavailable", "the quarantine store is unavailable", retry_after=10
+            )
         logger.warning("quarantined %s (%s): %s", verified.event_type, verified.event_id, reason)
         return PushResult(200, "quarantined", reason)
+
+
+def _store_failed(exc: StoreError, what: str) -> PushResult:
+    """The answer to a push the dedupe store failed: busy (a WARNING, retry in a moment) or
+    down (an ERROR)."""
+    if isinstance(exc, StoreBusy):
+        logger.warning("%s (%s): %s", STORE_BUSY.detail, what, exc)
+        return STORE_BUSY
+    logger.error("%s (%s): %s", STORE_DOWN.detail, what, exc)
+    return STORE_DOWN
 
 
 def _dead_letter_source(attributes: Mapping[str, str]) -> str | None:

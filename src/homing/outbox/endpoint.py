@@ -24,7 +24,7 @@ from homing.outcome import PushResult
 logger = logging.getLogger("homing.outbox")
 
 _NOT_ALLOWED = method_not_allowed("POST")
-_STORE_DOWN = answer(PushResult(503, "store_unavailable"))
+_STORE_DOWN = answer(PushResult(503, "store_unavailable", retry_after=10))
 
 
 class FlushEndpoint:

@@ -28,9 +28,10 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from homing.errors import ConfigurationError, StoreError
+from homing.errors import ConfigurationError, StoreBusy, StoreError
 from homing.stores.sql._sqlite_inline import DBAPI as inline_sqlite_dbapi
 
 #: The driver homing's SQL stores run on, per database, and a URL that selects it. (Their
@@ -56,7 +57,10 @@ def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> As
     it in order instead of sleeping on SQLite's lock.
 
     **PostgreSQL**: up to 15 connections, kept open (SQLAlchemy's default opens and closes ten
-    of them again and again under load, and the handshakes cost more than the statements).
+    of them again and again under load, and the handshakes cost more than the statements). A
+    request waits at most 5 s for one to come free (``pool_timeout``; SQLAlchemy's default is
+    30 s, past a push's default 10 s deadline): then the store raises
+    :class:`~homing.errors.StoreBusy` and the push is answered 503 with ``Retry-After``.
 
     For both, a refused or failed *connect* — which asyncpg reports as a bare ``OSError`` —
     surfaces as SQLAlchemy's ``OperationalError`` like every other database error, so an
@@ -74,6 +78,7 @@ def create_engine(url: str, *, inline_sqlite: bool = True, **options: Any) -> As
     if database.get_backend_name() == "postgresql":
         options.setdefault("pool_size", 15)
         options.setdefault("max_overflow", 0)
+        options.setdefault("pool_timeout", 5)
     sqlite_db = database.get_backend_name() == "sqlite"
     if sqlite_db:
         connect_args = options.setdefault("connect_args", {})
@@ -188,6 +193,10 @@ class translate_errors:
         errors = DRIVER_ERRORS
         if self.engine is not None:
             errors = (*errors, self.engine.dialect.loaded_dbapi.Error)
+        if isinstance(exc, PoolTimeout):
+            raise StoreBusy(
+                f"no pooled database connection came free while {self.doing}: {describe(exc)}"
+            ) from exc
         if isinstance(exc, errors):
             raise StoreError(f"the database failed while {self.doing}: {describe(exc)}") from exc
 
