@@ -28,10 +28,9 @@ run-django: $(STAMP)
 	PYTHONPATH=examples DJANGO_SETTINGS_MODULE=django_api.settings \
 	  $(BIN)/homing dev --app django_api.asgi:application --data django_api.broker.sqlite3
 
-## test: lint, types, the docs site and the whole test suite: first its in-process tests, then
-## its end-to-end and distribution tests (which mostly wait on processes) while the suite without
-## them runs on each other supported Python (installs Debian's chromium for the broker's
-## web-page test when missing and apt-get is there)
+## test: lint, types, the docs site and the whole test suite, and beside it the suite without
+## its end-to-end tests on each other supported Python (installs Debian's chromium for the
+## broker's web-page test when missing and apt-get is there)
 test: $(STAMP) lint docs
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null \
 	  || apt-get install -y -qq chromium >/dev/null \
@@ -39,8 +38,7 @@ test: $(STAMP) lint docs
 	  || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "make: could not install chromium; the web-page test needs it" >&2
 	$(BIN)/python -m tests.schemas.asyncapi  # the pinned AsyncAPI 3.0 schema, into .cache/
-	$(BIN)/python -m pytest -m "not e2e and not dist"
-	$(BIN)/python scripts/pythons.py test --beside $(BIN)/python -m pytest -m "e2e or dist"
+	$(BIN)/python scripts/pythons.py test --beside $(BIN)/python -m pytest
 
 ## test-pythons: the suite without its end-to-end tests on each other supported Python, each in
 ## its own .venv-3.X (a Python not found fails under CI, and is skipped, saying so, elsewhere)

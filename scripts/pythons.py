@@ -12,12 +12,12 @@ skipped, saying so.
     python scripts/pythons.py test --beside CMD... # `make test`: beside .venv's e2e tests
     python scripts/pythons.py lock                 # `make lock`, after requirements/dev.lock
 
-``--beside CMD`` runs CMD (``make test``: .venv's end-to-end and distribution tests, which
-mostly wait on processes they started) in the foreground while the other versions' suites,
-which mostly compute, run one after another behind it, each printed whole once it is over;
-the two kinds share the two cores rather than take turns. Each other version's suite gets a
-PostgreSQL database of its own (``test_py3X`` beside ``test``), made when missing, so the
-suites running at once never drop each other's tables.
+``--beside CMD`` runs CMD (``make test``: .venv's whole suite) in the foreground while each
+other version builds its venv and runs its suite in a lane of its own behind it, printed
+whole once it is over. A pytest run is one process, and the end-to-end tests mostly wait on
+the processes they start: run one after another, the suites kept about one core busy of two.
+Each other version's suite gets a PostgreSQL database of its own (``test_py3X`` beside
+``test``), made when missing, so suites running at once never drop each other's tables.
 
 ``lock`` resolves the development extra on each other version with requirements/dev.lock as
 constraints: where that installs exactly what the lock pins, the one lock serves; where it does
@@ -244,18 +244,23 @@ def run_suites(
     failed: list[str] = []
     timings: list[str] = []
 
-    def suites() -> None:
-        for version in versions:
-            failure, timing = _suite(version, pytest_args, quiet=bool(beside))
-            timings.append(timing)
-            if failure:
-                failed.append(failure)
+    def suite(version: str) -> None:
+        failure, timing = _suite(version, pytest_args, quiet=bool(beside))
+        timings.append(timing)
+        if failure:
+            failed.append(failure)
 
-    behind = threading.Thread(target=suites, name="pythons")
-    behind.start()
-    if beside and subprocess.run(list(beside), cwd=ROOT, check=False).returncode != 0:
-        failed.append(" ".join(beside))
-    behind.join()
+    if not beside:  # one after another, each printed as it runs
+        for version in versions:
+            suite(version)
+    else:  # each in a lane of its own behind the command, printed whole when over
+        lanes = [threading.Thread(target=suite, args=(v,), name=f"python{v}") for v in versions]
+        for lane in lanes:
+            lane.start()
+        if subprocess.run(list(beside), cwd=ROOT, check=False).returncode != 0:
+            failed.append(" ".join(beside))
+        for lane in lanes:
+            lane.join()
     if timings := [t for t in timings if t != "not found"]:
         print(f"pythons: suites took {', '.join(timings)}")
     if failed:
