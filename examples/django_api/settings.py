@@ -21,8 +21,15 @@ def _database(url: str | None) -> dict[str, object]:
     if parts.scheme.split("+")[0] not in ("postgres", "postgresql"):
         raise ImproperlyConfigured("DATABASE_URL must be a postgresql:// URL (or unset: SQLite)")
     schema = os.environ.get("DJANGO_API_SCHEMA")  # a schema of its own (the e2e tests)
+    options: dict[str, object] = {"options": f"-c search_path={schema}"} if schema else {}
+    # Django's connection pool (psycopg_pool). Under ASGI each request, and each of homing's
+    # transactions, runs on a thread of its own; without a pool every one of them opens and
+    # closes a connection of its own (most of an event's cost), and as many are open at once
+    # as requests are in flight, past PostgreSQL's max_connections under load. A connection
+    # that does not come free within 5 s is an error (a push: 503, and Pub/Sub retries).
+    options["pool"] = {"min_size": 2, "max_size": 10, "timeout": 5}
     return {
-        "OPTIONS": {"options": f"-c search_path={schema}"} if schema else {},
+        "OPTIONS": options,
         "ENGINE": "django.db.backends.postgresql",
         "NAME": parts.path.lstrip("/"),
         "USER": parts.username or "",
