@@ -9,7 +9,7 @@ else pyenv's newest 3.X. Under CI (``CI`` set) one not found fails, naming it; e
 skipped, saying so.
 
     python scripts/pythons.py test [PYTEST ARGS]   # `make test-pythons`
-    python scripts/pythons.py test --beside CMD... # `make test`: beside .venv's e2e tests
+    python scripts/pythons.py test --beside CMD... # `make test`: beside .venv's whole suite
     python scripts/pythons.py lock                 # `make lock`, after requirements/dev.lock
 
 ``--beside CMD`` runs CMD (``make test``: .venv's whole suite) in the foreground while each
@@ -245,7 +245,13 @@ def run_suites(
     timings: list[str] = []
 
     def suite(version: str) -> None:
-        failure, timing = _suite(version, pytest_args, quiet=bool(beside))
+        try:
+            failure, timing = _suite(version, pytest_args, quiet=bool(beside))
+        except (Exception, SystemExit) as exc:  # a venv that would not build: in a lane, a
+            # thread's exception (SystemExit too) would otherwise vanish and the run pass
+            print(f"pythons: Python {version}: {exc}", file=sys.stderr, flush=True)
+            failed.append(f"Python {version} (its venv)")
+            return
         timings.append(timing)
         if failure:
             failed.append(failure)

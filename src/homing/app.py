@@ -1,8 +1,8 @@
 """``Homing``: events, handlers, a publisher and stores, wired into one object per service.
 
 Its two halves are its bases: publishing (:mod:`homing.publishing`) and the push pipeline
-(:mod:`homing.pipeline`). The adapters that serve
-it over HTTP (:mod:`homing.asgi`, :mod:`homing.fastapi`, :mod:`homing.flask`) take a ``Homing``.
+(:mod:`homing.pipeline`). The adapters that serve it over HTTP (:mod:`homing.asgi`,
+:mod:`homing.fastapi`, :mod:`homing.flask`) take a ``Homing``.
 """
 
 from __future__ import annotations

@@ -123,3 +123,17 @@ def test_the_database_is_made_on_the_server_once(monkeypatch: pytest.MonkeyPatch
             await admin.close()
 
     assert asyncio.run(exists_then_drop())
+
+
+def test_a_venv_that_will_not_build_fails_the_run_from_its_lane(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def drifted(version: str, python: str) -> Path:
+        raise SystemExit("pythons: .venv-3.12 holds what requirements/dev.lock does not pin")
+
+    monkeypatch.setattr(pythons, "interpreter", lambda version: sys.executable)
+    monkeypatch.setattr(pythons, "venv_for", drifted)
+    assert pythons.run_suites(["3.12"], [], [sys.executable, "-c", "pass"]) == 1
+    err = capsys.readouterr().err
+    assert "does not pin" in err
+    assert "FAILED on Python 3.12 (its venv)" in err
