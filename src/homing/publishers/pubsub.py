@@ -132,30 +132,39 @@ class PubSubPublisher(Publisher):
                     timeout=left,
                     **attributes,
                 )
+            except AssertionError as exc:
+                # google-cloud-pubsub: the previous attempt's batch failed and the client's
+                # commit thread has not yet replaced it ("Publish after stop() or publish
+                # error"), which a loaded CPU makes likely. Nothing was sent; a later attempt
+                # gets a new batch.
+                failure: Exception = exc
             except Exception as exc:  # nothing was sent: too large, a stopped client
                 raise self._failed(message, f"refused the publish to {self.topic}", exc) from exc
-            waiting = asyncio.wrap_future(sent)
-            self._in_flight.add(waiting)
-            try:
-                return await asyncio.wait_for(asyncio.shield(waiting), left)
-            except TimeoutError:
-                # The attempt ends by its own deadline, now or soon; its outcome is not needed.
-                waiting.add_done_callback(_outcome_dropped)
-                raise self._failed(message, self._not_confirmed, None) from None
-            except Exception as exc:
-                if ordering_key:
-                    self._resume(ordering_key)
-                # A RuntimeError here is a batch the client cancelled: an earlier publish of
-                # the key failed (or the client stopped, which the next attempt finds out).
-                if not (_TRANSIENT(exc) or isinstance(exc, RuntimeError)):
-                    raise self._failed(
-                        message, f"refused the publish to {self.topic}", exc
-                    ) from exc
-                pause = random.uniform(0, backoff)  # noqa: S311 - jitter, not a secret
-                if loop.time() + pause >= deadline:
-                    raise self._failed(message, self._not_confirmed, exc) from exc
-            finally:
-                self._in_flight.discard(waiting)
+            else:
+                waiting = asyncio.wrap_future(sent)
+                self._in_flight.add(waiting)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(waiting), left)
+                except TimeoutError:
+                    # The attempt ends by its own deadline, now or soon; its outcome is not
+                    # needed.
+                    waiting.add_done_callback(_outcome_dropped)
+                    raise self._failed(message, self._not_confirmed, None) from None
+                except Exception as exc:
+                    if ordering_key:
+                        self._resume(ordering_key)
+                    # A RuntimeError here is a batch the client cancelled: an earlier publish
+                    # of the key failed (or the client stopped, which the next attempt finds).
+                    if not (_TRANSIENT(exc) or isinstance(exc, RuntimeError)):
+                        raise self._failed(
+                            message, f"refused the publish to {self.topic}", exc
+                        ) from exc
+                    failure = exc
+                finally:
+                    self._in_flight.discard(waiting)
+            pause = random.uniform(0, backoff)  # noqa: S311 - jitter, not a secret
+            if loop.time() + pause >= deadline:
+                raise self._failed(message, self._not_confirmed, failure) from failure
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, _LAST_BACKOFF)
 
