@@ -57,6 +57,8 @@ REFERENCE = "reference service (make run)"
 REFERENCE_OFF = "reference service, telemetry off"
 REFERENCE_NEW = "reference service, new events"
 REFERENCE_NEW_OFF = "reference service, telemetry off, new events"
+REFERENCE_PG_NEW = "reference service on postgres, new events"
+REFERENCE_PG_NEW_OFF = "reference service on postgres, telemetry off, new events"
 HAND_RENAME = "hand-written rename, then publish (raw client)"
 DJANGO_NEW = "django reference service, new events"
 DJANGO_NEW_OFF = "django reference service, telemetry off, new events"
@@ -303,8 +305,14 @@ def cases(workdir: Path) -> list[HttpCase]:
             fresh=True,
         ),
         _reference(
-            "reference service on postgres, new events",
+            REFERENCE_PG_NEW,
             {**service_env, "DATABASE_URL": postgres},
+            (HAND_PG, REFERENCE_PG_NEW_OFF),
+            fresh=True,
+        ),
+        _reference(  # (a database of its own: the same event ids would be duplicates there)
+            REFERENCE_PG_NEW_OFF,
+            {**telemetry_off, "DATABASE_URL": _bench_database("homing_bench_telemetry_off")},
             (HAND_PG,),
             fresh=True,
         ),
