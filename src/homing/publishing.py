@@ -97,7 +97,8 @@ class Publishing:
         against its transport here, so an outbox never stages what cannot be delivered.
         """
         when = deliver_at(delay=delay, at=at)
-        return self._sign(event, event_id, attributes, ordering_key, when, None)
+        type_name = self.events.type_name(event)
+        return self._sign(event, type_name, event_id, attributes, ordering_key, when, None)
 
     async def publish(
         self,
@@ -122,13 +123,14 @@ class Publishing:
         publisher = self.transports.publisher_for(type_name)
         context = PublishContext(type_name) if self.hooks else None
         when = deliver_at(delay=delay, at=at)
-        message = self._sign(event, event_id, attributes, ordering_key, when, context)
+        message = self._sign(event, type_name, event_id, attributes, ordering_key, when, context)
         await self.hooks.publish(publisher, message, context)  # timed, for the hooks
         return message.event_id
 
     def _sign(
         self,
         event: BaseModel,
+        type_name: str,
         event_id: str | None,
         attributes: Mapping[str, str] | None,
         ordering_key: str | None,
@@ -137,7 +139,6 @@ class Publishing:
     ) -> OutgoingMessage:
         if self.signer is None:
             raise ConfigurationError("signing needs a signer (signing keys)")
-        type_name = self.events.type_name(event)
         if when is not None:
             self.transports.check_delay(when, type_name)
         return sign_event(
