@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -64,6 +65,13 @@ DJANGO_NEW = "django reference service, new events"
 DJANGO_NEW_OFF = "django reference service, telemetry off, new events"
 HAND_DJANGO_PG = "hand-written django view, atomic(), postgres, new events"
 HAND_DJANGO = "hand-written django view, atomic(), new events"
+#: Settings renamed since: an older revision (--against) is given its own name for them.
+RENAMED_SETTINGS = {"HOMING_TELEMETRY": "TELEMETRY"}
+#: Cases that serve no homing code: --against serves them once, from the working tree.
+BASELINE_CASES = frozenset(
+    {CEILING, NAIVE, HAND_SQLITE, HAND_PG, RAW_SQLITE, RAW_PG, HAND_RENAME, HAND_DJANGO}
+    | {HAND_DJANGO_PG}
+)
 
 RENAME_TOPIC = "projects/bench/topics/rename"
 
@@ -133,6 +141,7 @@ class HttpCase:
     prepare: Callable[[str], None] | None = None  # called with the base URL before the load
     fresh: bool = False  # every request a new event (else one envelope replayed: duplicates)
     renames: bool = False  # POST /change-name, a new name each time (needs the emulator)
+    tree: Path | None = None  # served from this checkout of another revision (--against)
 
 
 def _uvicorn(app: str) -> list[str]:
@@ -415,6 +424,69 @@ def cases(workdir: Path) -> list[HttpCase]:
     ]
 
 
+def checkout(revision: str, workdir: Path) -> Path:
+    """``revision`` of this repository, exported into ``workdir`` (no worktree to clean up)."""
+    tree = workdir / f"tree-{re.sub(r'[^A-Za-z0-9]+', '-', revision)}"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode:
+        raise SystemExit(
+            f"bench: --against {revision}: git archive failed: {archive.stderr.decode().strip()}"
+        )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def against(selected: list[HttpCase], revision: str, workdir: Path) -> list[HttpCase]:
+    """Every selected homing case twice: as it is, and served from ``revision``'s code (its own
+    ``bench/apps.py`` and examples) on databases of its own; the working tree's case is then
+    paired with its twin, round by round. The baselines run once."""
+    tree = checkout(revision, workdir)
+    label = re.sub(r"[^A-Za-z0-9]+", "_", revision).strip("_").lower()
+    (workdir / label).mkdir()
+    renamed = {new: old for new, old in RENAMED_SETTINGS.items() if not _mentions(tree, new)}
+    twins = {}
+    for case in selected:
+        if case.name in BASELINE_CASES:
+            continue
+        env = {
+            renamed.get(key, key): _elsewhere(value, workdir, label)
+            for key, value in case.env.items()
+            if key != "PYTHONPATH"
+        }
+        twins[case.name] = dataclasses.replace(
+            case, name=f"{case.name} @{revision}", env=env, tree=tree, baselines=()
+        )
+    out = []
+    for case in selected:
+        twin = twins.get(case.name)
+        if twin is None:
+            out.append(case)
+        else:
+            out += [dataclasses.replace(case, baselines=(*case.baselines, twin.name)), twin]
+    return out
+
+
+def _mentions(tree: Path, setting: str) -> bool:
+    return any(
+        setting in path.read_text(errors="replace")
+        for folder in ("src", "examples")
+        for path in (tree / folder).rglob("*.py")
+    )
+
+
+def _elsewhere(value: str, workdir: Path, label: str) -> str:
+    """A database setting moved for a twin: SQLite files in a folder of its own, a PostgreSQL
+    database of its own (the revisions' tables may differ)."""
+    if value.startswith("postgresql"):
+        return _bench_database(f"{value.rsplit('/', 1)[1]}_{label}")
+    return value.replace(f"{workdir}/", f"{workdir}/{label}/")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -543,8 +615,11 @@ def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Se
     """Start ``case``'s server (pinned to ``cpus``), deliver its envelope once, yield it."""
     port = free_port()
     env = {**os.environ, **{k: v.replace("{port}", str(port)) for k, v in case.env.items()}}
+    root = case.tree or ROOT
+    # Another revision's src first: the venv's editable install points at the working tree.
+    source = str(root / "src") if case.tree else None
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), str(ROOT / "examples"), env.get("PYTHONPATH")])
+        filter(None, [source, str(root), str(root / "examples"), env.get("PYTHONPATH")])
     )
     command = [part.replace("{port}", str(port)) for part in case.command]
     log = (workdir / f"{port}.log").open("wb")
@@ -990,6 +1065,12 @@ def main() -> int:
         "--skip", nargs="+", help="leave out the cases whose name contains one of these"
     )
     parser.add_argument(
+        "--against",
+        metavar="REVISION",
+        help="serve every selected homing case from this git revision too, paired with it "
+        "(a regression check; the revision must serve the same cases: pick them with --only)",
+    )
+    parser.add_argument(
         "--memory-events",
         type=int,
         default=100_000,
@@ -1016,6 +1097,8 @@ def main() -> int:
             if (not args.only or any(part in case.name for part in args.only))
             and not any(part in case.name for part in args.skip or ())
         ]
+        if args.against:
+            selected = against(selected, args.against, workdir)
         with _emulator_for(selected, workdir):
             http = run_http(
                 selected, workdir, args.concurrency, args.runs, args.seconds, pin=not args.no_pin

@@ -10,9 +10,11 @@ from homing.http import (
     Scope,
     Send,
     answer,
+    check_declared,
+    first_body,
     method_not_allowed,
     push_head,
-    read_body,
+    read_rest,
     send_answer,
 )
 from homing.ingress import SHAPES, Shape
@@ -47,8 +49,14 @@ class PushEndpoint:
         # A wrapped push, the common case, gets no headers but these two (headers is None).
         content_length, authorization, headers = push_head(scope["headers"])
         homing = self.homing
+        limit = homing.max_body_size
         try:
-            body = await read_body(receive, homing.max_body_size, content_length)
+            # (no coroutine of its own for a body in one message, the common case)
+            check_declared(content_length, limit)
+            message = await receive()
+            body = first_body(message, limit)
+            if message.get("more_body", False):
+                body = await read_rest(receive, body, limit)
         except PayloadTooLarge as exc:
             result = homing.refused(exc)  # logged and counted like any other push
         else:

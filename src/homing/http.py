@@ -29,12 +29,14 @@ __all__ = [
     "Scope",
     "Send",
     "answer",
+    "check_declared",
+    "first_body",
     "fold_headers",
     "json_answer",
     "method_not_allowed",
     "push_head",
     "raw_headers",
-    "read_body",
+    "read_rest",
     "read_stream",
     "send_answer",
 ]
@@ -159,27 +161,34 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the body is larger than {limit} bytes")
 
 
-def _check_declared(content_length: bytes | None, limit: int) -> None:
-    # A malformed length is the server's to refuse; here it only goes uncounted in advance.
+def check_declared(content_length: bytes | None, limit: int) -> None:
+    """Raise :class:`~homing.errors.PayloadTooLarge` when the declared ``Content-Length`` is
+    over ``limit``: before anything is read. (A malformed length is the server's to refuse.)"""
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise _too_large(limit)
 
 
-async def read_body(receive: Receive, limit: int, content_length: bytes | None = None) -> bytes:
-    """Read an ASGI request's body; raise :class:`~homing.errors.PayloadTooLarge` over ``limit``.
+def first_body(message: Message, limit: int) -> bytes:
+    """The body an ASGI request's first message carries, checked against ``limit``.
 
-    A declared ``content_length`` over the limit is refused before anything is read; a body
-    without one (chunked) is counted as it arrives. A client that disconnects ends the body.
+    When ``message["more_body"]`` is set the body is not whole yet: :func:`read_rest` reads
+    the rest. A bounded read is then :func:`check_declared`, ``await receive()``, this, and
+    :func:`read_rest` when more follows: the common case, a body in one message, costs a push
+    no coroutine of its own.
     """
-    _check_declared(content_length, limit)
-    message = await receive()
     body: bytes = message.get("body", b"")
     if len(body) > limit:
         raise _too_large(limit)
-    if not message.get("more_body", False):  # the common case: the body in one message
-        return body
-    chunks = [body]
-    size = len(body)
+    return body
+
+
+async def read_rest(receive: Receive, first: bytes, limit: int) -> bytes:
+    """The rest of a body whose first message said ``more_body``, counted against ``limit``.
+
+    A client that disconnects ends the body.
+    """
+    chunks = [first]
+    size = len(first)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -201,8 +210,9 @@ class Readable(Protocol):
 
 
 def read_stream(stream: Readable, limit: int, content_length: bytes | None = None) -> bytes:
-    """:func:`read_body` for a WSGI input stream: the same limits, read synchronously."""
-    _check_declared(content_length, limit)
+    """A WSGI input stream's body, under the same limits as an ASGI body's, read
+    synchronously."""
+    check_declared(content_length, limit)
     chunks: list[bytes] = []
     size = 0
     # One byte past the limit is asked for, so a body over it is seen; a read may be short.

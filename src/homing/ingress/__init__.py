@@ -115,11 +115,11 @@ def read_push(
     ``shapes``) it is read as one — no attributes, its SHA-256 as message id — and otherwise
     refused saying so. Returns the shape read and the message.
     """
-    if shape == "cloudevents":
-        return shape, parse_cloudevent(body, headers or {})
-    if shape == "unwrapped":
-        return shape, parse_unwrapped(body, headers or {})
-    if shape == "cloudtasks":
+    if shape != "wrapped":  # (the common case tested first: it is every push's path)
+        if shape == "cloudevents":
+            return shape, parse_cloudevent(body, headers or {})
+        if shape == "unwrapped":
+            return shape, parse_unwrapped(body, headers or {})
         return shape, parse_cloudtasks(body, headers or {})
     try:
         return shape, parse_push(body)
