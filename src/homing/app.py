@@ -183,7 +183,14 @@ class Homing(Publishing, PushPipeline):
         """
 
         store = None if self.dedupe.transactional else type(self.dedupe).__name__
-        return self.handlers.decorator(self.events, model, effects, name, plain_store=store)
+        return self.handlers.decorator(
+            self.events,
+            model,
+            effects,
+            name,
+            plain_store=store,
+            threaded_transactions=self.dedupe.threaded_transactions,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 

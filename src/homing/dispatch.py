@@ -166,6 +166,10 @@ class BoundHandler:
         else:
             await self.handler(*args)
 
+    def call_here(self, event: BaseModel, delivery: Delivery) -> None:
+        """Call a plain ``def`` handler on this thread (a store's transaction thread)."""
+        self.handler(*((event, delivery) if self.wants_delivery else (event,)))
+
 
 def is_async(function: Any) -> bool:
     """``async def`` functions, and objects whose ``__call__`` is one."""
@@ -226,6 +230,7 @@ class HandlerTable:
         *,
         effects: Effects = "external",
         name: str | None = None,
+        threaded_transactions: bool = False,
     ) -> BoundHandler:
         if effects not in get_args(Effects):
             raise EventRegistrationError(
@@ -234,10 +239,11 @@ class HandlerTable:
         if not callable(handler):
             raise EventRegistrationError(f"the handler for {type_name!r} must be a function")
         threaded = not is_async(handler)
-        if threaded and effects == "database":
+        if threaded and effects == "database" and not threaded_transactions:
             raise EventRegistrationError(
                 f"the effects='database' handler {handler_name(handler)} of {type_name!r} must "
-                "be async: delivery.session is an AsyncSession, which a thread cannot use"
+                "be async: delivery.session is an AsyncSession, which a thread cannot use (a "
+                "plain def is for DjangoDedupeStore, whose transactions run on a thread)"
             )
         params = _positional(handler)
         if not 1 <= len(params) <= 2:
@@ -276,11 +282,13 @@ class HandlerTable:
         name: str | None,
         *,
         plain_store: str | None,
+        threaded_transactions: bool = False,
     ) -> Any:
         """``Homing.handler``'s decorator (or, used bare, its result).
 
         ``plain_store`` names the dedupe store when it cannot hold ``effects="database"``
-        transactions.
+        transactions; ``threaded_transactions`` says it can run them on a thread, so a plain
+        ``def`` handler may have ``effects="database"``.
         """
 
         def check(chosen: type[BaseModel]) -> str:
@@ -294,7 +302,13 @@ class HandlerTable:
 
         def bind(function: Handler) -> Handler:
             chosen = model if isinstance(model, type) else model_from_annotation(function)
-            self.add(check(chosen), function, effects=effects, name=name)
+            self.add(
+                check(chosen),
+                function,
+                effects=effects,
+                name=name,
+                threaded_transactions=threaded_transactions,
+            )
             return function
 
         if isinstance(model, type):

@@ -42,7 +42,13 @@ from homing.ingress.cloudtasks import untrusted
 from homing.ingress.wrapped import parse_push
 from homing.outcome import DONE, DUPLICATE, IN_PROGRESS, STORE_BUSY, STORE_DOWN, PushResult
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
-from homing.stores.base import Claim, DedupeStore, QuarantinedMessage, QuarantineStore
+from homing.stores.base import (
+    Claim,
+    DedupeStore,
+    QuarantinedMessage,
+    QuarantineStore,
+    Transaction,
+)
 
 if TYPE_CHECKING:
     from homing.auth import OIDCVerifier
@@ -381,6 +387,8 @@ class PushPipeline:
         self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
     ) -> PushResult:
         """``effects="database"``: the done mark, the effect and one commit (or none)."""
+        if handler.threaded:  # a plain def, on a store whose transactions run on a thread
+            return await self._run_on_thread(handler, event, delivery, force=force)
         async with self.dedupe.transaction(delivery.key, force=force) as transaction:
             if transaction.claim is Claim.DUPLICATE:
                 return DUPLICATE  # the race was lost, or the event was handled before
@@ -389,6 +397,25 @@ class PushPipeline:
             delivery.transaction = transaction
             started = time.perf_counter()
             await handler(event, delivery)
+        _log_handled(delivery, started)
+        return DONE
+
+    async def _run_on_thread(
+        self, handler: BoundHandler, event: BaseModel, delivery: Delivery, *, force: bool
+    ) -> PushResult:
+        """A plain ``def`` ``effects="database"`` handler: opened, run and committed in one
+        call on the store's thread."""
+
+        def run(transaction: Transaction) -> None:
+            delivery.transaction = transaction
+            handler.call_here(event, delivery)
+
+        started = time.perf_counter()
+        claim = await self.dedupe.run_threaded(delivery.key, run, force=force)
+        if claim is Claim.DUPLICATE:
+            return DUPLICATE
+        if claim is Claim.IN_PROGRESS:
+            return IN_PROGRESS
         _log_handled(delivery, started)
         return DONE
 

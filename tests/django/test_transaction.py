@@ -5,6 +5,9 @@ run_in and publish blocks)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -25,9 +28,13 @@ from homing import (
 )
 from homing.django import DjangoDedupeStore, DjangoQuarantineStore, flush, publish, run_in
 from homing.django.models import HandledEvent, OutboxEntry
+from homing.errors import ConfigurationError
 from homing.stores import Claim
 from homing.testing import push_body
 from tests.django.testapp.models import Notification
+
+#: A context variable set by the push's caller: a plain def handler must see it.
+TRACE: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
 
 
 class UserRenamed(BaseModel):
@@ -124,6 +131,70 @@ async def test_concurrent_duplicate_deliveries_give_one_effect(database: str) ->
     assert outcomes == ["done"] + ["duplicate"] * 7
     assert entered.is_set()
     assert await sync_to_async(_notifications)(database) == ["x"]
+
+
+async def test_a_plain_def_database_handler_runs_in_the_block_on_one_kept_thread(
+    database: str,
+) -> None:
+    homing = _service(database)
+    seen: list[tuple[str, bool, str | None]] = []
+    failures = [RuntimeError("the handler broke after writing")]
+
+    @homing.handler(UserRenamed, effects="database")
+    def notify(event: UserRenamed, delivery: Delivery) -> None:
+        Notification.objects.using(database).create(event_id=delivery.event_id, text=event.name)
+        connection = transaction.get_connection(database)
+        seen.append((threading.current_thread().name, connection.in_atomic_block, TRACE.get()))
+        if failures:
+            raise failures.pop()
+
+    TRACE.set("the push's")
+    body = push_body(homing, UserRenamed(user_id=1, name="Zoe"), event_id="e-7")
+    failed = await homing.handle_push(body)
+    assert (failed.status, failed.outcome) == (500, "handler_failed")
+    assert await sync_to_async(_notifications)(database) == []  # rolled back with the mark
+    assert await sync_to_async(_state)(database, "e-7") is None
+    done = await homing.handle_push(body)
+    again = await homing.handle_push(body)
+    assert (done.outcome, again.outcome) == ("done", "duplicate")
+    assert await sync_to_async(_notifications)(database) == ["Zoe"]
+    assert await sync_to_async(_state)(database, "e-7") == "done"
+    assert len(seen) == 2  # not run for the duplicate
+    for thread, in_block, trace in seen:
+        assert thread.startswith("homing-django-transaction")
+        assert in_block
+        assert trace == "the push's"  # the push's context goes along
+
+
+async def test_concurrent_duplicates_of_a_plain_def_handler_give_one_effect(
+    database: str,
+) -> None:
+    homing = _service(database)
+    calls: list[str] = []
+
+    @homing.handler(UserRenamed, effects="database")
+    def notify(event: UserRenamed, delivery: Delivery) -> None:
+        calls.append(delivery.message_id)
+        Notification.objects.using(database).create(event_id=delivery.event_id, text="x")
+        time.sleep(0.05)  # holds the transaction open while the others arrive
+
+    bodies = [
+        push_body(homing, UserRenamed(user_id=1, name="Zoe"), event_id="e-8", message_id=str(n))
+        for n in range(8)
+    ]
+    results = await asyncio.gather(*(homing.handle_push(body) for body in bodies))
+    assert sorted(result.outcome for result in results) == ["done"] + ["duplicate"] * 7
+    assert len(calls) == 1
+    assert await sync_to_async(_notifications)(database) == ["x"]
+
+
+def test_a_plain_def_database_handler_is_refused_where_the_store_runs_no_thread() -> None:
+    homing = Homing(signer=Signer(KeyRing({"k1": "a-secret-of-enough-length"})))
+    homing.events.register("user.renamed", UserRenamed)
+    with pytest.raises(ConfigurationError, match="needs a dedupe store on the handler's"):
+
+        @homing.handler(UserRenamed, effects="database")
+        def notify(event: UserRenamed) -> None: ...
 
 
 def test_a_publish_in_atomic_is_sent_on_commit_and_never_on_rollback(database: str) -> None:

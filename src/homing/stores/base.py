@@ -73,6 +73,10 @@ class DedupeStore(ABC):
     #: ``True`` when :meth:`transaction` can run a handler's effect and the done mark in one
     #: database transaction (``effects="database"`` handlers).
     transactional: bool = False
+    #: ``True`` when :meth:`run_threaded` can run a plain ``def`` ``effects="database"``
+    #: handler: the transaction opened, the handler run and the commit made on one worker
+    #: thread (stores whose driver is synchronous, such as Django's).
+    threaded_transactions: bool = False
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -115,6 +119,20 @@ class DedupeStore(ABC):
         raise ConfigurationError(
             f"{type(self).__name__} cannot join a database transaction; use SQLDedupeStore"
         )
+
+    async def run_threaded(
+        self,
+        event_id: str,
+        function: Callable[[Transaction], object],
+        *,
+        force: bool = False,
+    ) -> Claim:
+        """Open ``event_id``'s transaction, call ``function(transaction)`` in it and commit, all
+        in one call on a worker thread (:attr:`threaded_transactions`); roll back if it raises.
+
+        Returns how the transaction opened: ``function`` runs only for :attr:`Claim.CLAIMED`.
+        """
+        raise ConfigurationError(f"{type(self).__name__} runs no transaction on a thread")
 
     def transaction(
         self, event_id: str, *, force: bool = False
