@@ -22,7 +22,9 @@ Each other version's suite gets a PostgreSQL database of its own (``test_py3X`` 
 ``lock`` resolves the development extra on each other version with requirements/dev.lock as
 constraints: where that installs exactly what the lock pins, the one lock serves; where it does
 not (a pin with no build for that version, a dependency only that version needs), that version
-gets requirements/dev-3.X.lock of its own, made by the same pip freeze.
+gets requirements/dev-3.X.lock of its own, made by the same pip freeze. A version in
+``PINNED_APART`` always gets its own, with those pins in place of dev.lock's (Python 3.13 runs
+Django 6; the others Django 5.2 LTS).
 
 Only the standard library: it runs before any venv exists.
 """
@@ -44,6 +46,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_LOCK = ROOT / "requirements" / "dev.lock"
+#: What a version's lock pins apart from dev.lock on purpose (``make lock`` keeps it so). The
+#: newest Python runs the newest Django: 6, whose own ``django.tasks`` homing's backend then
+#: uses, while the others run 5.2 LTS with the django-tasks backport; both are tested.
+PINNED_APART = {"3.13": {"django": "6.0.10"}}
 #: What the other versions leave out: the end-to-end tests (real processes over loopback, the
 #: emulator, the broker) and the distribution's build and install, which run on .venv's Python.
 MARKERS = "not e2e and not dist"
@@ -285,6 +291,9 @@ def lock(versions: Sequence[str]) -> int:
             failed |= _missing(version)
             continue
         own = DEV_LOCK.with_name(f"dev-{version}.lock")
+        if version in PINNED_APART:
+            _lock_apart(python, version, own)
+            continue
         with tempfile.TemporaryDirectory(prefix=f"lock-{version}-") as scratch:
             venv = Path(scratch) / "venv"
             try:
@@ -305,6 +314,27 @@ def lock(versions: Sequence[str]) -> int:
             _install(python, venv, None)
             own.write_text("".join(line + "\n" for line in _freeze(venv)))
     return 1 if failed else 0
+
+
+def apart_from_dev_lock(version: str) -> list[str]:
+    """dev.lock's lines with ``version``'s :data:`PINNED_APART` pins in place of its own."""
+    apart = PINNED_APART[version]
+    lines = []
+    for line in DEV_LOCK.read_text().splitlines():
+        name = _name(line).partition("==")[0] if "==" in line else None
+        lines.append(f"{name}=={apart[name]}" if name in apart else line)
+    return lines
+
+
+def _lock_apart(python: str, version: str, own: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"lock-{version}-") as scratch:
+        constraints = Path(scratch) / "constraints.txt"
+        constraints.write_text("\n".join(apart_from_dev_lock(version)) + "\n")
+        venv = Path(scratch) / "venv"
+        _install(python, venv, constraints)
+        own.write_text("".join(line + "\n" for line in _freeze(venv)))
+    pins = ", ".join(f"{name} {pin}" for name, pin in PINNED_APART[version].items())
+    print(f"pythons: Python {version}: pinned apart on purpose ({pins}) in {own.name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

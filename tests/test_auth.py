@@ -5,6 +5,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -739,3 +741,19 @@ async def test_max_age_zero_keeps_the_certificates_for_the_floor(
     clock.now += MIN_CERTS_TTL + 1
     await verifier.verify(bearer(rs256(google_key, claims(clock.now))))
     assert server.requests == 2
+
+
+def test_google_auth_is_imported_by_the_first_verifier_not_with_the_module() -> None:
+    # A service without OIDC never pays for google-auth and cryptography at start-up.
+    script = (
+        "import sys\n"
+        "import homing.auth, homing.outbox\n"
+        "before = [m for m in ('google.auth.jwt', 'cryptography.x509') if m in sys.modules]\n"
+        "homing.auth.OIDCVerifier(audience='a', service_accounts=['s@x.iam.gserviceaccount.com'])\n"
+        "after = [m for m in ('google.auth.jwt', 'cryptography.x509') if m in sys.modules]\n"
+        "print(before, after)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[] ['google.auth.jwt', 'cryptography.x509']"

@@ -40,6 +40,7 @@ never appears in an error message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -47,17 +48,39 @@ import time
 from base64 import urlsafe_b64decode
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from google.auth import exceptions as google_exceptions
-from google.auth import jwt as google_jwt
-from google.auth.crypt import RSAVerifier
 
 from homing._google import GOOGLE_CERTS_URL as GOOGLE_CERTS_URL  # (re-exported)
 from homing.errors import AuthenticationFailed, ConfigurationError, Forbidden
+
+if TYPE_CHECKING:
+    from google.auth.crypt import RSAVerifier
+
+
+class _Google(NamedTuple):
+    """google-auth's JWT parsing and RSA verifier, and cryptography's X.509."""
+
+    jwt: Any
+    error: type[Exception]
+    x509: Any
+    rsa_public_key: type
+    rsa_verifier: type
+
+
+@functools.cache
+def _google() -> _Google:
+    """Imported when the first :class:`OIDCVerifier` is made, not with this module: a tenth of
+    a second of start-up that a service without OIDC never pays (``make bench``'s time to
+    ready)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from google.auth import exceptions, jwt
+    from google.auth.crypt import RSAVerifier
+
+    return _Google(jwt, exceptions.GoogleAuthError, x509, RSAPublicKey, RSAVerifier)
+
 
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 
@@ -136,6 +159,7 @@ class OIDCVerifier:
             raise ConfigurationError("service_accounts must be a list of emails, not one string")
         if not service_accounts:
             raise ConfigurationError("OIDC verification needs at least one allowed service account")
+        self._google = _google()
         self.audience = audience
         self.service_accounts = frozenset(service_accounts)
         self.certs_url = certs_url
@@ -172,9 +196,10 @@ class OIDCVerifier:
                 raise AuthenticationFailed(f"malformed token: the {name} is not base64url")
         try:
             # Parsed only: the signature is checked below, once the key is known.
-            header = google_jwt.decode_header(token)  # type: ignore[no-untyped-call]
-            claims = google_jwt.decode(token, verify=False)  # type: ignore[no-untyped-call]
-        except (google_exceptions.GoogleAuthError, ValueError, TypeError, RecursionError):
+            jwt = self._google.jwt
+            header = jwt.decode_header(token)
+            claims = jwt.decode(token, verify=False)
+        except (self._google.error, ValueError, TypeError, RecursionError):
             # The library's message quotes the token: say what is wrong without it.
             raise AuthenticationFailed(
                 "malformed token: the header and payload must be JSON objects in UTF-8"
@@ -315,13 +340,15 @@ class OIDCVerifier:
 def _rsa_verifier(pem: object) -> RSAVerifier:
     if not isinstance(pem, str):
         raise ValueError("it is not a string")
+    google = _google()
     try:
-        public_key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+        public_key = google.x509.load_pem_x509_certificate(pem.encode()).public_key()
     except ValueError:
         raise ValueError("it is not a PEM certificate") from None
-    if not isinstance(public_key, RSAPublicKey):
+    if not isinstance(public_key, google.rsa_public_key):
         raise ValueError(f"its key is {type(public_key).__name__}, not RSA")
-    return RSAVerifier(public_key)  # type: ignore[no-untyped-call]
+    verifier: RSAVerifier = google.rsa_verifier(public_key)
+    return verifier
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ class Service:
                 options=f"-c search_path={SCHEMA}",
             ) as connection:
                 return list(connection.execute(sql).fetchall())
-        with sqlite3.connect(self.database) as connection:
+        with closing(sqlite3.connect(self.database)) as connection:  # (a with only commits)
             return list(connection.execute(sql).fetchall())
 
 

@@ -137,3 +137,16 @@ def test_a_venv_that_will_not_build_fails_the_run_from_its_lane(
     err = capsys.readouterr().err
     assert "does not pin" in err
     assert "FAILED on Python 3.12 (its venv)" in err
+
+
+def test_a_version_pinned_apart_has_its_own_lock_with_those_pins_and_dev_locks_others() -> None:
+    for version, pins in pythons.PINNED_APART.items():
+        assert version in pythons.supported()
+        own = pythons.lock_for(version)
+        assert own.name == f"dev-{version}.lock"  # `make lock` made it, and it is committed
+        locked = {pythons._name(line) for line in own.read_text().splitlines() if "==" in line}
+        for name, pin in pins.items():
+            assert f"{name}=={pin}" in locked
+        # Everything else dev.lock pins that the version installs is pinned alike.
+        apart = {pythons._name(line) for line in pythons.apart_from_dev_lock(version)}
+        assert locked <= apart
