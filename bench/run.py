@@ -69,8 +69,17 @@ HAND_DJANGO = "hand-written django view, atomic(), new events"
 RENAMED_SETTINGS = {"HOMING_TELEMETRY": "TELEMETRY"}
 #: Cases that serve no homing code: --against serves them once, from the working tree.
 BASELINE_CASES = frozenset(
-    {CEILING, NAIVE, HAND_SQLITE, HAND_PG, RAW_SQLITE, RAW_PG, HAND_RENAME, HAND_DJANGO}
-    | {HAND_DJANGO_PG}
+    (
+        CEILING,
+        NAIVE,
+        HAND_SQLITE,
+        HAND_PG,
+        RAW_SQLITE,
+        RAW_PG,
+        HAND_RENAME,
+        HAND_DJANGO,
+        HAND_DJANGO_PG,
+    )
 )
 
 RENAME_TOPIC = "projects/bench/topics/rename"

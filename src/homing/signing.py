@@ -181,7 +181,9 @@ def _canonical(
         name_part = _NAME_PARTS.get(name)
         if name_part is None:
             name_part = f"{len(name)}:{name}"
-            unknown = [name] if unknown is None else [*unknown, name]
+            if unknown is None:
+                unknown = []
+            unknown.append(name)
         parts += (name_part, str(len(value)), ":", value)
     text = "".join(parts)
     if not text.isascii():  # character counts differ from byte counts: count bytes

@@ -188,7 +188,7 @@ async def test_concurrent_duplicates_of_a_plain_def_handler_give_one_effect(
     assert await sync_to_async(_notifications)(database) == ["x"]
 
 
-def test_a_plain_def_database_handler_is_refused_where_the_store_runs_no_thread() -> None:
+def test_a_plain_def_database_handler_is_refused_on_a_store_without_transactions() -> None:
     homing = Homing(signer=Signer(KeyRing({"k1": "a-secret-of-enough-length"})))
     homing.events.register("user.renamed", UserRenamed)
     with pytest.raises(ConfigurationError, match="needs a dedupe store on the handler's"):

@@ -402,9 +402,7 @@ class _EventTransaction:
         try:
             claim, connection = self._open()
         except DatabaseError as exc:
-            raise StoreError(
-                f"opening the transaction of event {self._event_id!r}: {_describe(exc)}"
-            ) from exc
+            raise self._opening_failed(exc) from exc
         if connection is None:
             return claim
         try:
@@ -412,33 +410,22 @@ class _EventTransaction:
         except BaseException as exc:
             # (a rollback that fails too fails with the link: the handler's exception says more)
             with contextlib.suppress(DatabaseError):
-                self._end(exc)
-            if _lost(exc):  # the database failed, not the handler: a retry, not its failure
-                raise StoreError(
-                    f"the database failed during the handler of event {self._event_id!r}: "
-                    f"{_describe(exc)}"
-                ) from exc
+                self._close(exc, thread_ends=False)
+            if _lost(exc):
+                raise self._handler_lost(exc) from exc
             raise
         try:
-            self._end(None)
+            self._close(None, thread_ends=False)
         except DatabaseError as failure:
             raise StoreError(f"committing event {self._event_id!r}: {_describe(failure)}") from (
                 failure
             )
         return claim
 
-    def _end(self, exc: BaseException | None) -> None:
-        atomic, self._atomic = self._atomic, None
-        try:
-            if exc is None:
-                atomic.__exit__(None, None, None)
-            else:
-                atomic.__exit__(type(exc), exc, exc.__traceback__)
-        finally:
-            self._committed()  # if no commit released it
-            close_old_connections()  # CONN_MAX_AGE, as at the end of a request
-
-    def _close(self, exc: BaseException | None) -> None:
+    def _close(self, exc: BaseException | None, *, thread_ends: bool = True) -> None:
+        """Commit (``exc`` is ``None``) or roll back. A thread that ends with the transaction
+        closes its connections; a kept one closes them by ``CONN_MAX_AGE``, as at the end of a
+        request."""
         atomic, self._atomic = self._atomic, None
         try:
             if exc is None:
@@ -447,7 +434,19 @@ class _EventTransaction:
                 atomic.__exit__(type(exc), exc, exc.__traceback__)  # rolls back
         finally:
             self._committed()  # if no commit released it
-            connections.close_all()  # the thread ends with the transaction
+            if thread_ends:
+                connections.close_all()
+            else:
+                close_old_connections()
+
+    def _opening_failed(self, exc: DatabaseError) -> StoreError:
+        return StoreError(f"opening the transaction of event {self._event_id!r}: {_describe(exc)}")
+
+    def _handler_lost(self, exc: BaseException) -> StoreError:
+        """The database failed under the handler, not the handler: a retry, not its failure."""
+        return StoreError(
+            f"the database failed during the handler of event {self._event_id!r}: {_describe(exc)}"
+        )
 
     async def __aenter__(self) -> Transaction:
         context = ThreadSensitiveContext()
@@ -461,9 +460,7 @@ class _EventTransaction:
         except BaseException as exc:
             await context.__aexit__(None, None, None)  # type: ignore[no-untyped-call]
             if isinstance(exc, DatabaseError):
-                raise StoreError(
-                    f"opening the transaction of event {self._event_id!r}: {_describe(exc)}"
-                ) from exc
+                raise self._opening_failed(exc) from exc
             raise
         if connection is None:
             await context.__aexit__(None, None, None)  # type: ignore[no-untyped-call]
@@ -498,11 +495,8 @@ class _EventTransaction:
             await context.__aexit__(None, None, None)  # type: ignore[no-untyped-call]
         if exc is None:
             self._store._remember_done(self._event_id)
-        elif _lost(exc):  # the database failed, not the handler: a retry, not its failure
-            raise StoreError(
-                f"the database failed during the handler of event {self._event_id!r}: "
-                f"{_describe(exc)}"
-            ) from exc
+        elif _lost(exc):
+            raise self._handler_lost(exc) from exc
 
 
 class DjangoQuarantineStore(QuarantineStore):
