@@ -617,6 +617,26 @@ class Server:
     url: str
     body: Path
     batch: int = 40_000  # fresh envelopes written per run, resized to the measured rate
+    pid: int = 0  # the server's process: its CPU time (and its children's) per request
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) used so far by ``pid`` and the processes under it."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            # After the command's closing parenthesis: utime and stime are fields 14 and 15.
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+    return total
 
 
 @contextlib.contextmanager
@@ -665,7 +685,7 @@ def serving(case: HttpCase, workdir: Path, cpus: set[int] | None) -> Iterator[Se
             raise SystemExit(
                 f"bench: {case.name}: first delivery answered {first.status_code}: {first.text}"
             )
-        yield Server(case, url, body)
+        yield Server(case, url, body, pid=process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -735,6 +755,10 @@ def run_http(
     latencies: dict[str, dict[int, list[tuple[float, float]]]] = {
         c.name: {n: [] for n in concurrencies} for c in selected
     }
+    # The server's CPU time per request (µs): less moved by machine noise than requests/s.
+    cpu: dict[str, dict[int, list[float]]] = {
+        c.name: {n: [] for n in concurrencies} for c in selected
+    }
     with contextlib.ExitStack() as stack:
         servers = []
         for case in selected:
@@ -744,8 +768,11 @@ def run_http(
             print(f"bench: round {number} of {runs} ...", file=sys.stderr, flush=True)
             for concurrency in concurrencies:
                 for server in servers:
+                    used = cpu_seconds(server.pid)
                     rate, p50, p99 = load(server, concurrency, seconds, load_cpus)
+                    used = cpu_seconds(server.pid) - used
                     rates[server.case.name][concurrency].append(rate)
+                    cpu[server.case.name][concurrency].append(used / (rate * seconds) * 1e6)
                     latencies[server.case.name][concurrency].append((p50, p99))
     by_name = {case.name: case for case in selected}
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -759,10 +786,15 @@ def run_http(
                 "runs": samples,
                 "p50_ms": statistics.median(p50 for p50, _ in latencies[name][concurrency]),
                 "p99_ms": statistics.median(p99 for _, p99 in latencies[name][concurrency]),
+                "cpu_us": statistics.median(cpu[name][concurrency]),
             }
             for baseline in by_name[name].baselines:
                 if baseline in rates:
                     figures[f"vs {baseline}"] = _paired(samples, rates[baseline][concurrency])
+                    # CPU per request, the baseline's over this case's: above 1 is cheaper.
+                    figures[f"cpu vs {baseline}"] = _paired(
+                        cpu[baseline][concurrency], cpu[name][concurrency]
+                    )
             results[name][f"c{concurrency}"] = figures
     return results
 
@@ -1010,8 +1042,8 @@ def _span(figures: Mapping[str, float]) -> str:
     return f"{figures['min']:,.0f}-{figures['max']:,.0f}"
 
 
-def _ratio(figures: Mapping[str, Any], baseline: str) -> str:
-    paired = figures.get(f"vs {baseline}")
+def _ratio(figures: Mapping[str, Any], baseline: str, key: str = "vs") -> str:
+    paired = figures.get(f"{key} {baseline}")
     if paired is None:
         return "-"
     return f"{paired['median']:.2f}x ({paired['min']:.2f}-{paired['max']:.2f})"
@@ -1022,19 +1054,23 @@ def report(
 ) -> None:
     print(
         f"\n{'case':<46} {'conc':>4} {'req/s median':>12} {'min-max':>13} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'vs ceiling, same round':>24}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'vs ceiling, same round':>24}"
     )
     for name, by_concurrency in http.items():
         for conc, f in by_concurrency.items():
             print(
                 f"{name:<46} {conc[1:]:>4} {f['median']:>12,.0f} {_span(f):>13} "
-                f"{f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} {_ratio(f, CEILING):>24}"
+                f"{f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} {f.get('cpu_us', float('nan')):>10.1f} "
+                f"{_ratio(f, CEILING):>24}"
             )
     for name, by_concurrency in http.items():
         for conc, f in by_concurrency.items():
             for key in f:
                 if key.startswith("vs ") and key != f"vs {CEILING}":
-                    print(f"{name} {key} at concurrency {conc[1:]}: {_ratio(f, key[3:])}")
+                    print(
+                        f"{name} {key} at concurrency {conc[1:]}: {_ratio(f, key[3:])}; "
+                        f"by CPU per request {_ratio(f, key[3:], 'cpu vs')}"
+                    )
     print(
         f"\n{'operation':<40} {'ops/s median':>12} {'min-max':>17} {'vs raw hmac, same round':>24}"
     )

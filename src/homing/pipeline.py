@@ -11,7 +11,7 @@ Each push goes through these steps, in this order, in :meth:`PushPipeline.handle
    push token) is quarantined for a person;
 6. **decode**: the data into the model; data that does not fit is quarantined;
 7. **handlers**: each in one transaction with its done mark (``effects="database"``), or under
-   a claim renewed while it runs (``effects="external"``, :class:`_LeaseKeeper`); each
+   a claim renewed while it runs (``effects="external"``, :mod:`homing.leases`); each
    exactly-once on its own, so a redelivery runs only those not yet done;
 8. **outcome**: a :class:`~homing.outcome.PushResult`; a failure on the last delivery attempt is
    quarantined rather than left to Pub/Sub's dead-letter topic.
@@ -22,7 +22,6 @@ push; :class:`~homing.Homing` is a pipeline with registration, publishing and a 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from homing.hooks import Hooks, PushContext
 from homing.ingress import SHAPES, PushMessage, Shape, as_wrapped, read_push, recognise
 from homing.ingress.cloudtasks import untrusted
 from homing.ingress.wrapped import parse_push
+from homing.leases import LeaseKeeper
 from homing.outcome import DONE, DUPLICATE, IN_PROGRESS, STORE_BUSY, STORE_DOWN, PushResult
 from homing.signing import EVENT_ID, EVENT_TYPE, Signer, VerifiedMessage
 from homing.stores.base import (
@@ -60,39 +60,6 @@ UnknownEvents = Literal["quarantine", "retry"]
 
 #: Pub/Sub's own limit on a message's data.
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
-
-
-class _LeaseKeeper:
-    """Renews a claim every third of its lease while a handler runs, from the first third on.
-
-    A live handler never loses its claim however long it runs; a process that died stops
-    renewing, and its event is free again within one lease. Handlers quicker than a third of
-    the lease (most) cost one timer and no write.
-    """
-
-    __slots__ = ("_dedupe", "_key", "_lease", "_task", "_timer")
-
-    def __init__(self, dedupe: DedupeStore, key: str, lease: float) -> None:
-        self._dedupe, self._key, self._lease = dedupe, key, lease
-        self._task: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._renew())
-
-    async def _renew(self) -> None:
-        while True:
-            try:
-                if not await self._dedupe.renew(self._key, lease=self._lease):
-                    logger.warning("the claim on %s was lost while its handler ran", self._key)
-            except StoreError as exc:
-                logger.warning("could not renew the claim on %s: %s", self._key, exc)
-            await asyncio.sleep(self._lease / 3)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
 
 
 def _log_handled(delivery: Delivery, started: float) -> None:
@@ -169,6 +136,7 @@ class PushPipeline:
         self.unknown_events = unknown_events
         self.max_body_size = max_body_size
         self.lease = lease
+        self._leases = LeaseKeeper()
         self.max_delivery_attempts = max_delivery_attempts
         self.hooks = hooks
         #: Every push that reaches dispatch carried a verified OIDC token: the subscription's
@@ -430,15 +398,15 @@ class PushPipeline:
                 return DUPLICATE
             if claim is Claim.IN_PROGRESS:
                 return IN_PROGRESS
-        keeper = _LeaseKeeper(self.dedupe, key, self.lease)
+        held = self._leases.hold(self.dedupe, key, self.lease)
         started = time.perf_counter()
         try:
             await handler(event, delivery)
         except BaseException:
-            keeper.stop()
+            held.release()
             await self._release(key)
             raise
-        keeper.stop()
+        held.release()
         if delivery.marked_done:
             self.dedupe.note_done(key)
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -34,3 +36,28 @@ async def test_create_tables_makes_the_stores_and_the_outboxs_tables(tmp_path: P
         await engine.dispose()
     assert sorted(names) == TABLES
     assert sorted(homing.stores.sql.metadata.tables) == TABLES
+
+
+def test_a_sqlite_service_never_imports_another_databases_dialect(tmp_path: Path) -> None:
+    """Each dialect package costs tens of milliseconds of a cold start: the stores and the
+    outbox use the one their engine loaded, so a service on SQLite loads none other."""
+    script = (
+        "import asyncio, sys\n"
+        "from homing.outbox import SQLOutbox\n"
+        "from homing.stores.sql import SQLDedupeStore, SQLQuarantineStore, create_engine, "
+        "create_tables\n"
+        f"engine = create_engine('sqlite+aiosqlite:///{tmp_path}/d.db')\n"
+        "async def main():\n"
+        "    await create_tables(engine)\n"
+        "    store = SQLDedupeStore(engine)\n"
+        "    SQLQuarantineStore(engine)\n"
+        "    print(await store.claim('e1', lease=5))\n"
+        "    await engine.dispose()\n"
+        "asyncio.run(main())\n"
+        "print(sorted({m.split('.')[2] for m in sys.modules "
+        "if m.startswith('sqlalchemy.dialects.') and m.count('.') >= 2}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split("\n")[:2] == ["Claim.CLAIMED", "['_typing', 'sqlite']"]

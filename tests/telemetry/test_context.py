@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.applications import Starlette
@@ -131,3 +133,30 @@ async def test_a_malformed_header_starts_a_new_trace() -> None:
     assert first["trace"] != TRACE
     assert first["trace"] != second["trace"]
     assert parse_traceparent(f"00-{first['trace']}-{first['span']}-01") is not None
+
+
+_PIECES = st.sampled_from(["00", "01", "cc", "ff", "0g", "-", TRACE, SPAN, "0" * 32, "0" * 16])
+
+
+@given(
+    st.one_of(
+        st.builds(
+            "-".join,
+            st.tuples(
+                st.sampled_from(["00", "01", "cc", "ff", "0A", "0"]),
+                st.sampled_from([TRACE, "0" * 32, TRACE.upper(), TRACE[:31]]),
+                st.sampled_from([SPAN, "0" * 16, SPAN.upper(), SPAN + "0"]),
+                st.one_of(
+                    st.sampled_from(["00", "01", "02", "03", "0f", "10"]),
+                    st.text("0123456789abcdefAG", min_size=1, max_size=3),
+                ),
+            ),
+        ),
+        st.lists(_PIECES, max_size=8).map("".join),
+        st.text(max_size=60),
+    )
+)
+def test_agrees_with_opentelemetrys_propagator_on_generated_values(value: str) -> None:
+    """The same differential test over generated values: the quick path for version 00 and
+    the general rules must give the propagator's answer."""
+    test_agrees_with_opentelemetrys_propagator(value)

@@ -79,13 +79,24 @@ def _is_hex(text: str) -> bool:
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
+# What every publisher writes today (version 00, flags 00 or 01), read without the general rules.
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0([01])")
+
+
 def parse_traceparent(value: str | None) -> TraceContext | None:
     """A W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<2 hex>``), or ``None`` if it is not one.
 
     A later version is read by its first 55 characters, as the W3C spec asks; version ``ff``,
     upper-case hex and all-zero ids are refused.
     """
-    if value is None or not 55 <= len(value) <= 512:
+    if value is None:
+        return None
+    if len(value) == 55 and (common := _TRACEPARENT_00.fullmatch(value)) is not None:
+        trace_id, span_id, sampled = common.groups()
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+            return None
+        return TraceContext(trace_id, span_id, sampled == "1")
+    if not 55 <= len(value) <= 512:
         return None
     match = _TRACEPARENT.match(value)
     if match is None:

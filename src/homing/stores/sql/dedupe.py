@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -22,6 +21,7 @@ from homing.stores.sql.engine import (
     CompiledStatement,
     InlineStatement,
     describe,
+    dialect_module,
     driver_cursor,
     insert_ignoring_conflicts,
     lost_connection,
@@ -48,9 +48,9 @@ def _mark_done(engine: AsyncEngine, *, unless_claimed: bool) -> Any:
     expired = (row.state == _CLAIMED) & (row.lease_until <= bindparam("now"))
     name = engine.dialect.name
     if name in ("sqlite", "postgresql"):
-        dialect_insert = sqlite.insert if name == "sqlite" else postgresql.insert
         return (
-            dialect_insert(handled_events)
+            dialect_module(engine)
+            .insert(handled_events)
             .values(values)
             .on_conflict_do_update(
                 index_elements=[row.event_id],
@@ -58,7 +58,7 @@ def _mark_done(engine: AsyncEngine, *, unless_claimed: bool) -> Any:
                 where=expired if unless_claimed else None,
             )
         )
-    statement = mysql.insert(handled_events).values(values)  # MySQL and MariaDB
+    statement = dialect_module(engine).insert(handled_events).values(values)  # MySQL, MariaDB
     if unless_claimed:  # a lost race and an expired claim look alike here: no takeover
         return statement.prefix_with("IGNORE")
     return statement.on_duplicate_key_update(state=_DONE, lease_until=0.0)
